@@ -1,0 +1,41 @@
+"""Open the MLflow UI on a study store, bound to 127.0.0.1 unless you ask otherwise.
+
+    python -m dashboards.ui                                  # the default store: studies/mlflow.db
+    python -m dashboards.ui --tracking-uri sqlite:///path/to/mlflow.db --port 5001
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dashboards.ui", description="Start the MLflow UI on a study store.")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="store to browse (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    args = p.parse_args(argv)
+    uri = args.tracking_uri or f"sqlite:///{Path('studies/mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"error: no MLflow store at {uri}; run a study first (python -m study.run SPEC)", file=sys.stderr)
+        return 2
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is a tracking server already: open it in a browser")
+        return 0
+    mlflow = shutil.which("mlflow") or "mlflow"
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {' '.join(cmd)}", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

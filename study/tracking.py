@@ -1,0 +1,198 @@
+"""MLflow tracking, done on the driver: one experiment per study, one parent run for the study,
+one child run per Tune trial, looked up by tag so that a resumed study never duplicates a run.
+
+    uri = resolve_tracking_uri(None, spec)            # sqlite:///…/studies/mlflow.db by default
+    check_reachable(uri)                               # before any trial starts
+    study_run = open_study_run(uri, spec)              # (experiment id, parent run id)
+    callback = MlflowTracking(uri, study_run, spec)    # a ray.tune.Callback
+
+Metric names are the trainer's (`val/mre_mm`) with `step=epoch`; params are the trial's dotted
+config (`optim.lr`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from study.spec import Spec
+from trainables.config import apply_overrides, flatten
+
+# Tags that find runs again after a restart; the names are part of the contract with dashboards/.
+TAG_STUDY = "study.name"
+TAG_ROLE = "study.role"  # "study" on the parent run, "trial" on each child
+TAG_TRIAL = "tune.trial_id"
+TAG_STATUS = "trial.status"  # running | finished | failed
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file in the study storage."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    spec.storage_path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{spec.storage_path / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any trial, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise ConnectionError(f"MLflow tracking server {uri} does not answer ({problem}); start it or fix --tracking-uri")
+
+
+@dataclass
+class StudyRun:
+    experiment_id: str
+    run_id: str
+
+
+def open_study_run(uri: str, spec: Spec) -> StudyRun:
+    """Find or create the study's experiment and parent run, and record the spec on it."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(spec.study.name)
+    if exp is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            # Keep artefacts beside the SQLite file rather than in whatever folder we were started from.
+            artifacts = (spec.storage_path / "mlartifacts" / spec.study.name).as_uri()
+        exp_id = client.create_experiment(spec.study.name, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{spec.study.name}'"
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run = client.create_run(exp_id, run_name=spec.study.name, tags={TAG_STUDY: spec.study.name, TAG_ROLE: "study"})
+        run_id = run.info.run_id
+        client.log_batch(run_id, params=[
+            Param("study.objective", f"{spec.primary.metric} ({spec.primary.mode})"),
+            Param("study.sampler", spec.study.sampler),
+            Param("study.trials", str(spec.study.trials)),
+            Param("study.space", ", ".join(f"{p.path}~{p.kind}{p.args}" for p in spec.space.values())[:6000]),
+        ])
+        client.log_text(run_id, spec.text, "spec.yaml")
+    return StudyRun(exp_id, run_id)
+
+
+class MlflowTracking(Callback):
+    """Tune callback: trial lifecycle and per-epoch results -> MLflow child runs."""
+
+    def __init__(self, uri: str, study_run: StudyRun, spec: Spec):
+        self.uri = uri
+        self.study_run = study_run
+        self.study_name = spec.study.name
+        self.base = spec.base
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._logged_epochs: dict[str, set[int]] = {}
+
+    def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def run_for(self, trial) -> str:
+        """The trial's MLflow run: from memory, else by tag, else a new one with the trial's params."""
+        tid = trial.trial_id
+        if tid in self._runs:
+            return self._runs[tid]
+        found = self.client.search_runs(
+            [self.study_run.experiment_id],
+            filter_string=f"tags.`{TAG_TRIAL}` = '{tid}' and tags.`{TAG_STUDY}` = '{self.study_name}'",
+        )
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "train/loss")
+            self._logged_epochs[tid] = {m.step for m in history}
+        else:
+            run = self.client.create_run(
+                self.study_run.experiment_id,
+                run_name=f"{self.study_name}-{tid.split('_')[-1]}",
+                tags={TAG_STUDY: self.study_name, TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
+            )
+            run_id = run.info.run_id
+            params = flatten(apply_overrides(self.base, trial.config))
+            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())])
+            self._logged_epochs[tid] = set()
+        self._runs[tid] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, TAG_STATUS, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(trial)
+        epoch = result.get("epoch")
+        if epoch is None or epoch in self._logged_epochs[trial.trial_id]:
+            return  # a resumed trial may re-report an epoch: log each (trial, epoch) once
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), now, int(epoch))
+            for k, v in result.items()
+            if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._logged_epochs[trial.trial_id].add(epoch)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "finished", RunStatus.FINISHED)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "failed", RunStatus.FAILED)
+
+    def _end(self, trial, status: str, run_status: int) -> None:
+        run_id = self.run_for(trial)
+        self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status)])
+        self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+
+
+def close_study_run(uri: str, study_run: StudyRun, summary: dict[str, float], status: str = "FINISHED") -> None:
+    client = MlflowClient(uri)
+    metrics = [Metric(k, float(v), int(time.time() * 1000), 0) for k, v in summary.items() if math.isfinite(v)]
+    if metrics:
+        client.log_batch(study_run.run_id, metrics=metrics)
+    client.set_terminated(study_run.run_id, status)
+
+
+def ui_command(uri: str) -> str:
+    """The shell command that opens this store in the MLflow UI, bound to loopback."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _param_value(v) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)

@@ -1,0 +1,223 @@
+"""The trial config: one typed tree, and the only vocabulary of the project.
+
+A spec's `base:` fills it, a spec's `space:` names its fields by dotted path
+(`target.sigma`, `optim.lr`), MLflow params and plot labels use the same paths.
+
+    >>> cfg = TrialConfig.from_dict({"optim": {"lr": 3e-4}, "train": {"epochs": 2}})
+    >>> flatten(cfg)["optim.lr"]
+    0.0003
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.data.phantom import PhantomConfig
+
+
+class ConfigError(ValueError):
+    """One or more problems with a config; each names its dotted path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # registry trainables.models.MODELS
+    width: float = 0.25  # channel multiplier; unet has 32·width channels at full resolution
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "phantom"  # registry trainables.data.DATASETS: phantom | isbi2015
+    root: str = ""  # dataset folder in its published layout; phantom: "" = a cache folder keyed by its config
+    input_size: tuple[int, int] = (128, 104)  # (H, W) network input; ISBI's aspect ratio is 2400:1935
+    num_landmarks: int = 19
+    annotator: str = "mean"  # mean | senior | junior (ISBI ground truth = mean of the two doctors)
+    train_split: str = "train"
+    val_split: str = "test1"
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)  # used when dataset == phantom
+
+
+@dataclass
+class TargetConfig:
+    schedule: str = "fixed"  # registry trainables.schedules.SCHEDULES
+    sigma: float = 3.0  # Gaussian σ in input pixels (fixed schedule)
+
+
+@dataclass
+class LossConfig:
+    type: str = "mse"  # registry trainables.losses.LOSSES
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # registry trainables.fit.OPTIMIZERS
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda; under Ray Train the worker's device wins
+
+
+@dataclass
+class EvalConfig:
+    decode: str = "argmax"  # registry trainables.heatmaps.DECODERS
+
+
+@dataclass
+class TrialConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict | None, prefix: str = "") -> "TrialConfig":
+        """Build from a nested dict; raises ConfigError listing every problem by dotted path."""
+        problems: list[str] = []
+        cfg = _build(cls, d or {}, prefix, problems)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# --- dotted paths -----------------------------------------------------------------------
+
+
+def flatten(cfg: TrialConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model.name": "unet", "data.input_size": [128, 104], ...}."""
+    d = cfg.to_dict() if isinstance(cfg, TrialConfig) else cfg
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def apply_overrides(d: dict, overrides: dict[str, Any]) -> dict:
+    """Return a deep copy of nested dict d with {"a.b.c": v} overrides set."""
+    out = _deepcopy_dict(d)
+    for path, value in overrides.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"{path}: {p!r} is a value, not a section"])
+        node[leaf] = value
+    return out
+
+
+def field_type(path: str, root: type = None) -> type | None:
+    """The declared type of a dotted path in the trial config, or None if there is no such leaf."""
+    t: Any = root or TrialConfig
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(t):
+            return None
+        hints = typing.get_type_hints(t)
+        if part not in hints:
+            return None
+        t = hints[part]
+    return None if dataclasses.is_dataclass(t) else t
+
+
+def leaf_paths(root: type = None, prefix: str = "") -> list[str]:
+    """Every dotted leaf path of the config tree (for did-you-mean suggestions)."""
+    root = root or TrialConfig
+    out = []
+    for name, t in typing.get_type_hints(root).items():
+        if dataclasses.is_dataclass(t):
+            out += leaf_paths(t, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def suggest(word: str, choices) -> str:
+    """' (did you mean X?)' or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_value(path: str, value: Any, t: Any) -> tuple[Any, str | None]:
+    """Coerce value to the declared type t; returns (value, problem or None)."""
+    origin = typing.get_origin(t)
+    if origin is tuple:
+        args = typing.get_args(t)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return value, f"{path}: expected a list of {len(args)} {args[0].__name__}s, got {value!r}"
+        items = []
+        for i, (v, a) in enumerate(zip(value, args)):
+            v, err = check_value(f"{path}[{i}]", v, a)
+            if err:
+                return value, err
+            items.append(v)
+        return tuple(items), None
+    if t is bool:
+        if isinstance(value, bool):
+            return value, None
+    elif t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+    elif t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+    elif t is str:
+        if isinstance(value, str):
+            return value, None
+    return value, f"{path}: expected {getattr(t, '__name__', t)}, got {type(value).__name__} {value!r}"
+
+
+def _build(cls: type, d: Any, prefix: str, problems: list[str]):
+    if not isinstance(d, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            problems.append(f"{path}: unknown key{suggest(str(key), hints)}; valid keys: {', '.join(hints)}")
+            continue
+        t = hints[key]
+        if dataclasses.is_dataclass(t):
+            kwargs[key] = _build(t, value, f"{path}.", problems)
+        else:
+            value, err = check_value(path, value, t)
+            if err:
+                problems.append(err)
+            else:
+                kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _to_plain(v):
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _deepcopy_dict(d: dict) -> dict:
+    return {k: _deepcopy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}

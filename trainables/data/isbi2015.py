@@ -1,0 +1,200 @@
+"""Reader for the ISBI 2015 cephalometric X-ray dataset (19 landmarks, 400 images).
+
+Expected layout (the real dataset; trainables/data/phantom.py writes the same one):
+
+    ROOT/RawImage/TrainingData/001.bmp ... 150.bmp      split "train"
+    ROOT/RawImage/Test1Data/151.bmp ... 300.bmp         split "test1"
+    ROOT/RawImage/Test2Data/301.bmp ... 400.bmp         split "test2"
+    ROOT/AnnotationsByMD/400_senior/001.txt ... 400.txt
+    ROOT/AnnotationsByMD/400_junior/001.txt ... 400.txt
+
+Each annotation file starts with 19 "x,y" lines (pixels of the full-size image, x = column,
+y = row); any further lines are other labels and are ignored.
+
+Usage:
+
+    from trainables.data import isbi2015
+    problems = isbi2015.layout_problems(root)          # [] when the layout looks fine
+    records = isbi2015.load_split(root, "train")       # parses annotations, decodes no image
+    image = isbi2015.read_image(records[0].image_path) # (H, W) uint8, decoded on demand
+
+Quick check from a shell:
+
+    python -m trainables.data.isbi2015 ROOT            # prints problems and per-split counts
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
+SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
+ANNOTATOR_DIRS = {"senior": "400_senior", "junior": "400_junior"}
+ANNOTATORS = ("mean", "senior", "junior")  # "mean" = average of the two doctors (FARNet paper's ground truth)
+
+
+class DatasetFormatError(ValueError):
+    """The dataset on disk does not match the expected layout or file format.
+
+    The message names the offending file (and the 1-based line number where relevant).
+    """
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str  # "001": the image file name without extension
+    image_path: Path
+    landmarks: np.ndarray  # (K, 2) float64, (x, y) in pixels of the full-size image
+    spacing_mm: float  # mm per pixel of the full-size image
+
+
+def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
+    """Read the first `num_landmarks` "x,y" lines of an annotation file -> (K, 2) float64 pixels.
+
+    Tolerates CRLF line endings, a UTF-8 BOM, whitespace around the numbers, float text
+    ("12.0, 880") and any number of trailing lines (other labels, blank lines).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: annotation file not found") from None
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path}: not a text file ({e})") from None
+    except OSError as e:
+        raise DatasetFormatError(f"{path}: cannot read annotation file ({e})") from None
+
+    lines = text.splitlines()  # handles \n, \r\n and \r
+    while lines and not lines[-1].strip():  # trailing blank lines do not count
+        lines.pop()
+    if len(lines) < num_landmarks:
+        raise DatasetFormatError(
+            f'{path}: found {len(lines)} lines, expected at least {num_landmarks} "x,y" landmark lines'
+        )
+
+    out = np.empty((num_landmarks, 2), dtype=np.float64)
+    for i, line in enumerate(lines[:num_landmarks]):
+        parts = line.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            xy = [float(p) for p in parts]  # float() ignores surrounding whitespace
+            if not all(math.isfinite(v) for v in xy):
+                raise ValueError
+        except ValueError:
+            raise DatasetFormatError(f'{path} line {i + 1}: expected "x,y" numbers, got "{line}"') from None
+        out[i] = xy
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file (BMP in the real data, 8- or 24-bit) -> (H, W) uint8 grayscale."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            gray = im.convert("L")  # RGB -> ITU-R 601 luma; palette images go through their palette
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: image file not found") from None
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise DatasetFormatError(f"{path}: cannot decode image ({e})") from None
+    return np.array(gray, dtype=np.uint8)
+
+
+def _split_images(root: Path, split: str) -> list[Path]:
+    """The *.bmp files of a split folder, sorted by name (no decoding)."""
+    image_dir = root / "RawImage" / SPLIT_DIRS[split]
+    if not image_dir.is_dir():
+        raise DatasetFormatError(f"{image_dir}: image folder of split {split!r} not found")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() == ".bmp" and p.is_file())
+    if not images:
+        raise DatasetFormatError(f"{image_dir}: no .bmp images in the folder of split {split!r}")
+    return images
+
+
+def load_split(root: Path, split: str, num_landmarks: int = 19, annotator: str = "mean") -> list[Record]:
+    """All records of one split, sorted by id. Parses every annotation now; decodes no image.
+
+    annotator: "senior", "junior", or "mean" (the average of the two, FARNet's ground truth).
+    """
+    if split not in SPLIT_DIRS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_DIRS)}")
+    if annotator not in ANNOTATORS:
+        raise ValueError(f"unknown annotator {annotator!r}; valid annotators: {', '.join(ANNOTATORS)}")
+    if num_landmarks < 1:
+        raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+    root = Path(root)
+    doctors = ("senior", "junior") if annotator == "mean" else (annotator,)
+
+    records = []
+    for image_path in _split_images(root, split):
+        rid = image_path.stem
+        marks = []
+        for doctor in doctors:
+            ann = root / "AnnotationsByMD" / ANNOTATOR_DIRS[doctor] / f"{rid}.txt"
+            if not ann.is_file():
+                raise DatasetFormatError(f"{ann}: annotation file not found (needed for image {image_path})")
+            marks.append(read_annotation(ann, num_landmarks))
+        landmarks = marks[0] if len(marks) == 1 else (marks[0] + marks[1]) / 2.0
+        records.append(Record(id=rid, image_path=image_path, landmarks=landmarks, spacing_mm=SPACING_MM))
+    return records
+
+
+def layout_problems(root: Path) -> list[str]:
+    """Human-readable problems with the folder layout; [] when it looks fine.
+
+    Cheap (existence checks only, nothing is parsed or decoded): meant to run before any
+    trial starts. load_split still validates the annotation contents.
+    """
+    root = Path(root)
+    if not root.exists():
+        return [f"{root}: dataset root does not exist"]
+    if not root.is_dir():
+        return [f"{root}: dataset root is not a folder"]
+    problems = []
+    for sub in ("RawImage", "AnnotationsByMD"):
+        if not (root / sub).is_dir():
+            problems.append(f"{root / sub}: folder missing (the ISBI 2015 layout has RawImage/ and AnnotationsByMD/)")
+    if problems:
+        return problems
+
+    ann_dirs = {doctor: root / "AnnotationsByMD" / d for doctor, d in ANNOTATOR_DIRS.items()}
+    for d in ann_dirs.values():
+        if not d.is_dir():
+            problems.append(f"{d}: annotation folder missing")
+    for split, d in SPLIT_DIRS.items():
+        image_dir = root / "RawImage" / d
+        if not image_dir.is_dir():
+            problems.append(f"{image_dir}: image folder of split {split!r} missing")
+            continue
+        ids = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() == ".bmp")
+        if not ids:
+            problems.append(f"{image_dir}: no .bmp images in the folder of split {split!r}")
+            continue
+        for ann_dir in ann_dirs.values():
+            if not ann_dir.is_dir():
+                continue
+            missing = [i for i in ids if not (ann_dir / f"{i}.txt").is_file()]
+            if missing:
+                shown = ", ".join(f"{i}.txt" for i in missing[:3]) + (", ..." if len(missing) > 3 else "")
+                problems.append(f"{ann_dir}: {len(missing)} annotation files missing for split {split!r} ({shown})")
+    return problems
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m trainables.data.isbi2015 ROOT")
+    root = Path(sys.argv[1])
+    problems = layout_problems(root)
+    for p in problems:
+        print("problem:", p)
+    if problems:
+        sys.exit(1)
+    for split in SPLIT_DIRS:
+        recs = load_split(root, split)
+        print(f"{split}: {len(recs)} images ({recs[0].id}..{recs[-1].id})")

@@ -1,0 +1,33 @@
+"""The one Ray-aware file in trainables/: runs `fit` as a Ray Train worker loop.
+
+`ray.train.report` receives the trainer's per-epoch metrics and checkpoint folder; a restarted
+Train run hands its latest checkpoint back to `fit`.
+
+    TorchTrainer(train_loop_per_worker, train_loop_config=trial_config_dict, ...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+
+from trainables.config import TrialConfig
+from trainables.fit import fit
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = TrialConfig.from_dict(config)
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        fit(cfg, report, device=device)
+    else:
+        with checkpoint.as_directory() as folder:
+            fit(cfg, report, resume_from=Path(folder), device=device)
