@@ -1,0 +1,108 @@
+"""A tiny study end to end: the real CLI, a real local Ray, real Optuna, a real MLflow SQLite
+store and phantom data in the real ISBI 2015 files. Then the MLflow runs are read back.
+
+Budget: a Ray Train worker group starts per trial (10-15 s here), so this module takes ~1.5 min.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_phantom):
+    """Run a 2-trial study once; the tests below inspect what it left behind."""
+    tmp = tmp_path_factory.mktemp("study")
+    spec = {
+        "study": {"name": "tiny", "trials": 2, "concurrency": 2, "seed": 7, "storage": str(tmp / "store"),
+                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "base": {
+            "model": {"name": "unet", "width": 0.125},
+            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
+                     "phantom": tiny_phantom},
+            "train": {"epochs": 2, "batch_size": 4},
+        },
+        "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}, "target.sigma": {"uniform": [1.5, 3.0]}},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = run_cli(str(path), cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"dir": tmp, "spec": path, "proc": proc, "uri": f"sqlite:///{tmp / 'store' / 'mlflow.db'}"}
+
+
+def trial_runs(uri: str):
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    return runs, runs[runs["tags.study.role"] == "trial"], runs[runs["tags.study.role"] == "study"]
+
+
+def test_one_parent_and_one_child_run_per_trial(study):
+    runs, trials, parents = trial_runs(study["uri"])
+    assert len(parents) == 1 and len(trials) == 2
+    parent_id = parents.iloc[0]["run_id"]
+    assert set(trials["tags.mlflow.parentRunId"]) == {parent_id}
+    assert trials["tags.tune.trial_id"].nunique() == 2
+    assert set(trials["status"]) == {"FINISHED"} and set(trials["tags.trial.status"]) == {"finished"}
+
+
+def test_trial_params_are_the_dotted_config(study):
+    _, trials, _ = trial_runs(study["uri"])
+    lrs = trials["params.optim.lr"].astype(float)
+    sigmas = trials["params.target.sigma"].astype(float)
+    assert lrs.between(1e-3, 1e-2).all() and sigmas.between(1.5, 3.0).all()
+    assert lrs.nunique() == 2  # Optuna sampled two different configs
+    assert set(trials["params.train.epochs"]) == {"2"}
+    assert set(trials["params.model.name"]) == {"unet"}
+    assert set(trials["params.data.input_size"]) == {"32,24"}
+
+
+def test_per_epoch_metrics_are_logged_with_step_epoch(study):
+    _, trials, _ = trial_runs(study["uri"])
+    client = mlflow.tracking.MlflowClient(study["uri"])
+    for run_id in trials["run_id"]:
+        for key in ("train/loss", "val/mre_mm", "val/sdr_2mm"):
+            history = client.get_metric_history(run_id, key)
+            assert sorted(m.step for m in history) == [1, 2], key
+        assert client.get_run(run_id).data.metrics["val/mre_mm"] > 0
+
+
+def test_train_runs_are_named_after_trials_and_checkpointed(study):
+    _, trials, _ = trial_runs(study["uri"])
+    train_dir = study["dir"] / "store" / "tiny" / "train"
+    for tid in trials["tags.tune.trial_id"]:
+        run_dir = train_dir / f"train_{tid}"
+        assert list(run_dir.glob("checkpoint_*/checkpoint.pt")), f"no checkpoint under {run_dir}"
+
+
+def test_the_cli_says_where_results_are(study):
+    out = study["proc"].stdout
+    assert "2 trials (0 failed)" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "--host 127.0.0.1" in out
+    assert "val/mre_mm" in out and "best" in out
+
+
+def test_rerun_without_resume_refuses_and_resume_adds_no_runs(study):
+    again = run_cli(str(study["spec"]), cwd=study["dir"])
+    assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
+    resumed = run_cli(str(study["spec"]), "--resume", cwd=study["dir"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs, trials, parents = trial_runs(study["uri"])
+    assert len(parents) == 1 and len(trials) == 2
