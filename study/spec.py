@@ -17,6 +17,7 @@ Errors name the file and the YAML path, e.g.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ SECTIONS = ("study", "resources", "base", "space")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 SAMPLERS = ("tpe", "random")
 MODES = ("min", "max")
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads YAML 1.2 floats such as 1e-3 (YAML 1.1 makes them strings)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 — a SafeLoader subclass
 
 
 class SpecError(ValueError):
@@ -104,7 +120,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         raise SpecError(source, ["no such spec file" + (" (it is a folder)" if p.is_dir() else "")])
     text = p.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -120,7 +136,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
             problems.append(f"--set {item!r}: expected path=value, e.g. study.trials=8")
             continue
         try:
-            raw = apply_overrides(raw, {key.strip(): yaml.safe_load(value)})
+            raw = apply_overrides(raw, {key.strip(): parse_yaml(value)})
         except ConfigError as e:
             problems += [f"--set {p}" for p in e.problems]
     spec = _validate(raw, problems)
@@ -138,8 +154,7 @@ def _validate(raw: dict, problems: list[str]) -> Spec:
     resources = _resources(raw.get("resources") or {}, problems)
     base = _base(raw.get("base") or {}, problems)
     space = _space(raw.get("space") or {}, problems)
-    if not any(p.startswith("base.") for p in problems):
-        problems += _space_value_problems(base, space)
+    problems += _space_value_problems(base, space)
     return Spec(source="", study=study, resources=resources, base=base, space=space)
 
 
@@ -231,7 +246,7 @@ def _resources(d: Any, problems: list[str]) -> Resources:
 
 
 def _base(d: Any, problems: list[str]) -> dict:
-    from trainables.fit import config_problems
+    from trainables.trainer import config_problems
 
     d = _section(d, "base", problems)
     data = d.get("data")
@@ -309,14 +324,20 @@ def _param(path: str, kind: str, args: Any, t: type, where: str, problems: list[
 
 
 def _space_value_problems(base: dict, space: dict[str, Param]) -> list[str]:
-    """Try each choice and each range end on the base config, keeping problems about that field."""
-    from trainables.fit import config_problems
+    """Try each choice and each range end on the base config; report what it breaks that base did not."""
+    from trainables.trainer import config_problems
 
+    def problems_with(overrides: dict) -> set[str]:
+        try:
+            return set(config_problems(TrialConfig.from_dict(apply_overrides(base, overrides))))
+        except ConfigError as e:
+            return set(e.problems)
+
+    baseline = problems_with({})
     out = []
     for path, param in space.items():
-        candidates = param.args
-        for value in candidates:
-            cfg = TrialConfig.from_dict(apply_overrides(base, {path: value}))
-            out += [f"space.{path}.{param.kind}: {value!r}: {p.split(': ', 1)[1]}"
-                    for p in config_problems(cfg) if p.startswith(f"{path}:")]
+        for value in param.args:
+            for p in sorted(problems_with({path: value}) - baseline):
+                own = p.startswith(f"{path}: ")
+                out.append(f"space.{path}.{param.kind}: {value!r}" + (f": {p[len(path) + 2:]}" if own else f" breaks {p}"))
     return out

@@ -4,6 +4,14 @@
 """
 
 from trainables.config import ConfigError, TrialConfig, flatten
-from trainables.fit import config_problems, fit
 
 __all__ = ["ConfigError", "TrialConfig", "config_problems", "fit", "flatten"]
+
+
+def __getattr__(name: str):
+    # fit pulls in torch (~3 s); the config and the spec checker should not pay for it up front.
+    if name in ("fit", "config_problems"):
+        import importlib
+
+        return getattr(importlib.import_module("trainables.trainer"), name)
+    raise AttributeError(f"module 'trainables' has no attribute {name!r}")

@@ -10,6 +10,7 @@ A spec's `base:` fills it, a spec's `space:` names its fields by dotted path
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -58,7 +59,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # registry trainables.fit.OPTIMIZERS
+    name: str = "adam"  # registry trainables.trainer.OPTIMIZERS
     lr: float = 1e-3
     weight_decay: float = 0.0
 
@@ -116,12 +117,14 @@ def flatten(cfg: TrialConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def apply_overrides(d: dict, overrides: dict[str, Any]) -> dict:
     """Return a deep copy of nested dict d with {"a.b.c": v} overrides set."""
-    out = _deepcopy_dict(d)
+    out = copy.deepcopy(d)
     for path, value in overrides.items():
         node = out
         *parents, leaf = path.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty YAML section
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError([f"{path}: {p!r} is a value, not a section"])
         node[leaf] = value
@@ -217,7 +220,3 @@ def _to_plain(v):
     if isinstance(v, (list, tuple)):
         return [_to_plain(x) for x in v]
     return v
-
-
-def _deepcopy_dict(d: dict) -> dict:
-    return {k: _deepcopy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}

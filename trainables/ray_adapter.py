@@ -14,7 +14,7 @@ import ray.train
 import ray.train.torch
 
 from trainables.config import TrialConfig
-from trainables.fit import fit
+from trainables.trainer import fit
 
 
 def train_loop_per_worker(config: dict) -> None:

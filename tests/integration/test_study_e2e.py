@@ -106,3 +106,31 @@ def test_rerun_without_resume_refuses_and_resume_adds_no_runs(study):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     runs, trials, parents = trial_runs(study["uri"])
     assert len(parents) == 1 and len(trials) == 2
+
+
+def test_a_diverging_trial_is_recorded_as_failed(tmp_path, tiny_phantom):
+    # SGD at lr 1e8 blows the loss up in the first epoch: the trainer raises, Ray Train fails the
+    # run, Tune errors the trial, and MLflow must say so; with every trial failed the CLI exits 1.
+    spec = {
+        "study": {"name": "diverge", "trials": 1, "storage": str(tmp_path / "store")},
+        "base": {
+            "model": {"name": "unet", "width": 0.125},
+            "data": {"dataset": "phantom", "root": str(tmp_path / "phantom"), "input_size": [32, 24],
+                     "phantom": tiny_phantom},
+            "optim": {"name": "sgd"},
+            "train": {"epochs": 2, "batch_size": 4},
+        },
+        "space": {"optim.lr": {"loguniform": [1e8, 1e9]}},
+    }
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = run_cli(str(path), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" in proc.stdout and "1 trials (1 failed)" in proc.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["diverge"])
+    trial = runs[runs["tags.study.role"] == "trial"]
+    assert len(trial) == 1
+    assert trial.iloc[0]["status"] == "FAILED" and trial.iloc[0]["tags.trial.status"] == "failed"
+    error_files = list((tmp_path / "store" / "diverge" / "tune").glob("*/error.txt"))
+    assert error_files and "Diverged" in error_files[0].read_text()

@@ -265,8 +265,6 @@ def test_all_problems_are_reported_at_once_each_with_the_file(tmp_path):
     assert str(e.value) == "\n".join(ps)
 
 
-@pytest.mark.xfail(strict=True, reason="a problem in base: suppresses the checks of space values "
-                                       "(_validate skips _space_value_problems), so not every problem is reported at once")
 def test_a_base_problem_does_not_hide_a_space_problem(tmp_path):
     ps = _problems(_write(tmp_path, """\
         study: {name: x}
@@ -278,8 +276,6 @@ def test_a_base_problem_does_not_hide_a_space_problem(tmp_path):
     assert any(p.startswith("space.model.name.choice: 'nope'") for p in ps)
 
 
-@pytest.mark.xfail(strict=True, reason="space values are checked only for problems at their own path: choosing "
-                                       "isbi2015 without a data.root passes validation and fails in the trial")
 def test_space_choice_that_breaks_another_field_is_rejected(tmp_path):
     ps = _problems(_write(tmp_path, """\
         study: {name: x}
@@ -299,8 +295,6 @@ def test_set_overrides_are_yaml_scalars():
     assert spec.space["optim.lr"].args == [5e-4, 5e-3]  # untouched
 
 
-@pytest.mark.xfail(strict=True, reason="PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string, so "
-                                       "`lr: 1e-3` and `--set base.optim.lr=1e-3` fail with \"expected float, got str\"")
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {optim: {lr: 1e-3}}\n"), ["base.optim.weight_decay=1e-5"])
     assert spec.base["optim"]["lr"] == 1e-3 and spec.base["optim"]["weight_decay"] == 1e-5
@@ -323,8 +317,6 @@ def test_set_through_a_value():
     assert ps == ["--set study.name.x: 'name' is a value, not a section"]
 
 
-@pytest.mark.xfail(strict=True, reason="an empty section in YAML (`study:` alone) is None, and --set into it "
-                                       "reports \"'study' is a value, not a section\"")
 def test_set_into_an_empty_section(tmp_path):
     spec = load_spec(_write(tmp_path, "study:\n"), ["study.name=x"])
     assert spec.study.name == "x"

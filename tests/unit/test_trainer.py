@@ -10,7 +10,7 @@ import torch
 
 from trainables import ConfigError, TrialConfig, fit
 from trainables.config import apply_overrides
-from trainables.fit import CHECKPOINT_FILE
+from trainables.trainer import CHECKPOINT_FILE
 from trainables.metrics import reported_metrics
 
 
@@ -71,7 +71,7 @@ def test_fit_refuses_a_bad_config_before_training(tiny_config):
 def test_trainables_does_not_import_ray_or_mlflow():
     # Layer rule: only trainables/ray_adapter.py may know about Ray; nothing here knows MLflow.
     code = (
-        "import sys, trainables, trainables.fit, trainables.data, trainables.models;"
+        "import sys, trainables, trainables.trainer, trainables.data, trainables.models;"
         "bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The shared training loop: plain PyTorch, no Ray, no MLflow.
+"""The shared training loop (`fit`): plain PyTorch, no Ray, no MLflow.
 
     from trainables import TrialConfig, fit
     cfg = TrialConfig.from_dict({"train": {"epochs": 3}})
@@ -112,7 +112,8 @@ def fit(
 
     start_epoch = 0
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
-        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        # Load to CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest.
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
