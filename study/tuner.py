@@ -97,7 +97,7 @@ class Progress(tune.Callback):
             self.best = (v, trial.trial_id)
         best = f"{self.best[0]:.3f} ({self.best[1]})" if self.best else "-"
         print(
-            f"[{self._clock()}] epoch  {trial.trial_id}  {result.get('epoch')}/{self.epochs}  "
+            f"[{self._clock()}] epoch  {trial.trial_id}  {result.get('epoch')}/{trial.config.get('train.epochs', self.epochs)}  "
             f"train/loss={_fmt(result.get('train/loss'))}  {self.metric}={_fmt(v)}  best {self.metric}={best}",
             flush=True,
         )
@@ -217,6 +217,9 @@ def _concurrency(spec: Spec) -> int:
         )
     fits = min(int(cpus // need_cpu) if need_cpu else spec.study.trials,
                int(gpus // need_gpu) if need_gpu else spec.study.trials)
+    if spec.study.concurrency > fits:
+        print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
+              f"of {need_cpu:g} CPU, {need_gpu:g} GPU); the extra trials will wait for resources", flush=True)
     return max(1, min(spec.study.concurrency or fits, spec.study.trials))
 
 
