@@ -30,8 +30,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"  # registry trainables.models.MODELS
-    width: float = 0.25  # channel multiplier; unet has 32·width channels at full resolution
+    name: str = "unet"  # registry trainables.models.MODELS: unet | farnet | simple_baseline
+    backbone: str = "resnet18"  # farnet, simple_baseline: registry trainables.models.backbones.BACKBONES
+    weights: str = "none"  # none | imagenet (from the local torch hub cache) | path to a state dict
+    width: float = 1.0  # decoder channel multiplier; 1.0 = the paper's network (unet: 32·width channels)
+    fusion: str = "concat"  # farnet MSFA fusion: concat | add (Table 2's MSFA(+))
+    refine: bool = True  # farnet: the full-resolution FR module
+    coarse_supervision: bool = True  # farnet: supervise the MSFA head and feed its heatmaps to FR
+    activation: str = "relu"  # unet: relu | leaky_relu (adaloss paper §4.1)
 
 
 @dataclass

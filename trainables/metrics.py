@@ -39,5 +39,5 @@ def reported_metrics() -> list[str]:
     return (
         ["train/loss", "val/loss"]
         + [f"val/{m}" for m in per_split]
-        + ["cost/params_m", "cost/epoch_s"]
+        + ["cost/params_m", "cost/gflops", "cost/latency_ms", "cost/epoch_s"]
     )

@@ -28,9 +28,10 @@ from trainables import data as datasets
 from trainables.config import ConfigError, TrialConfig
 from trainables.data.dataset import LandmarkDataset, resize_coords
 from trainables.heatmaps import DECODERS, render_gaussians
+from trainables.cost import cost_figures
 from trainables.losses import LOSSES
 from trainables.metrics import radial_errors_mm, summarize
-from trainables.models import MODELS, build_model
+from trainables.models import MODELS, build_model, model_problems
 from trainables.schedules import SCHEDULES
 
 Report = Callable[[dict, "Path | None"], None]
@@ -67,13 +68,11 @@ def config_problems(cfg: TrialConfig) -> list[str]:
         name = getattr(getattr(cfg, section), key)
         if name not in registry:
             out.append(f"{path}: unknown {name!r}; choose one of {sorted(registry)}")
-    h, w = cfg.data.input_size
-    if h % 8 or w % 8 or h <= 0 or w <= 0:
-        out.append(f"data.input_size: {[h, w]} must be positive multiples of 8 (the U-Net down-samples 3 times)")
+    out += model_problems(cfg.model, cfg.data.input_size)
     for path, value in [("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)]:
         if value < 1:
             out.append(f"{path}: must be at least 1, got {value}")
-    for path, value in [("optim.lr", cfg.optim.lr), ("target.sigma", cfg.target.sigma), ("model.width", cfg.model.width)]:
+    for path, value in [("optim.lr", cfg.optim.lr), ("target.sigma", cfg.target.sigma)]:
         if not value > 0:
             out.append(f"{path}: must be > 0, got {value}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
@@ -103,8 +102,8 @@ def fit(
     num_landmarks = cfg.data.num_landmarks
 
     model = build_model(cfg.model, num_landmarks).to(device)
-    stride = model.stride
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    strides = tuple(model.strides)
+    costs = cost_figures(model, cfg.data.input_size, device)
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks)
     loss_fn = LOSSES[cfg.loss.type]
@@ -123,7 +122,6 @@ def fit(
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.train.seed) if distributed else None
-    out_size = (cfg.data.input_size[0] // stride, cfg.data.input_size[1] // stride)
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         # The shuffle order depends only on (seed, epoch), so a resumed trial sees the same batches.
@@ -145,8 +143,7 @@ def fit(
         n_batches = 0
         for images, coords, _, _ in loader:
             images, coords = images.to(device), coords.to(device)
-            target = render_gaussians(coords, sigma, out_size, stride)
-            per_landmark = loss_fn(model(images), target)
+            per_landmark = head_losses(model(images), coords, sigma, strides, loss_fn)
             loss = per_landmark.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,14 +157,9 @@ def fit(
             raise Diverged(f"train/loss is {train_loss} at epoch {epoch + 1}; lower optim.lr or check the data")
         schedule.step(per_landmark_loss, train_loss)
 
-        val = evaluate(model, val_ds, schedule.sigma.to(device), loss_fn, decode, stride, device, cfg.train.batch_size)
-        metrics = {
-            "epoch": epoch + 1,
-            "train/loss": train_loss,
-            **val,
-            "cost/params_m": params_m,
-            "cost/epoch_s": epoch_s,
-        }
+        val = evaluate(model, val_ds, schedule.sigma.to(device), loss_fn, decode, strides, device, cfg.train.batch_size)
+        # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
+        metrics = {"epoch": epoch + 1, "train/loss": train_loss, **val, **costs, "cost/epoch_s": epoch_s}
         _report_with_checkpoint(report, metrics, rank, {
             "model": _unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -178,18 +170,26 @@ def fit(
     return metrics
 
 
+def head_losses(heads: list, coords, sigma, strides: tuple[int, ...], loss_fn):
+    """Per-landmark loss summed over heads, each against a target rendered at its own stride. -> (K,)"""
+    total = 0
+    for heatmaps, stride in zip(heads, strides):
+        target = render_gaussians(coords, sigma, tuple(heatmaps.shape[-2:]), stride)
+        total = total + loss_fn(heatmaps, target)
+    return total
+
+
 @torch.no_grad()
-def evaluate(model, ds: LandmarkDataset, sigma, loss_fn, decode, stride: int, device, batch_size: int) -> dict:
-    """Validation loss and landmark metrics, in eval mode (BatchNorm uses its running stats)."""
+def evaluate(model, ds: LandmarkDataset, sigma, loss_fn, decode, strides: tuple[int, ...], device, batch_size: int) -> dict:
+    """Validation loss and landmark metrics from the finest head, in eval mode (BatchNorm uses running stats)."""
     model.eval()
-    out_size = (ds.images.shape[-2] // stride, ds.images.shape[-1] // stride)
     errors, loss_sum, n = [], 0.0, 0
     for images, coords, to_orig, spacing in DataLoader(ds, batch_size=batch_size):
         images, coords = images.to(device), coords.to(device)
-        heatmaps = model(images)
-        loss_sum += loss_fn(heatmaps, render_gaussians(coords, sigma, out_size, stride)).mean().item() * len(images)
+        heads = model(images)
+        loss_sum += head_losses(heads, coords, sigma, strides, loss_fn).mean().item() * len(images)
         n += len(images)
-        pred = decode(heatmaps.float(), stride).cpu()
+        pred = decode(heads[-1].float(), strides[-1]).cpu()
         # Errors are measured in the original image's pixels, then mm.
         scale = to_orig[:, None, :]
         errors.append(radial_errors_mm(resize_coords(pred, scale), resize_coords(coords.cpu(), scale), spacing))

@@ -1,6 +1,12 @@
 """Model registry, keyed by the YAML name `model.name`.
 
+Every model maps (B, 1, H, W) normalised grayscale to a list of heatmap tensors, one per head,
+coarse to fine, with `model.strides` giving each head's output stride; the last head is the
+prediction. Losses add over heads (FARNet's coarse-to-fine supervision).
+
     net = build_model(cfg.model, num_landmarks=19)
+    heads = net(images)                      # [(B, K, H/s, W/s) for s in net.strides]
+    model_problems(cfg.model, (800, 640))    # [] when the config can be built; checked before any trial
 """
 
 from __future__ import annotations
@@ -8,10 +14,61 @@ from __future__ import annotations
 from torch import nn
 
 from trainables.config import ModelConfig
-from trainables.models.unet import UNet
+from trainables.models.backbones import BACKBONES, weights_problem
+from trainables.models.farnet import FARNet
+from trainables.models.simple_baseline import SimpleBaseline
+from trainables.models.unet import ACTIVATIONS, UNet
 
-MODELS = {"unet": UNet}
+
+def _unet(cfg: ModelConfig, k: int) -> nn.Module:
+    return UNet(in_channels=1, num_landmarks=k, width=cfg.width, activation=cfg.activation)
 
 
-def build_model(cfg: ModelConfig, num_landmarks: int, in_channels: int = 1) -> nn.Module:
-    return MODELS[cfg.name](in_channels=in_channels, num_landmarks=num_landmarks, width=cfg.width)
+def _farnet(cfg: ModelConfig, k: int) -> nn.Module:
+    return FARNet(k, backbone=cfg.backbone, width=cfg.width, weights=cfg.weights, fusion=cfg.fusion,
+                  refine=cfg.refine, coarse_supervision=cfg.coarse_supervision)
+
+
+def _simple_baseline(cfg: ModelConfig, k: int) -> nn.Module:
+    return SimpleBaseline(k, backbone=cfg.backbone, width=cfg.width, weights=cfg.weights)
+
+
+MODELS = {"unet": _unet, "farnet": _farnet, "simple_baseline": _simple_baseline}
+FUSIONS = ("concat", "add")
+# H and W must be multiples of: the U-Net pools 3 times, the ImageNet backbones 5 times.
+DIVISORS = {"unet": 8, "farnet": 32, "simple_baseline": 32}
+
+
+def build_model(cfg: ModelConfig, num_landmarks: int) -> nn.Module:
+    return MODELS[cfg.name](cfg, num_landmarks)
+
+
+def model_problems(cfg: ModelConfig, input_size: tuple[int, int]) -> list[str]:
+    """What stops this model config from being built, as messages naming the config key."""
+    out = []
+    h, w = input_size
+    d = DIVISORS.get(cfg.name, min(DIVISORS.values()))  # an unknown name is reported by the registry check
+    if h <= 0 or w <= 0 or h % d or w % d:
+        out.append(f"data.input_size: {[h, w]} must be positive multiples of {d} for model.name {cfg.name}")
+    if cfg.name not in MODELS:
+        return out
+    if not cfg.width > 0:
+        out.append(f"model.width: must be > 0, got {cfg.width}")
+    if cfg.name == "unet":
+        if cfg.activation not in ACTIVATIONS:
+            out.append(f"model.activation: unknown {cfg.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if cfg.weights != "none":
+            out.append("model.weights: the U-Net has no pretrained weights; use none")
+        return out
+    if cfg.backbone not in BACKBONES:
+        out.append(f"model.backbone: unknown {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
+    else:
+        problem = weights_problem(cfg.backbone, cfg.weights)
+        if problem:
+            out.append(problem if problem.startswith("model.weights") else f"model.weights: {problem}")
+    if cfg.name == "farnet":
+        if cfg.fusion not in FUSIONS:
+            out.append(f"model.fusion: unknown {cfg.fusion!r}; choose one of {list(FUSIONS)}")
+        if not cfg.refine and not cfg.coarse_supervision:
+            out.append("model.coarse_supervision: false needs model.refine: true (without either FARNet has no head)")
+    return out
