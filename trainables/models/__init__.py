@@ -15,7 +15,7 @@ from torch import nn
 
 from trainables.config import ModelConfig
 from trainables.models.backbones import BACKBONES, weights_problem
-from trainables.models.farnet import FARNet
+from trainables.models.farnet import FUSIONS, FARNet
 from trainables.models.simple_baseline import SimpleBaseline
 from trainables.models.unet import ACTIVATIONS, UNet
 
@@ -34,9 +34,8 @@ def _simple_baseline(cfg: ModelConfig, k: int) -> nn.Module:
 
 
 MODELS = {"unet": _unet, "farnet": _farnet, "simple_baseline": _simple_baseline}
-FUSIONS = ("concat", "add")
 # H and W must be multiples of: the U-Net pools 3 times, the ImageNet backbones 5 times.
-DIVISORS = {"unet": 8, "farnet": 32, "simple_baseline": 32}
+DIVISORS = {"unet": UNet.divisor, "farnet": FARNet.divisor, "simple_baseline": SimpleBaseline.divisor}
 
 
 def build_model(cfg: ModelConfig, num_landmarks: int) -> nn.Module:

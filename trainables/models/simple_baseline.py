@@ -19,6 +19,7 @@ from trainables.models.backbones import Backbone, build_backbone
 
 class SimpleBaseline(nn.Module):
     strides = (4,)  # output stride of each head w.r.t. the input
+    divisor = 32  # H and W must be multiples of this (the backbone down-samples 5 times)
 
     def __init__(self, num_landmarks: int, backbone: str = "resnet50", width: float = 1.0, weights: str = "none"):
         super().__init__()
