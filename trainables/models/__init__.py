@@ -15,7 +15,7 @@ from torch import nn
 
 from trainables.config import ModelConfig
 from trainables.models.backbones import BACKBONES, weights_problem
-from trainables.models.farnet import FUSIONS, FARNet
+from trainables.models.farnet import FARNet, switch_problems
 from trainables.models.simple_baseline import SimpleBaseline
 from trainables.models.unet import ACTIVATIONS, UNet
 
@@ -62,12 +62,9 @@ def model_problems(cfg: ModelConfig, input_size: tuple[int, int]) -> list[str]:
     if cfg.backbone not in BACKBONES:
         out.append(f"model.backbone: unknown {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
     else:
-        problem = weights_problem(cfg.backbone, cfg.weights)
+        problem = weights_problem(cfg.backbone, cfg.weights)  # its messages start with "model.weights:"
         if problem:
-            out.append(problem if problem.startswith("model.weights") else f"model.weights: {problem}")
+            out.append(problem)
     if cfg.name == "farnet":
-        if cfg.fusion not in FUSIONS:
-            out.append(f"model.fusion: unknown {cfg.fusion!r}; choose one of {list(FUSIONS)}")
-        if not cfg.refine and not cfg.coarse_supervision:
-            out.append("model.coarse_supervision: false needs model.refine: true (without either FARNet has no head)")
+        out += switch_problems(cfg.fusion, cfg.refine, cfg.coarse_supervision)
     return out

@@ -65,6 +65,16 @@ from trainables.models.backbones import Backbone, build_backbone
 FUSIONS = ("concat", "add")
 
 
+def switch_problems(fusion: str, refine: bool, coarse_supervision: bool) -> list[str]:
+    """Invalid ablation settings, as messages naming the config key (shared with spec validation)."""
+    out = []
+    if fusion not in FUSIONS:
+        out.append(f"model.fusion: unknown {fusion!r}; choose one of {list(FUSIONS)}")
+    if not refine and not coarse_supervision:
+        out.append("model.coarse_supervision: false needs model.refine: true (without either FARNet has no head)")
+    return out
+
+
 class FARNet(nn.Module):
     """(B, 1, H, W) -> [(B, K, H/2, W/2), (B, K, H, W)], heads coarse to fine (see `strides`).
 
@@ -76,11 +86,9 @@ class FARNet(nn.Module):
     def __init__(self, num_landmarks: int, backbone: str = "densenet121", width: float = 1.0, weights: str = "none",
                  fusion: str = "concat", refine: bool = True, coarse_supervision: bool = True):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"model.fusion: unknown {fusion!r}; choose one of {list(FUSIONS)}")
-        if not refine and not coarse_supervision:
-            raise ValueError("model.coarse_supervision: false needs model.refine: true "
-                             "(without either FARNet has no head)")
+        problems = switch_problems(fusion, refine, coarse_supervision)
+        if problems:
+            raise ValueError(problems[0])
         if not width > 0:
             raise ValueError(f"model.width: must be > 0, got {width}")
         self.backbone: Backbone = build_backbone(backbone, weights)
