@@ -207,9 +207,9 @@ def _study(d: Any, problems: list[str]) -> StudySection:
 
 
 def _objectives(raw: Any, problems: list[str]) -> list[Objective]:
-    from trainables.metrics import reported_metrics
+    from trainables.metrics import all_metric_names
 
-    known = reported_metrics()
+    known = all_metric_names()
     if not isinstance(raw, list) or not raw:
         problems.append("study.objectives: expected a non-empty list of {metric: NAME, mode: min|max}")
         return [Objective("val/mre_mm", "min")]

@@ -139,7 +139,9 @@ class MlflowTracking(Callback):
             )
             run_id = run.info.run_id
             params = flatten(apply_overrides(self.base, trial.config))
-            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in sorted(params.items())])
+            logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+            for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(run_id, params=logged[i:i + 100])
             self._logged_epochs[tid] = set()
         self._runs[tid] = run_id
         return run_id

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
+
+# Decoded-image caches go to a throwaway folder, not the user's ~/.cache (Ray workers inherit this).
+os.environ.setdefault("LANDMARK_STUDY_CACHE", tempfile.mkdtemp(prefix="landmark-study-test-cache-"))
 
 TINY_PHANTOM = {"num_train": 8, "num_test1": 4, "num_test2": 4, "image_size": [96, 80], "seed": 3}
 
@@ -24,3 +32,35 @@ def tiny_config(tmp_path) -> dict:
         "optim": {"lr": 3e-3},
         "train": {"epochs": 2, "batch_size": 4, "seed": 1, "device": "cpu"},
     }
+
+
+class Recorder:
+    """A `report` callable that keeps the metrics and copies each checkpoint (valid only during the call)."""
+
+    def __init__(self, keep_dir: Path):
+        self.metrics, self.checkpoints, self.keep_dir = [], [], keep_dir
+
+    def __call__(self, metrics, checkpoint_dir):
+        self.metrics.append(dict(metrics))
+        if checkpoint_dir is not None:
+            dest = self.keep_dir / f"epoch{metrics['epoch']}"
+            shutil.copytree(checkpoint_dir, dest)
+            self.checkpoints.append(dest)
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    """recorder(name) -> a fresh Recorder keeping its checkpoint copies under tmp_path/name."""
+    return lambda name="kept": Recorder(tmp_path / name)
+
+
+@pytest.fixture(scope="session")
+def r18_file(tmp_path_factory):
+    """A "pretrained" resnet18 in the real on-disk format (a torchvision state dict), made here: no download."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(11)
+    path = tmp_path_factory.mktemp("weights") / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), path)
+    return path

@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import keyword
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.data.augment import AugmentConfig
 from trainables.data.phantom import PhantomConfig
 
 
@@ -41,26 +43,68 @@ class ModelConfig:
 
 
 @dataclass
+class HandConfig:
+    ruler: tuple[int, int] = (0, 4)  # 0-based landmarks whose distance is a known length (the wrist width)
+    ruler_mm: float = 50.0  # that length in mm: the field's normalisation for the hand atlas
+
+
+@dataclass
+class FaceConfig:
+    crop_scale: float = 1.25  # square crop around the landmarks' box, this many times its longer side
+
+
+@dataclass
 class DataConfig:
-    dataset: str = "phantom"  # registry trainables.data.DATASETS: phantom | isbi2015
+    dataset: str = "phantom"  # registry trainables.data.DATASETS: phantom | isbi2015 | hand | 300w
     root: str = ""  # dataset folder in its published layout; phantom: "" = a cache folder keyed by its config
     input_size: tuple[int, int] = (128, 104)  # (H, W) network input; ISBI's aspect ratio is 2400:1935
-    num_landmarks: int = 19
-    annotator: str = "mean"  # mean | senior | junior (ISBI ground truth = mean of the two doctors)
-    train_split: str = "train"
-    val_split: str = "test1"
+    num_landmarks: int = 19  # isbi2015 19, hand 37, 300w 68
+    annotator: str = "mean"  # isbi2015, phantom: mean | senior | junior (ground truth = mean of the two doctors)
+    train_split: str = "train"  # isbi2015: train | test1 | test2; hand: split-file stems joined by +; 300w: train | ...
+    val_split: str = "test1"  # evaluated every epoch (model selection); the final test is eval.split
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training batches only; all 0 = off
     phantom: PhantomConfig = field(default_factory=PhantomConfig)  # used when dataset == phantom
+    hand: HandConfig = field(default_factory=HandConfig)  # used when dataset == hand
+    face: FaceConfig = field(default_factory=FaceConfig)  # used when dataset == 300w
+
+
+@dataclass
+class AdalossConfig:
+    window: int = 3  # w: epochs of per-landmark loss history (adaloss paper §4: w = 3)
+    rho: float = 0.9  # ρ in eq 5 (adaloss paper §4: 0.9)
+    sigma0: float = 0.0  # σ_0 in input pixels; 0 = a quarter of the smaller input side (the paper's choice)
+    min_sigma: float = 1.0  # σ never falls below this many input pixels
 
 
 @dataclass
 class TargetConfig:
-    schedule: str = "fixed"  # registry trainables.schedules.SCHEDULES
+    schedule: str = "fixed"  # registry trainables.schedules.SCHEDULES: fixed | adaloss
     sigma: float = 3.0  # Gaussian σ in input pixels (fixed schedule)
+    adaloss: AdalossConfig = field(default_factory=AdalossConfig)  # used when schedule == adaloss
+    normalize: bool = False  # divide each target heatmap by its mean (adaloss paper §4.3)
+
+
+@dataclass
+class AWingConfig:
+    omega: float = 14.0  # ω, the loss scale (Wang et al. 2019 defaults)
+    theta: float = 0.5  # θ, where the log branch hands over to the linear one
+    epsilon: float = 1.0  # ε
+    alpha: float = 2.1  # α; the exponent is α − y
 
 
 @dataclass
 class LossConfig:
-    type: str = "mse"  # registry trainables.losses.LOSSES
+    type: str = "mse"  # registry trainables.losses.LOSSES: mse | ewc | awing
+    alpha: float = 40.0  # EWC α, the weight at a landmark's centre (farnet paper §4.2: 40)
+    awing: AWingConfig = field(default_factory=AWingConfig)  # used when type == awing
+
+
+@dataclass
+class DistillConfig:
+    type: str = "none"  # registry trainables.distill.DISTILL_TERMS: none | cd | ed | both; none = plain fine-tuning
+    lambda_: float = 0.002  # λ in L = L_R + λ·L_D (cross-task eq 2; §3: 0.002), L_R summed over pixels as eq 1. YAML: distill.lambda
+    mu: float = 2.0  # μ, the softmax temperature of L_CD (eq 3; §3: 2)
+    teacher: str = ""  # "" = a frozen copy of the student's initial backbone and classifier; or a weights file
 
 
 @dataclass
@@ -80,7 +124,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    decode: str = "argmax"  # registry trainables.heatmaps.DECODERS
+    split: str = "test2"  # tested once, after the last epoch (test/* metrics); "" = none
+    decode: str = "argmax"  # registry trainables.heatmaps.DECODERS: argmax | subpixel | dark
+    flip_test: bool = False  # average the heatmaps of the image and of its mirror (re-indexed by the flip map)
+    fr_threshold: float = 0.0  # failure above this error; 0 = the field's: 4 mm, or 10 % NME for faces
+    auc_threshold: float = 0.0  # CED and its AUC up to this error; 0 = 4 mm, or 8 % NME for faces
 
 
 @dataclass
@@ -89,6 +137,7 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -104,6 +153,21 @@ class TrialConfig:
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
+
+
+# A config name that is a Python keyword (distill.lambda) is stored in the field `lambda_`;
+# everything outside this module only ever sees the YAML name.
+def _attr(name: str) -> str:
+    return f"{name}_" if keyword.iskeyword(name) else name
+
+
+def _name(attr: str) -> str:
+    return attr[:-1] if attr.endswith("_") and keyword.iskeyword(attr[:-1]) else attr
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """{YAML name: type} of a config dataclass."""
+    return {_name(a): t for a, t in typing.get_type_hints(cls).items()}
 
 
 # --- dotted paths -----------------------------------------------------------------------
@@ -143,7 +207,7 @@ def field_type(path: str, root: type = None) -> type | None:
     for part in path.split("."):
         if not dataclasses.is_dataclass(t):
             return None
-        hints = typing.get_type_hints(t)
+        hints = _hints(t)
         if part not in hints:
             return None
         t = hints[part]
@@ -154,7 +218,7 @@ def leaf_paths(root: type = None, prefix: str = "") -> list[str]:
     """Every dotted leaf path of the config tree (for did-you-mean suggestions)."""
     root = root or TrialConfig
     out = []
-    for name, t in typing.get_type_hints(root).items():
+    for name, t in _hints(root).items():
         if dataclasses.is_dataclass(t):
             out += leaf_paths(t, f"{prefix}{name}.")
         else:
@@ -201,7 +265,7 @@ def _build(cls: type, d: Any, prefix: str, problems: list[str]):
     if not isinstance(d, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for key, value in d.items():
         path = f"{prefix}{key}"
@@ -210,19 +274,19 @@ def _build(cls: type, d: Any, prefix: str, problems: list[str]):
             continue
         t = hints[key]
         if dataclasses.is_dataclass(t):
-            kwargs[key] = _build(t, value, f"{path}.", problems)
+            kwargs[_attr(key)] = _build(t, value, f"{path}.", problems)
         else:
             value, err = check_value(path, value, t)
             if err:
                 problems.append(err)
             else:
-                kwargs[key] = value
+                kwargs[_attr(key)] = value
     return cls(**kwargs)
 
 
 def _to_plain(v):
     if isinstance(v, dict):
-        return {k: _to_plain(x) for k, x in v.items()}
+        return {_name(k): _to_plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_to_plain(x) for x in v]
     return v

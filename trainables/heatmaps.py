@@ -9,12 +9,28 @@ relation of `F.interpolate`. Rendering and decoding both go through `heatmap_cen
     coords = torch.tensor([[[12.3, 40.7]]])                      # (B, K, 2)
     h = render_gaussians(coords, torch.tensor([2.0]), (64, 48))  # (B, K, 64, 48)
     decode_argmax(h)                                             # (B, K, 2) -> [[[12., 41.]]]
+    decode_subpixel(h)                                           # (B, K, 2) -> [[[12.3, 40.7]]]
+
+Decoders (`eval.decode`):
+    argmax    the maximum's pixel centre.
+    subpixel  argmax, then per axis the vertex of the parabola through the log of the maximum
+              and its two neighbours: exact for a Gaussian, whose log is a parabola.
+    dark      DARK (Zhang et al., CVPR 2020): blur the heatmap with a Gaussian to smooth a
+              network's ragged output, then one Newton step on its log from the maximum, using
+              the full 2×2 Hessian (the offset is −H⁻¹∇).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# A missing landmark (NaN coordinates) is rendered this far outside the image: its target is
+# all zeros, and the losses leave it out through their mask anyway.
+_FAR = -1e6
 
 
 def heatmap_centres(n: int, stride: int, device=None, dtype=torch.float32) -> Tensor:
@@ -22,31 +38,164 @@ def heatmap_centres(n: int, stride: int, device=None, dtype=torch.float32) -> Te
     return (torch.arange(n, device=device, dtype=dtype) + 0.5) * stride - 0.5
 
 
-def render_gaussians(coords: Tensor, sigma: Tensor, size: tuple[int, int], stride: int = 1) -> Tensor:
+def render_gaussians(
+    coords: Tensor,
+    sigma: Tensor,
+    size: tuple[int, int],
+    stride: int = 1,
+    normalize: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
     """Unnormalised Gaussians exp(-d²/2σ²) (farnet paper eq 1), separably, in one batched call.
 
-    coords: (B, K, 2) float (x, y) in input pixels, never quantised.
+    coords: (B, K, 2) float (x, y) in input pixels, never quantised; NaN rows render as zeros.
     sigma:  (K,) or (B, K) σ in input pixels, so the same σ means the same blob at any stride.
     size:   (H, W) of the heatmap (input size // stride).
+    normalize: divide each heatmap by its mean (adaloss paper §4.3), so every target carries
+            the same mass whatever its σ.
+    out:    optional (B, K, H, W) buffer to write into. Reusing one saves the page faults of a
+            fresh 100 MB allocation per step on CPU, which cost more than the arithmetic.
     Returns (B, K, H, W) with peak value 1 at the landmark (less when it falls between pixels).
     """
     h, w = size
+    coords = torch.nan_to_num(coords, nan=_FAR)
     sigma = sigma.to(coords).expand(coords.shape[:2])  # (B, K)
     xs = heatmap_centres(w, stride, coords.device, coords.dtype)
     ys = heatmap_centres(h, stride, coords.device, coords.dtype)
     two_var = (2 * sigma**2)[..., None]  # (B, K, 1)
     gx = torch.exp(-((xs - coords[..., 0:1]) ** 2) / two_var)  # (B, K, W)
     gy = torch.exp(-((ys - coords[..., 1:2]) ** 2) / two_var)  # (B, K, H)
-    return gy[..., :, None] * gx[..., None, :]
+    if normalize:
+        # mean of the outer product = mean(gy)·mean(gx): scale the factors, not the big tensor.
+        mass = gy.mean(-1, keepdim=True) * gx.mean(-1, keepdim=True)  # (B, K, 1)
+        gx = gx / mass.clamp_min(torch.finfo(coords.dtype).tiny)
+    if out is None:
+        return gy[..., :, None] * gx[..., None, :]
+    return torch.mul(gy[..., :, None], gx[..., None, :], out=out)
+
+
+class TargetRenderer:
+    """`render_gaussians` into buffers kept between calls, one per slot (a model head).
+
+    Each slot's buffer is overwritten by the next call for that slot: a caller must be done with
+    a target (its loss backpropagated) before rendering the same slot again. Autograd enforces
+    this: an overwritten target that a backward pass still needs raises instead of misleading.
+
+        render = TargetRenderer(normalize=False)
+        target = render(coords, sigma, (H, W), stride, slot=0)     # (B, K, H, W)
+    """
+
+    def __init__(self, normalize: bool = False):
+        self.normalize = normalize
+        self._buffers: dict[int, Tensor] = {}
+
+    def __call__(self, coords: Tensor, sigma: Tensor, size: tuple[int, int], stride: int, slot: int = 0) -> Tensor:
+        shape = (*coords.shape[:2], *size)
+        buf = self._buffers.get(slot)
+        if buf is None or buf.shape != shape or buf.device != coords.device or buf.dtype != coords.dtype:
+            buf = self._buffers[slot] = torch.empty(shape, device=coords.device, dtype=coords.dtype)
+        return render_gaussians(coords, sigma, size, stride, self.normalize, out=buf)
+
+
+def _argmax(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, K, H, W) -> integer column u and row v of each maximum, (B, K) each."""
+    b, k, h, w = heatmaps.shape
+    idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
+    return idx % w, torch.div(idx, w, rounding_mode="floor")
+
+
+def _to_input(u: Tensor, v: Tensor, stride: int) -> Tensor:
+    """Heatmap pixel coordinates (float) -> (…, 2) input-pixel (x, y), via heatmap_centres' rule."""
+    return torch.stack([(u + 0.5) * stride - 0.5, (v + 0.5) * stride - 0.5], dim=-1)
 
 
 def decode_argmax(heatmaps: Tensor, stride: int = 1) -> Tensor:
     """(B, K, H, W) -> (B, K, 2) input-pixel (x, y) of each heatmap's maximum."""
+    u, v = _argmax(heatmaps)
+    return _to_input(u.to(heatmaps.dtype), v.to(heatmaps.dtype), stride)
+
+
+def _log_window(heatmaps: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """log of the 3×3 neighbourhood around (u, v), edge-replicated: (B, K, H, W) -> (B, K, 3, 3).
+
+    Values are clamped to a millionth of the peak first, so a neighbour at or below zero (a
+    network output) bends the fit hard instead of producing -inf.
+    """
     b, k, h, w = heatmaps.shape
-    idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
-    u = (idx % w).to(heatmaps.dtype)
-    v = torch.div(idx, w, rounding_mode="floor").to(heatmaps.dtype)
-    return torch.stack([(u + 0.5) * stride - 0.5, (v + 0.5) * stride - 0.5], dim=-1)
+    padded = F.pad(heatmaps.reshape(b * k, 1, h, w), (1, 1, 1, 1), mode="replicate").reshape(b, k, h + 2, w + 2)
+    d = torch.arange(3, device=heatmaps.device)
+    rows = (v[..., None] + d)[..., :, None].expand(b, k, 3, 3)  # padded row of window entry (i, j)
+    cols = (u[..., None] + d)[..., None, :].expand(b, k, 3, 3)
+    window = padded.reshape(b, k, -1).gather(-1, (rows * (w + 2) + cols).reshape(b, k, 9)).reshape(b, k, 3, 3)
+    peak = window[..., 1:2, 1:2].abs().clamp_min(torch.finfo(heatmaps.dtype).tiny)
+    return torch.log(torch.maximum(window, peak * 1e-6))
 
 
-DECODERS = {"argmax": decode_argmax}
+def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor) -> Tensor:
+    """Offset in (-0.5, 0.5) of the vertex of the parabola through (-1, l), (0, c), (1, r); 0 if not a maximum."""
+    curvature = left - 2 * centre + right
+    offset = 0.5 * (left - right) / torch.where(curvature < 0, curvature, torch.ones_like(curvature))
+    return torch.where(curvature < 0, offset, torch.zeros_like(offset)).clamp(-0.5, 0.5)
+
+
+@torch.no_grad()
+def decode_subpixel(heatmaps: Tensor, stride: int = 1) -> Tensor:
+    """(B, K, H, W) -> (B, K, 2): argmax refined per axis by a parabola through the log heatmap.
+
+    For a Gaussian exp(-(x - x0)²/2σ²) the log is exactly a parabola with its vertex at x0, so
+    a rendered target decodes back to its landmark (to float precision) at any σ and stride.
+    """
+    h, w = heatmaps.shape[-2:]
+    u, v = _argmax(heatmaps)
+    lw = _log_window(heatmaps.float(), u, v)
+    du = _parabola_vertex(lw[..., 1, 0], lw[..., 1, 1], lw[..., 1, 2])
+    dv = _parabola_vertex(lw[..., 0, 1], lw[..., 1, 1], lw[..., 2, 1])
+    # At the border one neighbour is a replica of the centre; the fit there is one-sided, so keep the pixel.
+    du = torch.where((u > 0) & (u < w - 1), du, torch.zeros_like(du))
+    dv = torch.where((v > 0) & (v < h - 1), dv, torch.zeros_like(dv))
+    return _to_input(u + du, v + dv, stride).to(heatmaps.dtype)
+
+
+def _gaussian_blur(heatmaps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of each (H, W) map, kernel radius 3σ, zero padding; (B, K, H, W)."""
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, device=heatmaps.device, dtype=heatmaps.dtype)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    b, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(b * k, 1, h, w)
+    flat = F.conv2d(flat, g.view(1, 1, 1, -1), padding=(0, r))
+    flat = F.conv2d(flat, g.view(1, 1, -1, 1), padding=(r, 0))
+    return flat.reshape(b, k, h, w)
+
+
+@torch.no_grad()
+def decode_dark(heatmaps: Tensor, stride: int = 1, blur_sigma: float = 1.0) -> Tensor:
+    """(B, K, H, W) -> (B, K, 2): DARK's distribution-aware decoding (Zhang et al. 2020, eqs 2–7).
+
+    The heatmap is blurred with a Gaussian of `blur_sigma` heatmap pixels and rescaled to its
+    former maximum (their "modulation"), then x = m − H⁻¹∇ with the gradient and Hessian of the
+    log heatmap at the maximum m taken by central differences. A Gaussian blurred by a Gaussian
+    stays a Gaussian, so a rendered target still decodes exactly. Offsets are clamped to ±1 px.
+    """
+    h, w = heatmaps.shape[-2:]
+    hm = heatmaps.float()
+    peak = hm.amax(dim=(-2, -1), keepdim=True)
+    blurred = _gaussian_blur(hm, blur_sigma)
+    blurred = blurred * peak / blurred.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(hm.dtype).tiny)
+    u, v = _argmax(blurred)
+    lw = _log_window(blurred, u, v)
+    dx = 0.5 * (lw[..., 1, 2] - lw[..., 1, 0])
+    dy = 0.5 * (lw[..., 2, 1] - lw[..., 0, 1])
+    dxx = lw[..., 1, 2] - 2 * lw[..., 1, 1] + lw[..., 1, 0]
+    dyy = lw[..., 2, 1] - 2 * lw[..., 1, 1] + lw[..., 0, 1]
+    dxy = 0.25 * (lw[..., 2, 2] - lw[..., 0, 2] - lw[..., 2, 0] + lw[..., 0, 0])
+    det = dxx * dyy - dxy**2
+    ok = (det > 0) & (dxx < 0) & (u > 0) & (u < w - 1) & (v > 0) & (v < h - 1)  # a proper maximum inside
+    safe = torch.where(ok, det, torch.ones_like(det))
+    du = torch.where(ok, -(dyy * dx - dxy * dy) / safe, torch.zeros_like(det)).clamp(-1, 1)
+    dv = torch.where(ok, -(dxx * dy - dxy * dx) / safe, torch.zeros_like(det)).clamp(-1, 1)
+    return _to_input(u + du, v + dv, stride).to(heatmaps.dtype)
+
+
+DECODERS = {"argmax": decode_argmax, "subpixel": decode_subpixel, "dark": decode_dark}

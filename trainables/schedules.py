@@ -1,9 +1,11 @@
-"""Target σ schedules: small stateful objects stepped once per epoch.
+"""Target σ schedules: small stateful objects stepped once per epoch (`target.schedule`).
 
-    sched = SCHEDULES["fixed"](cfg.target, num_landmarks=19)
+    sched = SCHEDULES["adaloss"](cfg.target, num_landmarks=19, input_size=(800, 640))
     sigma = sched.sigma                    # (K,) σ in input pixels for this epoch
-    sched.step(per_landmark_loss, loss)    # after each epoch
+    sched.step(per_landmark_loss, loss)    # after each epoch, with that epoch's training losses (K,)
     sched.load_state_dict(sched.state_dict())
+
+A checkpoint holds the state dict, so a resumed trial continues with the same σ and history.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from trainables.config import TargetConfig
 class FixedSigma:
     """Constant σ for every landmark (`target.sigma`)."""
 
-    def __init__(self, cfg: TargetConfig, num_landmarks: int):
+    def __init__(self, cfg: TargetConfig, num_landmarks: int, input_size: tuple[int, int] = (0, 0)):
         self.sigma = torch.full((num_landmarks,), float(cfg.sigma))
 
     def step(self, per_landmark_loss: Tensor, train_loss: float) -> Tensor:
@@ -30,4 +32,68 @@ class FixedSigma:
         self.sigma = state["sigma"].clone()
 
 
-SCHEDULES = {"fixed": FixedSigma}
+class Adaloss:
+    """Adaptive per-landmark σ (adaloss paper §3, eqs 1–5), parameters `target.adaloss.*`.
+
+    With H_t = the last w per-landmark losses (eq 2) and V_t their variance (eq 3, divided by w):
+        σ_{t+1} = σ_t + ρ·(1 − V_{t−1}/V_t)                              (eq 5)
+    A settling loss (V_t < V_{t−1}) shrinks σ. The non-increasing rule: σ may grow (V_t > V_{t−1})
+    only when that landmark's training loss rose too (L_t > L_{t−1}); otherwise it stays. We read
+    "the training loss" of the paper's §3 as the landmark's own loss, since the rule is per landmark.
+    Guards: no update until w + 1 losses exist (V_{t−1} needs them); none while V_t is zero, where
+    the ratio is undefined (a loss that has not moved at all); σ never goes below `min_sigma`.
+    σ_0 is `sigma0`, or a quarter of the smaller input side when 0 (the paper's choice).
+    """
+
+    def __init__(self, cfg: TargetConfig, num_landmarks: int, input_size: tuple[int, int]):
+        p = cfg.adaloss
+        self.window, self.rho, self.min_sigma = p.window, p.rho, p.min_sigma
+        sigma0 = max(p.sigma0 if p.sigma0 > 0 else min(input_size) / 4, p.min_sigma)
+        self.sigma = torch.full((num_landmarks,), float(sigma0))
+        self.history = torch.empty(0, num_landmarks, dtype=torch.float64)  # (≤ w + 1, K), oldest first
+
+    def step(self, per_landmark_loss: Tensor, train_loss: float) -> Tensor:
+        """Record this epoch's losses (K,) and return σ for the next epoch (K,)."""
+        loss = per_landmark_loss.detach().to("cpu", torch.float64).reshape(1, -1)
+        self.history = torch.cat([self.history, loss])[-(self.window + 1):]
+        if len(self.history) <= self.window:
+            return self.sigma
+        v_prev = self.history[:-1].var(dim=0, unbiased=False)  # V_{t−1}, eq 3
+        v_now = self.history[1:].var(dim=0, unbiased=False)  # V_t
+        # Zero variance relative to the losses' scale: the ratio would be noise over noise.
+        settled = v_now <= 1e-12 * self.history[1:].mean(dim=0) ** 2
+        delta = self.rho * (1 - v_prev / torch.where(settled, 1.0, v_now))
+        loss_rose = self.history[-1] > self.history[-2]
+        delta = torch.where(settled | ((delta > 0) & ~loss_rose), 0.0, delta)
+        self.sigma = (self.sigma.double() + delta).clamp_min(self.min_sigma).float()
+        return self.sigma
+
+    def state_dict(self) -> dict:
+        return {"sigma": self.sigma.clone(), "history": self.history.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma = state["sigma"].clone()
+        self.history = state["history"].clone()
+
+
+SCHEDULES = {"fixed": FixedSigma, "adaloss": Adaloss}
+
+
+def schedule_problems(cfg: TargetConfig) -> list[str]:
+    """What makes a target config unusable, as messages naming the config path."""
+    out = []
+    if cfg.schedule == "fixed" and not cfg.sigma > 0:
+        out.append(f"target.sigma: must be > 0, got {cfg.sigma}")
+    if cfg.schedule == "adaloss":
+        p = cfg.adaloss
+        if p.window < 2:
+            out.append(f"target.adaloss.window: needs at least 2 epochs for a variance, got {p.window}")
+        if not p.rho > 0:
+            out.append(f"target.adaloss.rho: must be > 0, got {p.rho}")
+        if p.sigma0 < 0:
+            out.append(f"target.adaloss.sigma0: must be > 0, or 0 for a quarter of the input side; got {p.sigma0}")
+        if not p.min_sigma > 0:
+            out.append(f"target.adaloss.min_sigma: must be > 0, got {p.min_sigma}")
+        elif p.sigma0 > 0 and p.sigma0 < p.min_sigma:
+            out.append(f"target.adaloss.sigma0: {p.sigma0} is below target.adaloss.min_sigma {p.min_sigma}")
+    return out

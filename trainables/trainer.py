@@ -26,13 +26,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
 from trainables.config import ConfigError, TrialConfig
-from trainables.data.dataset import LandmarkDataset, resize_coords
-from trainables.heatmaps import DECODERS, render_gaussians
+from trainables.data.augment import augment, is_active, validate as augment_problems
+from trainables.data.cache import default_cache_dir
+from trainables.data.dataset import LandmarkDataset, to_original
 from trainables.cost import cost_figures
-from trainables.losses import LOSSES
-from trainables.metrics import radial_errors_mm, summarize
+from trainables.distill import DISTILL_TERMS, Distiller, distill_problems, distill_term
+from trainables.heatmaps import DECODERS, TargetRenderer
+from trainables.losses import LOSSES, loss_problems
+from trainables.metrics import (NME_AUC_PERCENT, NME_FR_PERCENT, format_table, normalized_errors,
+                                 per_landmark_table, radial_errors_mm, summarize)
 from trainables.models import MODELS, build_model, model_problems
-from trainables.schedules import SCHEDULES
+from trainables.schedules import SCHEDULES, schedule_problems
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -49,6 +53,7 @@ REGISTRIES = {
     "data.dataset": datasets.DATASETS,
     "target.schedule": SCHEDULES,
     "loss.type": LOSSES,
+    "distill.type": DISTILL_TERMS,
     "optim.name": OPTIMIZERS,
     "eval.decode": DECODERS,
 }
@@ -69,17 +74,33 @@ def config_problems(cfg: TrialConfig) -> list[str]:
         if name not in registry:
             out.append(f"{path}: unknown {name!r}; choose one of {sorted(registry)}")
     out += model_problems(cfg.model, cfg.data.input_size)
+    out += schedule_problems(cfg.target)
+    out += loss_problems(cfg.loss, cfg.target.normalize)
+    if cfg.distill.type in DISTILL_TERMS and cfg.model.name in MODELS:
+        out += distill_problems(cfg.distill, cfg.model)
     for path, value in [("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)]:
         if value < 1:
             out.append(f"{path}: must be at least 1, got {value}")
-    for path, value in [("optim.lr", cfg.optim.lr), ("target.sigma", cfg.target.sigma)]:
-        if not value > 0:
-            out.append(f"{path}: must be > 0, got {value}")
+    if not cfg.optim.lr > 0:
+        out.append(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         out.append(f"train.device: unknown {cfg.train.device!r}; choose one of ['auto', 'cpu', 'cuda']")
+    out += augment_problems(cfg.data.augment)
     if cfg.data.dataset in datasets.DATASETS:
         out += datasets.problems(cfg.data)
+        if cfg.eval.split:
+            out += datasets.split_problems(cfg.data, cfg.eval.split, "eval.split")
+    for path, value in [("eval.fr_threshold", cfg.eval.fr_threshold), ("eval.auc_threshold", cfg.eval.auc_threshold)]:
+        if value < 0:
+            out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
     return out
+
+
+def load_split(cfg: TrialConfig, split: str) -> LandmarkDataset:
+    """One split of cfg.data at the input size, through the node's image cache."""
+    spec = datasets.DATASETS[cfg.data.dataset]
+    return LandmarkDataset(datasets.records(cfg.data, split), cfg.data.input_size, spec.read_image,
+                           default_cache_dir(), name=f"{cfg.data.dataset}/{split}")
 
 
 def fit(
@@ -97,17 +118,21 @@ def fit(
     rank = dist.get_rank() if distributed else 0
 
     torch.manual_seed(cfg.train.seed)
-    train_ds = LandmarkDataset(datasets.records(cfg.data, cfg.data.train_split), cfg.data.input_size)
-    val_ds = LandmarkDataset(datasets.records(cfg.data, cfg.data.val_split), cfg.data.input_size)
+    train_ds = load_split(cfg, cfg.data.train_split)
+    val_ds = load_split(cfg, cfg.data.val_split)
+    test_ds = load_split(cfg, cfg.eval.split) if cfg.eval.split else None
     num_landmarks = cfg.data.num_landmarks
+    spec = datasets.DATASETS[cfg.data.dataset]
+    flip_index = list(spec.flip_index(num_landmarks))
 
     model = build_model(cfg.model, num_landmarks).to(device)
     strides = tuple(model.strides)
-    costs = cost_figures(model, cfg.data.input_size, device)
+    costs = cost_figures(model, cfg.data.input_size, device)  # of the deployed model: before a classifier is unfrozen
+    distiller = Distiller(cfg.distill, model, cfg.model) if cfg.distill.type != "none" else None
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
-    schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks)
-    loss_fn = LOSSES[cfg.loss.type]
-    decode = DECODERS[cfg.eval.decode]
+    schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, cfg.data.input_size)
+    objective = Objective(LOSSES[cfg.loss.type], cfg, strides)
+    scorer = Scorer(cfg, spec, flip_index, device)
 
     start_epoch = 0
     if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
@@ -126,6 +151,7 @@ def fit(
     for epoch in range(start_epoch, cfg.train.epochs):
         # The shuffle order depends only on (seed, epoch), so a resumed trial sees the same batches.
         gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+        aug_gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch + 50_000_017)
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = DataLoader(
@@ -138,71 +164,131 @@ def fit(
         )
         t0 = time.perf_counter()
         model.train()
-        sigma = schedule.sigma.to(device)
+        sigma = schedule.sigma.to(device)  # the σ this epoch trains with, reported below
         loss_sum = torch.zeros(num_landmarks, device=device)
+        distill_sum = torch.zeros((), device=device)
         n_batches = 0
         for images, coords, _, _ in loader:
             images, coords = images.to(device), coords.to(device)
-            per_landmark = head_losses(model(images), coords, sigma, strides, loss_fn)
+            if is_active(cfg.data.augment):
+                images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
+            heads = model(images)
+            per_landmark = objective(heads, coords, sigma)
             loss = per_landmark.mean()
+            if distiller is not None:
+                distill_loss = distiller.loss(images)
+                loss = loss + distill_term(cfg.distill.lambda_, distill_loss, heads)  # cross-task eq 2
+                distill_sum += distill_loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += per_landmark.detach()
             n_batches += 1
+        if distributed:  # every rank must step Adaloss with the same losses, or their σ would drift apart
+            dist.all_reduce(loss_sum)
+            loss_sum /= dist.get_world_size()
         per_landmark_loss = (loss_sum / max(n_batches, 1)).cpu()
         train_loss = per_landmark_loss.mean().item()
         epoch_s = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             raise Diverged(f"train/loss is {train_loss} at epoch {epoch + 1}; lower optim.lr or check the data")
+        train = {"train/loss": train_loss, **{f"train/loss_lm_{k}": v for k, v in enumerate(per_landmark_loss.tolist())},
+                 **{f"target/sigma_{k}": v for k, v in enumerate(sigma.tolist())}}
+        if distiller is not None:
+            train["train/loss_distill"] = (distill_sum / max(n_batches, 1)).item()
         schedule.step(per_landmark_loss, train_loss)
 
-        val = evaluate(model, val_ds, schedule.sigma.to(device), loss_fn, decode, strides, device, cfg.train.batch_size)
+        val, _ = scorer(model, val_ds, sigma, objective, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
-        metrics = {"epoch": epoch + 1, "train/loss": train_loss, **val, **costs, "cost/epoch_s": epoch_s}
+        metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s}
+        tables = {}
+        if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
+            test, tables[f"test_{cfg.eval.split}"] = scorer(model, test_ds, sigma, objective, "test")
+            metrics.update(test)
         _report_with_checkpoint(report, metrics, rank, {
             "model": _unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": torch.get_rng_state(),
             "epoch": epoch + 1,
-        })
+        }, tables)
     return metrics
 
 
-def head_losses(heads: list, coords, sigma, strides: tuple[int, ...], loss_fn):
-    """Per-landmark loss summed over heads, each against a target rendered at its own stride. -> (K,)"""
-    total = 0
-    for heatmaps, stride in zip(heads, strides):
-        target = render_gaussians(coords, sigma, tuple(heatmaps.shape[-2:]), stride)
-        total = total + loss_fn(heatmaps, target)
-    return total
+class Objective:
+    """The regression loss L_R: each head against a target rendered at its own stride, summed over heads.
+
+    heads: [(B, K, H/s, W/s) for s in strides], coords (B, K, 2) (NaN rows = not annotated),
+    sigma (K,) -> (K,) per-landmark loss. Targets are rendered on the heads' device into buffers
+    reused every step (`TargetRenderer`).
+    """
+
+    def __init__(self, loss_fn, cfg: TrialConfig, strides: tuple[int, ...]):
+        self.loss_fn, self.loss_cfg, self.strides = loss_fn, cfg.loss, strides
+        self.render = TargetRenderer(normalize=cfg.target.normalize)
+
+    def __call__(self, heads: list, coords, sigma):
+        valid = ~coords.isnan().any(dim=-1)  # (B, K)
+        total = 0
+        for slot, (heatmaps, stride) in enumerate(zip(heads, self.strides)):
+            target = self.render(coords, sigma, tuple(heatmaps.shape[-2:]), stride, slot)
+            total = total + self.loss_fn(heatmaps.float(), target, self.loss_cfg, valid)
+        return total
 
 
-@torch.no_grad()
-def evaluate(model, ds: LandmarkDataset, sigma, loss_fn, decode, strides: tuple[int, ...], device, batch_size: int) -> dict:
-    """Validation loss and landmark metrics from the finest head, in eval mode (BatchNorm uses running stats)."""
-    model.eval()
-    errors, loss_sum, n = [], 0.0, 0
-    for images, coords, to_orig, spacing in DataLoader(ds, batch_size=batch_size):
-        images, coords = images.to(device), coords.to(device)
-        heads = model(images)
-        loss_sum += head_losses(heads, coords, sigma, strides, loss_fn).mean().item() * len(images)
-        n += len(images)
-        pred = decode(heads[-1].float(), strides[-1]).cpu()
-        # Errors are measured in the original image's pixels, then mm.
-        scale = to_orig[:, None, :]
-        errors.append(radial_errors_mm(resize_coords(pred, scale), resize_coords(coords.cpu(), scale), spacing))
-    return {"val/loss": loss_sum / n, **summarize(torch.cat(errors), "val")}
+class Scorer:
+    """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
+
+    Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
+    (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
+    in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
+    """
+
+    def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
+        self.decode, self.flip_test = DECODERS[cfg.eval.decode], cfg.eval.flip_test
+        self.flip_index, self.unit, self.nme_pair = flip_index, spec.unit, spec.nme_pair
+        self.batch_size, self.device = cfg.train.batch_size, device
+        default_fr, default_auc = (NME_FR_PERCENT, NME_AUC_PERCENT) if spec.unit == "nme" else (4.0, 4.0)
+        self.fr = cfg.eval.fr_threshold or default_fr
+        self.auc = cfg.eval.auc_threshold or default_auc
+
+    @torch.no_grad()
+    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, str]:
+        model.eval()
+        stride = objective.strides[-1]
+        errors, loss_sum, n = [], 0.0, 0
+        for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size):
+            images, coords = images.to(self.device), coords.to(self.device)
+            heads = model(images)
+            loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
+            n += len(images)
+            heatmaps = heads[-1].float()
+            if self.flip_test:
+                # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
+                mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
+                heatmaps = (heatmaps + mirrored) / 2
+            pred = to_original(self.decode(heatmaps, stride).cpu(), frames)
+            gt = to_original(coords.cpu(), frames)
+            if self.unit == "nme":
+                errors.append(normalized_errors(pred, gt, self.nme_pair))
+            else:
+                errors.append(radial_errors_mm(pred, gt, spacing))
+        errors = torch.cat(errors)
+        metrics = {f"{split}/loss": loss_sum / n,
+                   **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc)}
+        return metrics, format_table(per_landmark_table(errors, self.unit))
 
 
-def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict) -> None:
+def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str]) -> None:
+    """Report with a checkpoint folder holding checkpoint.pt and, at the end, <name>_per_landmark.txt tables."""
     if rank != 0:
         report(metrics, None)
         return
     folder = Path(tempfile.mkdtemp(prefix="landmark-ckpt-"))
     try:
         torch.save(state, folder / CHECKPOINT_FILE)
+        for name, table in tables.items():
+            (folder / f"{name}_per_landmark.txt").write_text(table + "\n")
         report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

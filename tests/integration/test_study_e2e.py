@@ -38,6 +38,8 @@ def study(tmp_path_factory, tiny_phantom):
             "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
                      "phantom": tiny_phantom},
             "train": {"epochs": 2, "batch_size": 4},
+            "loss": {"type": "ewc"},
+            "eval": {"decode": "subpixel", "split": "test2"},
         },
         "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}, "target.sigma": {"uniform": [1.5, 3.0]}},
     }
@@ -78,10 +80,15 @@ def test_per_epoch_metrics_are_logged_with_step_epoch(study):
     _, trials, _ = trial_runs(study["uri"])
     client = mlflow.tracking.MlflowClient(study["uri"])
     for run_id in trials["run_id"]:
-        for key in ("train/loss", "val/mre_mm", "val/sdr_2mm"):
+        for key in ("train/loss", "val/mre_mm", "val/sdr_2mm", "val/auc", "train/loss_lm_18", "target/sigma_0"):
             history = client.get_metric_history(run_id, key)
             assert sorted(m.step for m in history) == [1, 2], key
-        assert client.get_run(run_id).data.metrics["val/mre_mm"] > 0
+        # the final test split is scored once, after the last epoch
+        assert [m.step for m in client.get_metric_history(run_id, "test/mre_mm")] == [2]
+        metrics = client.get_run(run_id).data.metrics
+        assert metrics["val/mre_mm"] > 0 and metrics["test/mre_mm"] > 0
+        sigma = float(client.get_run(run_id).data.params["target.sigma"])
+        assert metrics["target/sigma_0"] == pytest.approx(sigma, rel=1e-6)  # fixed σ: the searched value
 
 
 def test_train_runs_are_named_after_trials_and_checkpointed(study):
@@ -90,6 +97,8 @@ def test_train_runs_are_named_after_trials_and_checkpointed(study):
     for tid in trials["tags.tune.trial_id"]:
         run_dir = train_dir / f"train_{tid}"
         assert list(run_dir.glob("checkpoint_*/checkpoint.pt")), f"no checkpoint under {run_dir}"
+        tables = list(run_dir.glob("checkpoint_*/test_test2_per_landmark.txt"))
+        assert len(tables) == 1 and len(tables[0].read_text().splitlines()) == 1 + 19
 
 
 def test_the_cli_says_where_results_are(study):
@@ -119,6 +128,8 @@ def test_a_diverging_trial_is_recorded_as_failed(tmp_path, tiny_phantom):
                      "phantom": tiny_phantom},
             "optim": {"name": "sgd"},
             "train": {"epochs": 2, "batch_size": 4},
+            "loss": {"type": "ewc"},
+            "eval": {"decode": "subpixel", "split": "test2"},
         },
         "space": {"optim.lr": {"loguniform": [1e8, 1e9]}},
     }

@@ -115,3 +115,16 @@ def test_more_landmarks_and_cli(tmp_path, capsys):
     recs = isbi2015.load_split(tmp_path / "k25", "test1", num_landmarks=25)
     assert recs[0].id == "002" and recs[0].landmarks.shape == (25, 2)
     assert isbi2015.read_image(recs[0].image_path).shape == (64, 48)
+
+
+def test_noise_spread_makes_later_landmarks_noisier(tmp_path):
+    # noise_spread 4 scales landmark k's noise by 1 + 4·k/(K−1): 1× for the first, 5× for the last.
+    cfg = PhantomConfig(num_train=40, num_test1=1, num_test2=1, image_size=(96, 80), num_landmarks=5,
+                        senior_noise_px=1.0, junior_noise_px=1.0, noise_spread=4.0, seed=5)
+    root = phantom.generate(tmp_path / "p", cfg)
+    truth = phantom.true_landmarks(root)
+    recs = isbi2015.load_split(root, "train", num_landmarks=5, annotator="senior")
+    err = np.stack([r.landmarks - truth[r.id] for r in recs])  # (40, 5, 2)
+    sd = err.std(axis=(0, 2))
+    assert sd[0] < 1.6 and sd[-1] > 3.0  # about 1.0 and 5.0 (less where clipped to the image)
+    assert (np.diff(sd) > -0.5).all()

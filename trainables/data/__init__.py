@@ -1,10 +1,12 @@
-"""Dataset registry, keyed by the YAML name `data.dataset`.
+"""Dataset registry, keyed by the YAML name `data.dataset`: phantom | isbi2015 | hand | 300w.
 
-Every dataset yields records (image path, float landmark coordinates in pixels, mm/px);
-`LandmarkDataset` turns them into tensors at the input size.
+Every dataset yields records (image path, float landmark coordinates in pixels, mm/px, an
+optional crop box); `LandmarkDataset` turns them into tensors at the input size, through an
+on-disk cache of the decoded, resized images.
 
     recs = records(cfg.data, "train")    # list[Record]
     problems(cfg.data)                   # [] when the data can be read; checked before any trial
+    DATASETS["300w"].unit                # "nme": faces are scored by NME, the others in mm
 """
 
 from __future__ import annotations
@@ -13,13 +15,28 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.data import isbi2015, phantom
+import numpy as np
+
+from trainables.data import face300w, hand, isbi2015, phantom
+from trainables.data.record import Record, read_image
 
 # Where phantom data is generated when data.root is empty; on a cluster each node makes its
 # own (identical, seeded) copy.
 DATA_HOME = Path(os.environ.get("LANDMARK_STUDY_DATA", Path.home() / ".cache" / "landmark_study"))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    records: Callable  # (DataConfig, split) -> list[Record]
+    problems: Callable  # (DataConfig) -> list[str], cheap checks naming the config key
+    flip_index: Callable  # K -> K ints: the landmark a horizontally flipped landmark k becomes
+    unit: str = "mm"  # "mm": radial errors through the pixel spacing; "nme": normalised by nme_pair's distance
+    nme_pair: tuple[int, int] | None = None
+    read_image: Callable[[Path], np.ndarray] = read_image  # path -> (H, W) uint8
 
 
 def phantom_root(cfg) -> Path:
@@ -29,48 +46,119 @@ def phantom_root(cfg) -> Path:
     return DATA_HOME / f"phantom-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def _isbi_records(cfg, split: str) -> list[isbi2015.Record]:
-    return isbi2015.load_split(Path(cfg.root).expanduser(), split, cfg.num_landmarks, cfg.annotator)
+def _root(cfg) -> Path:
+    return Path(cfg.root).expanduser()
 
 
-def _phantom_records(cfg, split: str) -> list[isbi2015.Record]:
-    root = phantom.ensure(phantom_root(cfg), cfg.phantom)
-    return isbi2015.load_split(root, split, cfg.num_landmarks, cfg.annotator)
+def _root_problem(cfg, holds: str) -> list[str]:
+    return [] if cfg.root else [f"data.root: {cfg.dataset} needs the dataset folder (holding {holds})"]
+
+
+def _splits_problems(cfg, valid: list[str]) -> list[str]:
+    return [f"data.{key}: unknown split {getattr(cfg, key)!r}; choose one of {valid}"
+            for key in ("train_split", "val_split") if getattr(cfg, key) not in valid]
+
+
+# --- isbi2015 and phantom (the phantom is written in the ISBI 2015 layout) ----------------------
 
 
 def _isbi_problems(cfg) -> list[str]:
+    out = _splits_problems(cfg, list(isbi2015.SPLIT_DIRS))
+    if cfg.annotator not in isbi2015.ANNOTATORS:
+        out.append(f"data.annotator: unknown {cfg.annotator!r}; choose one of {list(isbi2015.ANNOTATORS)}")
+    if cfg.dataset == "phantom":
+        if cfg.num_landmarks != cfg.phantom.num_landmarks:
+            out.append(f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
+                       f"{cfg.phantom.num_landmarks}; set them equal")
+        if cfg.root and _root(cfg).exists():
+            out += [f"data.root: {p}" for p in isbi2015.layout_problems(_root(cfg))]
+        return out
     if not cfg.root:
-        return ["data.root: isbi2015 needs the dataset folder (holding RawImage/ and AnnotationsByMD/)"]
-    return [f"data.root: {p}" for p in isbi2015.layout_problems(Path(cfg.root).expanduser())]
+        return out + _root_problem(cfg, "RawImage/ and AnnotationsByMD/")
+    return out + [f"data.root: {p}" for p in isbi2015.layout_problems(_root(cfg))]
 
 
-def _phantom_problems(cfg) -> list[str]:
-    out = []
-    if cfg.num_landmarks != cfg.phantom.num_landmarks:
-        out.append(
-            f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
-            f"{cfg.phantom.num_landmarks}; set them equal"
-        )
-    if cfg.root and Path(cfg.root).expanduser().exists():
-        out += [f"data.root: {p}" for p in isbi2015.layout_problems(Path(cfg.root).expanduser())]
+def _isbi_records(cfg, split: str) -> list[Record]:
+    root = phantom.ensure(phantom_root(cfg), cfg.phantom) if cfg.dataset == "phantom" else _root(cfg)
+    return isbi2015.load_split(root, split, cfg.num_landmarks, cfg.annotator)
+
+
+def _same_landmarks(k: int) -> tuple[int, ...]:
+    # A mirrored lateral cephalogram or hand radiograph shows the same anatomy: identities stay.
+    return tuple(range(k))
+
+
+# --- hand --------------------------------------------------------------------------------------
+
+
+def _hand_problems(cfg) -> list[str]:
+    out = _root_problem(cfg, "all.csv, images/ and splits/")
+    if out:
+        return out
+    layout = [f"data.root: {p}" for p in hand.layout_problems(_root(cfg))]
+    if layout:
+        return layout
+    a, b = cfg.hand.ruler
+    if not (0 <= a < cfg.num_landmarks and 0 <= b < cfg.num_landmarks) or a == b:
+        out.append(f"data.hand.ruler: two distinct landmark indices in 0..{cfg.num_landmarks - 1}, got {[a, b]}")
+    if not cfg.hand.ruler_mm > 0:
+        out.append(f"data.hand.ruler_mm: must be > 0, got {cfg.hand.ruler_mm}")
+    for key in ("train_split", "val_split"):
+        try:
+            hand.split_stems(_root(cfg), getattr(cfg, key))  # the loader's own rule: stems joined by +, no repeats
+        except ValueError as err:
+            out.append(f"data.{key}: {err}")
     return out
 
 
-DATASETS = {"isbi2015": _isbi_records, "phantom": _phantom_records}
-_PROBLEMS = {"isbi2015": _isbi_problems, "phantom": _phantom_problems}
-SPLITS = tuple(isbi2015.SPLIT_DIRS)
+def _hand_records(cfg, split: str) -> list[Record]:
+    return hand.load_split(_root(cfg), split, cfg.num_landmarks, tuple(cfg.hand.ruler), cfg.hand.ruler_mm)
 
 
-def records(cfg, split: str) -> list[isbi2015.Record]:
-    return DATASETS[cfg.dataset](cfg, split)
+# --- 300w --------------------------------------------------------------------------------------
+
+
+def _face_problems(cfg) -> list[str]:
+    out = _splits_problems(cfg, list(face300w.SPLITS))
+    if cfg.num_landmarks != face300w.NUM_LANDMARKS:
+        out.append(f"data.num_landmarks: 300w has {face300w.NUM_LANDMARKS} landmarks, got {cfg.num_landmarks}")
+    if not cfg.face.crop_scale > 0:
+        out.append(f"data.face.crop_scale: must be > 0, got {cfg.face.crop_scale}")
+    if not cfg.root:
+        return out + _root_problem(cfg, "afw/, helen/, lfpw/ and ibug/")
+    out += [f"data.root: {p}" for p in face300w.layout_problems(_root(cfg))]
+    for key in ("train_split", "val_split"):
+        if getattr(cfg, key) == "test":
+            out += [f"data.{key}: {p}" for p in face300w.split_problems(_root(cfg), "test")]
+    return out
+
+
+def _face_records(cfg, split: str) -> list[Record]:
+    return face300w.load_split(_root(cfg), split, cfg.num_landmarks, cfg.face.crop_scale)
+
+
+def _face_flip(k: int) -> tuple[int, ...]:
+    return face300w.FLIP_INDEX
+
+
+DATASETS = {
+    "phantom": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks),
+    "isbi2015": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks),
+    "hand": DatasetSpec(_hand_records, _hand_problems, _same_landmarks, read_image=hand.read_hand_image),
+    "300w": DatasetSpec(_face_records, _face_problems, _face_flip, unit="nme", nme_pair=face300w.IOD_PAIR),
+}
+
+
+def records(cfg, split: str) -> list[Record]:
+    return DATASETS[cfg.dataset].records(cfg, split)
 
 
 def problems(cfg) -> list[str]:
     """What stops this data config from being read, as messages naming the config key."""
-    out = []
-    for key in ("train_split", "val_split"):
-        if getattr(cfg, key) not in SPLITS:
-            out.append(f"data.{key}: unknown split {getattr(cfg, key)!r}; choose one of {list(SPLITS)}")
-    if cfg.annotator not in isbi2015.ANNOTATORS:
-        out.append(f"data.annotator: unknown {cfg.annotator!r}; choose one of {list(isbi2015.ANNOTATORS)}")
-    return out + _PROBLEMS[cfg.dataset](cfg)
+    return DATASETS[cfg.dataset].problems(cfg)
+
+
+def split_problems(cfg, split: str, key: str) -> list[str]:
+    """Problems of one more split name (e.g. eval.split) under config key `key`."""
+    return [p.replace("data.train_split", key, 1)
+            for p in problems(dataclasses.replace(cfg, train_split=split)) if p.startswith("data.train_split")]

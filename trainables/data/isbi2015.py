@@ -26,32 +26,16 @@ Quick check from a shell:
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines  # noqa: F401 (re-exported)
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
 ANNOTATOR_DIRS = {"senior": "400_senior", "junior": "400_junior"}
 ANNOTATORS = ("mean", "senior", "junior")  # "mean" = average of the two doctors (FARNet paper's ground truth)
-
-
-class DatasetFormatError(ValueError):
-    """The dataset on disk does not match the expected layout or file format.
-
-    The message names the offending file (and the 1-based line number where relevant).
-    """
-
-
-@dataclass(frozen=True)
-class Record:
-    id: str  # "001": the image file name without extension
-    image_path: Path
-    landmarks: np.ndarray  # (K, 2) float64, (x, y) in pixels of the full-size image
-    spacing_mm: float  # mm per pixel of the full-size image
 
 
 def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
@@ -61,16 +45,7 @@ def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
     ("12.0, 880") and any number of trailing lines (other labels, blank lines).
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetFormatError(f"{path}: annotation file not found") from None
-    except UnicodeDecodeError as e:
-        raise DatasetFormatError(f"{path}: not a text file ({e})") from None
-    except OSError as e:
-        raise DatasetFormatError(f"{path}: cannot read annotation file ({e})") from None
-
-    lines = text.splitlines()  # handles \n, \r\n and \r
+    lines = read_text_lines(path, "annotation file")
     while lines and not lines[-1].strip():  # trailing blank lines do not count
         lines.pop()
     if len(lines) < num_landmarks:
@@ -91,19 +66,6 @@ def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
             raise DatasetFormatError(f'{path} line {i + 1}: expected "x,y" numbers, got "{line}"') from None
         out[i] = xy
     return out
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file (BMP in the real data, 8- or 24-bit) -> (H, W) uint8 grayscale."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            gray = im.convert("L")  # RGB -> ITU-R 601 luma; palette images go through their palette
-    except FileNotFoundError:
-        raise DatasetFormatError(f"{path}: image file not found") from None
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise DatasetFormatError(f"{path}: cannot decode image ({e})") from None
-    return np.array(gray, dtype=np.uint8)
 
 
 def _split_images(root: Path, split: str) -> list[Path]:
@@ -186,15 +148,10 @@ def layout_problems(root: Path) -> list[str]:
     return problems
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m trainables.data.isbi2015 ROOT")
-    root = Path(sys.argv[1])
-    problems = layout_problems(root)
-    for p in problems:
-        print("problem:", p)
-    if problems:
-        sys.exit(1)
+def _describe(root: Path):
     for split in SPLIT_DIRS:
         recs = load_split(root, split)
-        print(f"{split}: {len(recs)} images ({recs[0].id}..{recs[-1].id})")
+        yield f"{split}: {len(recs)} images ({recs[0].id}..{recs[-1].id})"
+
+if __name__ == "__main__":
+    check_folder_cli("isbi2015", layout_problems, _describe)

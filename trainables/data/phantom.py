@@ -51,6 +51,7 @@ class PhantomConfig:
     num_landmarks: int = 19  # the ISBI 2015 set; other K use the first K of a longer list
     senior_noise_px: float = 1.0  # annotation noise std of the "senior doctor", pixels
     junior_noise_px: float = 2.0  # the "junior doctor" is noisier, as in the real data
+    noise_spread: float = 0.0  # landmark k's noise is scaled by 1 + spread·k/(K−1): later landmarks are harder
     seed: int = 0
 
 
@@ -113,8 +114,8 @@ def _check(cfg: PhantomConfig) -> None:
         raise ValueError(f"phantom: image_size (H, W) must be at least 32x32, got {cfg.image_size}")
     if cfg.num_landmarks < 1:
         raise ValueError(f"phantom: num_landmarks must be >= 1, got {cfg.num_landmarks}")
-    if cfg.senior_noise_px < 0 or cfg.junior_noise_px < 0:
-        raise ValueError("phantom: annotation noise must be >= 0")
+    if cfg.senior_noise_px < 0 or cfg.junior_noise_px < 0 or cfg.noise_spread < 0:
+        raise ValueError("phantom: annotation noise and noise_spread must be >= 0")
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -289,7 +290,9 @@ def _config_dict(cfg: PhantomConfig) -> dict:
 def _write_dataset(out: Path, cfg: PhantomConfig) -> None:
     """Write the whole dataset into the (empty, existing) folder `out`."""
     H, W = cfg.image_size
-    noise = {"senior": cfg.senior_noise_px, "junior": cfg.junior_noise_px}
+    # Per-landmark noise (K, 1): with noise_spread 0 every landmark gets the doctor's noise as before.
+    spread = 1.0 + cfg.noise_spread * np.linspace(0.0, 1.0, cfg.num_landmarks)[:, None]
+    noise = {"senior": cfg.senior_noise_px * spread, "junior": cfg.junior_noise_px * spread}
     for d in ANNOTATOR_DIRS.values():
         (out / "AnnotationsByMD" / d).mkdir(parents=True)
     truth = {}
@@ -302,7 +305,7 @@ def _write_dataset(out: Path, cfg: PhantomConfig) -> None:
             image, true = _render(cfg, rng)
             Image.fromarray(image).save(image_dir / f"{rid}.bmp", format="BMP")  # 8-bit grayscale-palette BMP
             for doctor, sigma in noise.items():
-                ann = np.rint(true + rng.normal(0.0, sigma, true.shape))
+                ann = np.rint(true + rng.normal(0.0, 1.0, true.shape) * sigma)
                 ann = np.clip(ann, 0, [W - 1, H - 1]).astype(int)
                 lines = [f"{x},{y}" for x, y in ann] + ["1", "2"]  # real files end with other class labels
                 text = "\r\n".join(lines) + "\r\n"  # CRLF, like the real files

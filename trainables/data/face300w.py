@@ -1,0 +1,272 @@
+"""Reader for the 300-W face-alignment dataset (68 landmarks), in the layout of the public release.
+
+Expected layout (each folder holds images, .jpg/.jpeg/.png, each with a .pts file of the same stem):
+
+    ROOT/afw/                          train
+    ROOT/helen/trainset/               train
+    ROOT/lfpw/trainset/                train
+    ROOT/helen/testset/                common
+    ROOT/lfpw/testset/                 common
+    ROOT/ibug/                         challenging
+    ROOT/300W/01_Indoor/               test (the private test set; optional)
+    ROOT/300W/02_Outdoor/              test
+
+Splits, the field's standard: train (3148 faces), common (554), challenging (135),
+full = common + challenging (689), test (600). See SPLITS.
+
+A .pts file:
+
+    version: 1
+    n_points: 68
+    {
+    x y                                68 lines, floats, 1-based (Matlab) pixel coordinates
+    }
+
+Coordinates are shifted by -1 on reading, so pixel centres are at integers (0-based). There is
+no physical scale: spacing_mm is NaN and errors are normalised by the inter-ocular distance
+(IOD_PAIR, the outer eye corners). Each record's crop is the square ground-truth face box:
+centred on the landmarks' bounding box, side crop_scale × its longer side (adaloss paper §4.3);
+it may extend beyond the image, whoever crops pads.
+
+Usage:
+
+    from trainables.data import face300w
+    problems = face300w.layout_problems(root)          # [] when train/common/challenging look fine
+    face300w.split_problems(root, "test")              # same, for one split (e.g. the private set)
+    records = face300w.load_split(root, "train")       # parses every .pts, decodes no image
+    image = face300w.read_image(records[0].image_path) # (H, W) uint8 grayscale, decoded on demand
+
+Quick check from a shell:
+
+    python -m trainables.data.face300w ROOT            # prints problems and per-split counts
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines  # noqa: F401 (re-exported)
+
+NUM_LANDMARKS = 68
+IOD_PAIR = (36, 45)  # outer eye corners, 0-based: the NME normaliser (inter-ocular distance)
+# Partner of each landmark under a horizontal flip (image-left <-> image-right), the standard
+# 68-point (Multi-PIE) map. Apply as: xy[:, 0] = W - 1 - xy[:, 0]; xy = xy[FLIP_INDEX].
+# fmt: off
+FLIP_INDEX = (
+    16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,  # 0-16 jaw, 8 = chin fixed
+    26, 25, 24, 23, 22, 21, 20, 19, 18, 17,                    # 17-26 brows
+    27, 28, 29, 30,                                            # 27-30 nose bridge, fixed
+    35, 34, 33, 32, 31,                                        # 31-35 nostrils, 33 fixed
+    45, 44, 43, 42, 47, 46,                                    # 36-41 left eye -> right eye
+    39, 38, 37, 36, 41, 40,                                    # 42-47 right eye -> left eye
+    54, 53, 52, 51, 50, 49, 48,                                # 48-54 upper outer lip, 51 fixed
+    59, 58, 57, 56, 55,                                        # 55-59 lower outer lip, 57 fixed
+    64, 63, 62, 61, 60,                                        # 60-64 upper inner lip, 62 fixed
+    67, 66, 65,                                                # 65-67 lower inner lip, 66 fixed
+)
+# fmt: on
+
+_TRAIN = ("afw", "helen/trainset", "lfpw/trainset")
+_COMMON = ("helen/testset", "lfpw/testset")
+_CHALLENGING = ("ibug",)
+SPLITS = {
+    "train": _TRAIN,
+    "common": _COMMON,
+    "challenging": _CHALLENGING,
+    "full": _COMMON + _CHALLENGING,
+    "test": ("300W/01_Indoor", "300W/02_Outdoor"),
+}
+LAYOUT_SPLITS = ("train", "common", "challenging", "full")  # what layout_problems checks; "test" is optional
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _header(path: Path, lineno: int, line: str, key: str) -> str:
+    """The value of a "key: value" header line; DatasetFormatError when the line is anything else."""
+    k, sep, value = line.partition(":")
+    if not sep or k.strip().lower() != key or not value.strip():
+        raise DatasetFormatError(f'{path} line {lineno}: expected "{key}: <number>" header, got "{line}"')
+    return value.strip()
+
+
+def read_pts(path: Path, num_landmarks: int = NUM_LANDMARKS) -> np.ndarray:
+    """Read a .pts file -> (K, 2) float64 (x, y), 0-based pixels (the file's 1-based values - 1).
+
+    Tolerates CRLF, a UTF-8 BOM, whitespace around every line and blank lines (skipped; line
+    numbers in errors count them).
+    """
+    path = Path(path)
+    all_lines = read_text_lines(path, ".pts file")
+    lines = [(i, s.strip()) for i, s in enumerate(all_lines, start=1) if s.strip()]
+    end = len(all_lines) + 1  # the "line" after the last, for errors about a file that ends early
+
+    def at(j: int) -> tuple[int, str | None]:
+        return lines[j] if j < len(lines) else (end, None)
+
+    lineno, line = at(0)
+    if line is None:
+        raise DatasetFormatError(f"{path}: empty .pts file")
+    version = _header(path, lineno, line, "version")
+    try:
+        float(version)
+    except ValueError:
+        raise DatasetFormatError(f'{path} line {lineno}: expected "version: <number>" header, got "{line}"') from None
+
+    lineno, line = at(1)
+    if line is None:
+        raise DatasetFormatError(f'{path} line {lineno}: file ends before the "n_points: {num_landmarks}" header')
+    n = _header(path, lineno, line, "n_points")
+    if not n.isdigit():
+        raise DatasetFormatError(f'{path} line {lineno}: expected "n_points: <integer>" header, got "{line}"')
+    if int(n) != num_landmarks:
+        raise DatasetFormatError(f"{path} line {lineno}: n_points is {int(n)}, expected {num_landmarks}")
+
+    lineno, line = at(2)
+    if line != "{":
+        got = "the end of the file" if line is None else f'"{line}"'
+        raise DatasetFormatError(f'{path} line {lineno}: expected "{{" opening the points, got {got}')
+
+    out = np.empty((num_landmarks, 2), dtype=np.float64)
+    for k in range(num_landmarks):
+        lineno, line = at(3 + k)
+        if line is None or line == "}":
+            raise DatasetFormatError(
+                f"{path} line {lineno}: too few points, found {k}, expected {num_landmarks}"
+            )
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            xy = [float(p) for p in parts]
+            if not all(math.isfinite(v) for v in xy):
+                raise ValueError
+        except ValueError:
+            raise DatasetFormatError(f'{path} line {lineno}: expected "x y" numbers, got "{line}"') from None
+        out[k] = xy
+
+    lineno, line = at(3 + num_landmarks)
+    if line != "}":
+        got = "the end of the file" if line is None else f'"{line}"'
+        raise DatasetFormatError(
+            f'{path} line {lineno}: expected "}}" after {num_landmarks} points, got {got}'
+        )
+    if len(lines) > 4 + num_landmarks:
+        lineno, line = lines[4 + num_landmarks]
+        raise DatasetFormatError(f'{path} line {lineno}: unexpected text after the closing "}}": "{line}"')
+    return out - 1.0  # 1-based (Matlab) -> 0-based pixel centres
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The images of one folder, sorted by stem; two images with one stem is an error."""
+    by_stem: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            if p.stem in by_stem:
+                raise DatasetFormatError(f"{p}: two images share the stem {p.stem!r} (also {by_stem[p.stem].name})")
+            by_stem[p.stem] = p
+    return [by_stem[s] for s in sorted(by_stem)]
+
+
+def _check_split(split: str) -> tuple[str, ...]:
+    try:
+        return SPLITS[split]
+    except KeyError:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}") from None
+
+
+def face_box(landmarks: np.ndarray, crop_scale: float) -> tuple[float, float, float, float]:
+    """Square (x0, y0, x1, y1) centred on the landmarks' bounding box, side crop_scale × its longer side."""
+    lo, hi = np.nanmin(landmarks, axis=0), np.nanmax(landmarks, axis=0)
+    cx, cy = (lo + hi) / 2.0
+    half = crop_scale * float(max(hi - lo)) / 2.0
+    return (float(cx - half), float(cy - half), float(cx + half), float(cy + half))
+
+
+def load_split(
+    root: Path, split: str, num_landmarks: int = NUM_LANDMARKS, crop_scale: float = 1.25
+) -> list[Record]:
+    """All records of a split, sorted by (folder, stem); id = "<folder>/<stem>". Decodes no image.
+
+    spacing_mm is NaN (faces have no physical scale; use NME with IOD_PAIR). crop: see face_box.
+    """
+    folders = _check_split(split)
+    if num_landmarks < 1:
+        raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+    if not crop_scale > 0:
+        raise ValueError(f"crop_scale must be > 0, got {crop_scale}")
+    root = Path(root)
+    records = []
+    for folder in sorted(folders):
+        d = root / folder
+        if not d.is_dir():
+            raise DatasetFormatError(f"{d}: image folder of split {split!r} not found")
+        images = _folder_images(d)
+        if not images:
+            raise DatasetFormatError(f"{d}: no .jpg/.jpeg/.png images in a folder of split {split!r}")
+        for image_path in images:
+            pts = image_path.with_suffix(".pts")
+            if not pts.is_file():
+                raise DatasetFormatError(f"{pts}: .pts file not found (needed for image {image_path})")
+            xy = read_pts(pts, num_landmarks)
+            if num_landmarks > 1 and np.ptp(xy, axis=0).max() == 0.0:
+                raise DatasetFormatError(f"{pts}: all {num_landmarks} points coincide, no face box")
+            records.append(
+                Record(
+                    id=f"{folder}/{image_path.stem}",
+                    image_path=image_path,
+                    landmarks=xy,
+                    spacing_mm=float("nan"),
+                    crop=face_box(xy, crop_scale),
+                )
+            )
+    return records
+
+
+def _missing_folder_problems(root: Path, splits: tuple[str, ...]) -> list[str]:
+    affected: dict[str, list[str]] = {}
+    for split in splits:
+        for folder in SPLITS[split]:
+            affected.setdefault(folder, []).append(split)
+    problems = []
+    for folder, names in affected.items():
+        if not (root / folder).is_dir():
+            problems.append(f"{root / folder}: folder missing (affects split {', '.join(map(repr, names))})")
+    return problems
+
+
+def _root_problems(root: Path) -> list[str]:
+    if not root.exists():
+        return [f"{root}: dataset root does not exist"]
+    if not root.is_dir():
+        return [f"{root}: dataset root is not a folder"]
+    return []
+
+
+def split_problems(root: Path, split: str) -> list[str]:
+    """Problems stopping one split from loading (missing folders), cheap; [] when it looks fine."""
+    _check_split(split)
+    root = Path(root)
+    return _root_problems(root) or _missing_folder_problems(root, (split,))
+
+
+def layout_problems(root: Path) -> list[str]:
+    """Human-readable problems with the layout of train/common/challenging (and so full); [] when fine.
+
+    Cheap (existence checks only, nothing parsed or decoded). The private test set is optional:
+    ask split_problems(root, "test") for it.
+    """
+    root = Path(root)
+    return _root_problems(root) or _missing_folder_problems(root, LAYOUT_SPLITS)
+
+
+def _describe(root: Path):
+    for split in SPLITS:
+        if split_problems(root, split):
+            yield f"{split}: missing ({'; '.join(split_problems(root, split))})"
+        else:
+            yield f"{split}: {len(load_split(root, split))} faces"
+
+if __name__ == "__main__":
+    check_folder_cli("face300w", layout_problems, _describe)
