@@ -223,6 +223,9 @@ def _concurrency(spec: Spec) -> int:
     return max(1, min(spec.study.concurrency or fits, spec.study.trials))
 
 
+_ACCURACY = ("val/mre_mm", "val/sdr_2mm", "val/nme", "val/fr")  # shown in the final table when reported
+
+
 def _table(grid, spec: Spec):
     import pandas as pd
 
@@ -232,10 +235,12 @@ def _table(grid, spec: Spec):
         row = {"trial": m.get("trial_id") or Path(res.path).name, "status": "ERROR" if res.error else "TERMINATED"}
         row.update({k: res.config.get(k) for k in spec.space})
         row["epoch"] = m.get("epoch")
-        for key in dict.fromkeys([spec.primary.metric, "val/mre_mm", "val/sdr_2mm", "train/loss", "cost/epoch_s"]):
+        for key in dict.fromkeys([spec.primary.metric, *_ACCURACY, "train/loss", "cost/epoch_s"]):
             row[key] = m.get(key)
         rows.append(row)
     df = pd.DataFrame(rows)
+    # A face study has no mm metrics and a ceph study no NME: show only what some trial reported.
+    df = df.drop(columns=[k for k in _ACCURACY if k != spec.primary.metric and df[k].isna().all()])
     return df.sort_values(spec.primary.metric, ascending=spec.primary.mode == "min", na_position="last",
                           ignore_index=True)
 

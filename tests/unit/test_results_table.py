@@ -1,0 +1,27 @@
+"""The study's final table shows the accuracy columns that the trials reported (mm or NME)."""
+
+from types import SimpleNamespace
+
+from study.spec import Objective
+from study.tuner import _table
+
+
+def _result(trial: str, **metrics):
+    return SimpleNamespace(metrics={"trial_id": trial, "epoch": 2, **metrics}, config={"optim.lr": 1e-3},
+                           path=f"/x/{trial}", error=None)
+
+
+def _spec(metric: str):
+    return SimpleNamespace(space={"optim.lr": None}, primary=Objective(metric, "min"))
+
+
+def test_face_study_table_has_nme_and_no_mm_columns():
+    df = _table([_result("a", **{"val/nme": 5.0, "val/fr": 10.0}), _result("b", **{"val/nme": 4.0, "val/fr": 0.0})],
+                _spec("val/nme"))
+    assert list(df["trial"]) == ["b", "a"]  # best first
+    assert "val/nme" in df and "val/fr" in df and "val/mre_mm" not in df and "val/sdr_2mm" not in df
+
+
+def test_ceph_study_table_keeps_mm_columns():
+    df = _table([_result("a", **{"val/mre_mm": 2.0, "val/sdr_2mm": 60.0, "val/fr": 3.0})], _spec("val/mre_mm"))
+    assert {"val/mre_mm", "val/sdr_2mm", "val/fr"} <= set(df.columns) and "val/nme" not in df
