@@ -4,7 +4,7 @@ Convention (used everywhere in the project): a landmark coordinate (x, y) is in 
 pixels, with the centre of pixel column j at x = j and of row i at y = i (torchvision's
 KeyPoints convention: a horizontal flip maps x to W - 1 - x). A heatmap at output stride s
 has its pixel u centred at input coordinate (u + 0.5)·s - 0.5, the align_corners=False
-relation of `F.interpolate`. Rendering and decoding both go through `heatmap_centres`.
+relation of `F.interpolate`. Rendering and decoding both go through `to_input_pixels`.
 
     coords = torch.tensor([[[12.3, 40.7]]])                      # (B, K, 2)
     h = render_gaussians(coords, torch.tensor([2.0]), (64, 48))  # (B, K, 64, 48)
@@ -33,9 +33,14 @@ from torch import Tensor
 _FAR = -1e6
 
 
+def to_input_pixels(u: Tensor, stride: int) -> Tensor:
+    """Heatmap pixel coordinate(s) at output stride s (float, any shape) -> input pixels: (u + 0.5)·s − 0.5."""
+    return (u + 0.5) * stride - 0.5
+
+
 def heatmap_centres(n: int, stride: int, device=None, dtype=torch.float32) -> Tensor:
     """Input-pixel coordinate of each of n heatmap pixel centres, (n,)."""
-    return (torch.arange(n, device=device, dtype=dtype) + 0.5) * stride - 0.5
+    return to_input_pixels(torch.arange(n, device=device, dtype=dtype), stride)
 
 
 def render_gaussians(
@@ -105,8 +110,8 @@ def _argmax(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _to_input(u: Tensor, v: Tensor, stride: int) -> Tensor:
-    """Heatmap pixel coordinates (float) -> (…, 2) input-pixel (x, y), via heatmap_centres' rule."""
-    return torch.stack([(u + 0.5) * stride - 0.5, (v + 0.5) * stride - 0.5], dim=-1)
+    """Heatmap pixel coordinates (float) -> (…, 2) input-pixel (x, y)."""
+    return torch.stack([to_input_pixels(u, stride), to_input_pixels(v, stride)], dim=-1)
 
 
 def decode_argmax(heatmaps: Tensor, stride: int = 1) -> Tensor:

@@ -37,11 +37,6 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 CACHE_VERSION = 1  # bump when the decoding or resizing below changes
 
 
-def resize_coords(coords: Tensor, scale: Tensor) -> Tensor:
-    """Map (…, 2) pixel coordinates through a resize of the whole image by `scale` = (new/old) per axis (x, y)."""
-    return (coords + 0.5) * scale - 0.5
-
-
 def to_original(coords: Tensor, frame: Tensor) -> Tensor:
     """Input-pixel (…, K, 2) -> original-image pixels, frame (…, 4) = (x scale, y scale, x0, y0)."""
     return (coords + 0.5) * frame[..., None, :2] + frame[..., None, 2:]

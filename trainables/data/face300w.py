@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines  # noqa: F401 (re-exported)
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 NUM_LANDMARKS = 68
 IOD_PAIR = (36, 45)  # outer eye corners, 0-based: the NME normaliser (inter-ocular distance)
@@ -236,19 +236,11 @@ def _missing_folder_problems(root: Path, splits: tuple[str, ...]) -> list[str]:
     return problems
 
 
-def _root_problems(root: Path) -> list[str]:
-    if not root.exists():
-        return [f"{root}: dataset root does not exist"]
-    if not root.is_dir():
-        return [f"{root}: dataset root is not a folder"]
-    return []
-
-
 def split_problems(root: Path, split: str) -> list[str]:
     """Problems stopping one split from loading (missing folders), cheap; [] when it looks fine."""
     _check_split(split)
     root = Path(root)
-    return _root_problems(root) or _missing_folder_problems(root, (split,))
+    return root_problems(root) or _missing_folder_problems(root, (split,))
 
 
 def layout_problems(root: Path) -> list[str]:
@@ -258,7 +250,7 @@ def layout_problems(root: Path) -> list[str]:
     ask split_problems(root, "test") for it.
     """
     root = Path(root)
-    return _root_problems(root) or _missing_folder_problems(root, LAYOUT_SPLITS)
+    return root_problems(root) or _missing_folder_problems(root, LAYOUT_SPLITS)
 
 
 def _describe(root: Path):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems
 
 NUM_LANDMARKS = 37
 # Horizontal flip: a mirrored left hand reads as a right hand, so every landmark keeps its
@@ -252,11 +252,9 @@ def layout_problems(root: Path) -> list[str]:
     Cheap (existence checks only, nothing is parsed or decoded). load_split validates contents.
     """
     root = Path(root)
-    if not root.exists():
-        return [f"{root}: dataset root does not exist"]
-    if not root.is_dir():
-        return [f"{root}: dataset root is not a folder"]
-    problems = []
+    problems = root_problems(root)
+    if problems:
+        return problems
     if not (root / "all.csv").is_file():
         problems.append(f"{root / 'all.csv'}: landmark CSV missing (id,x1,y1,...,x37,y37 per row)")
     if not (root / "images").is_dir():

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines  # noqa: F401 (re-exported)
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
@@ -114,11 +114,9 @@ def layout_problems(root: Path) -> list[str]:
     trial starts. load_split still validates the annotation contents.
     """
     root = Path(root)
-    if not root.exists():
-        return [f"{root}: dataset root does not exist"]
-    if not root.is_dir():
-        return [f"{root}: dataset root is not a folder"]
-    problems = []
+    problems = root_problems(root)
+    if problems:
+        return problems
     for sub in ("RawImage", "AnnotationsByMD"):
         if not (root / sub).is_dir():
             problems.append(f"{root / sub}: folder missing (the ISBI 2015 layout has RawImage/ and AnnotationsByMD/)")

@@ -48,6 +48,15 @@ def read_image(path: Path) -> np.ndarray:
     return np.array(gray, dtype=np.uint8)
 
 
+def root_problems(root: Path) -> list[str]:
+    """[] when a dataset root is an existing folder, else the one problem (every loader's first check)."""
+    if not root.exists():
+        return [f"{root}: dataset root does not exist"]
+    if not root.is_dir():
+        return [f"{root}: dataset root is not a folder"]
+    return []
+
+
 def read_text_lines(path: Path, what: str) -> list[str]:
     """A text file's lines (UTF-8, a BOM ignored; \n, \r\n or \r); `what` names the file in errors."""
     path = Path(path)
