@@ -1,22 +1,26 @@
 """Run a study: validate a spec, search it with Ray Tune + Optuna, record every trial in MLflow.
 
     python -m study.run search_spaces/quickstart.yaml
-    python -m study.run SPEC [--dry-run] [--resume] [--set path=value ...] [--address ADDR]
-                             [--tracking-uri URI] [--storage PATH] [--trials N] [--verbose]
+    python -m study.run SPEC [--dry-run] [--resume [--force]] [--set path=value ...] [--address ADDR]
+                             [--tracking-uri URI] [--storage PATH_OR_URI] [--trials N] [--verbose]
 
-Exit status: 0 when the study ran, 1 when every trial failed, 2 for bad input (nothing started).
+Exit status: 0 when the study ran, 1 when every trial failed, 2 for bad input (nothing started),
+130 when interrupted (Ctrl-C; the state is saved and --resume continues it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
 from study.spec import Spec, SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+PREVIEW_TRIALS = 3  # sampled configs shown by --dry-run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,12 +28,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("spec", help="study spec YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved study and exit")
     p.add_argument("--resume", action="store_true", help="continue the study of this name from its storage")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though the spec changed (base: and resources: edits apply "
+                        "to the trials still to run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec field, e.g. --set study.trials=8 --set base.train.epochs=3")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the storage folder)")
-    p.add_argument("--storage", default=None, help="study storage folder (overrides study.storage)")
+    p.add_argument("--storage", default=None,
+                   help="study storage folder or URI, shared by all nodes on a cluster (overrides study.storage)")
     p.add_argument("--trials", type=int, default=None, help="number of trials (overrides study.trials)")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' own log lines here too")
     return p.parse_args(argv)
@@ -38,17 +46,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def describe(spec: Spec) -> str:
     from trainables.config import flatten
 
-    lines = [f"study {spec.study.name!r} from {spec.source}",
-             f"  objective: {spec.primary.mode} {spec.primary.metric}; {spec.study.trials} trials, "
-             f"sampler {spec.study.sampler} (seed {spec.study.seed})",
-             f"  per trial: {spec.resources.workers} Train worker(s) × {spec.resources.cpus_per_worker:g} CPU, "
-             f"{spec.resources.gpus_per_worker:g} GPU",
-             f"  storage: {spec.storage_path / spec.study.name}",
-             "  space:"]
-    lines += [f"    {p.path:<24} {p.kind} {p.args}" for p in spec.space.values()] or ["    (empty: one config)"]
+    s, r = spec.study, spec.resources
+    sched = s.scheduler
+    scheduler = (f"asha on {spec.primary.metric} (grace_period {sched.grace_period}, reduction_factor "
+                 f"{sched.reduction_factor:g}, max_t {sched.max_t} epochs)" if sched.type == "asha" else "none")
+    grid = f"; the grid has {len(spec.grid())} points" if s.sampler == "grid" else ""
+    custom = "".join(f" + {v:g} {k}" for k, v in r.custom.items())
+    lines = [f"study {s.name!r} from {spec.source}",
+             f"  objectives: {', '.join(f'{o.mode} {o.metric}' for o in s.objectives)}",
+             f"  search: {s.trials} trials, sampler {s.sampler} (seed {s.seed}), early stopping {scheduler}{grid}",
+             f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
+             f"  storage: {spec.location}",
+             "  space (in sampling order):"]
+    lines += [f"    {p.path:<26} {p.describe()}" for p in spec.space.values()] or ["    (empty: one config)"]
     lines.append("  base config:")
     lines += [f"    {k:<32} {v}" for k, v in flatten(spec.base).items()]
     return "\n".join(lines)
+
+
+def preview(spec: Spec, n: int = PREVIEW_TRIALS) -> str:
+    """The first n draws of the spec's own sampler (seeded), as the dotted values each trial sets."""
+    import optuna
+
+    from study.space import SpaceSampler, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=make_sampler(spec), directions=["minimize"] * len(spec.study.objectives))
+    lines = [f"  first {n} sampled trials (sampler {spec.study.sampler}, seed {spec.study.seed}):"]
+    for i in range(n if spec.space else 0):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        lines.append(f"    {i + 1}: " + "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items()))
+        study.tell(trial, [0.0] * len(spec.study.objectives))
+    return "\n".join(lines) if spec.space else "  (no space: every trial runs the base config)"
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"study.storage={args.storage}")
     if args.trials is not None:
         overrides.append(f"study.trials={args.trials}")
-    try:
-        spec = load_spec(args.spec, overrides)
-    except SpecError as e:
-        print(f"error: {len(e.problems)} problem(s) in the spec; nothing was started:", file=sys.stderr)
-        for line in e.problems:
-            print(f"  {line}", file=sys.stderr)
+    if args.force and not args.resume:
+        print("error: --force only goes with --resume", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        spec = load_spec(args.spec, overrides, check_data=not args.dry_run)
+    except SpecError as e:
+        return _spec_problems(e)
     print(describe(spec), flush=True)
+    for w in spec.warnings:
+        print(f"warning: {w} (a real run needs it)", file=sys.stderr)
     if args.dry_run:
+        print(preview(spec))
+        print("dry run: the spec is valid; nothing was started")
         return 0
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -75,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         result = run_study(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
-                            verbose=args.verbose)
+                           force=args.force, verbose=args.verbose)
+    except SpecError as e:  # resources the cluster cannot provide
+        return _spec_problems(e)
     except (StudyError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -95,7 +135,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{n + 1} runs: the study and one per trial)")
     print(f"open the UI:  {ui_command(result.tracking_uri)}")
     print(f"              or: python -m dashboards.ui --tracking-uri {result.tracking_uri}")
+    if result.interrupted:
+        given = sys.argv[1:] if argv is None else argv
+        again = " ".join(["python -m study.run", *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])
+        print(f"\ninterrupted: the state is saved; continue with\n  {again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1 if n and result.num_errors == n else 0
+
+
+def _spec_problems(e: SpecError) -> int:
+    print(f"error: {len(e.problems)} problem(s) in the spec; nothing was started:", file=sys.stderr)
+    for line in e.problems:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -4,11 +4,19 @@
 
 The YAML has four sections:
 
-    study:      name, objectives [{metric, mode}], trials, concurrency, sampler, seed, storage
-    resources:  workers, cpus_per_worker, gpus_per_worker       (per trial)
+    study:      name, objectives [{metric, mode}, ...], trials, concurrency, sampler, scheduler,
+                seed, storage
+    resources:  workers, cpus_per_worker, gpus_per_worker, custom   (per trial)
     base:       a trial config (trainables.config.TrialConfig); omitted fields keep their defaults
     space:      dotted trial-config path -> {choice: [...]} | {uniform: [lo, hi]}
-                | {loguniform: [lo, hi]} | {int: [lo, hi]}
+                | {loguniform: [lo, hi]} | {int: [lo, hi]} | {quniform: [lo, hi, step]},
+                each optionally with `when: {other.path: value or [values]}`
+
+A `when:` names other searched `choice` parameters; the parameter is sampled only when all of
+them hold (and keeps its base value otherwise):
+
+    target.schedule: {choice: [fixed, adaloss]}
+    target.sigma:    {uniform: [1.0, 6.0], when: {target.schedule: fixed}}
 
 Errors name the file and the YAML path, e.g.
     search_spaces/x.yaml: space.optim.lr.loguniform: low 0.1 > high 0.001; swap them
@@ -16,6 +24,7 @@ Errors name the file and the YAML path, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,9 +44,15 @@ from trainables.config import (
 )
 
 SECTIONS = ("study", "resources", "base", "space")
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
-SAMPLERS = ("tpe", "random")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "quniform")
+FINITE = ("choice", "int", "quniform")  # what the grid sampler can enumerate
+SAMPLERS = ("tpe", "random", "grid", "nsga2")
+SCHEDULERS = ("auto", "none", "asha")  # auto: asha for one objective, none for several
 MODES = ("min", "max")
+# Problems that only say a file is not on this machine (what --dry-run tolerates), as the
+# dataset loaders and the weights loader word them.
+MISSING_FILES = ("dataset root does not exist", "not in the torch hub cache", "does not exist; expected 'none'")
+GRID_LIMIT = 100_000  # a grid larger than this is almost surely a mistake (an int range, say)
 
 
 class SpecLoader(yaml.SafeLoader):
@@ -70,28 +85,59 @@ class Objective:
 
 
 @dataclass
+class Scheduler:
+    type: str = "auto"  # auto | none | asha; auto becomes asha for one objective, none for several
+    grace_period: int = 0  # epochs every trial runs before ASHA may stop it; 0 = a tenth of the epochs
+    reduction_factor: float = 3.0  # ASHA keeps the best 1/reduction_factor at each rung
+    max_t: int = 0  # the last rung, in epochs; set from train.epochs (the largest, if searched)
+
+
+@dataclass
 class StudySection:
     name: str
     objectives: list[Objective] = field(default_factory=lambda: [Objective("val/mre_mm", "min")])
-    trials: int = 8  # number of Optuna trials
+    trials: int = 8  # number of Optuna trials (grid: capped at the number of grid points)
     concurrency: int = 0  # trials at once; 0 = as many as the cluster's resources hold
-    sampler: str = "tpe"  # tpe | random
+    sampler: str = "tpe"  # tpe | random | grid | nsga2 (several objectives: tpe or nsga2 fit best)
+    scheduler: Scheduler = field(default_factory=Scheduler)  # early stopping on the first objective
     seed: int = 0  # sampler seed
-    storage: str = "studies"  # folder for Tune/Train state and the default MLflow store
+    storage: str = "studies"  # folder or URI for Tune/Train state (and the default MLflow store)
 
 
 @dataclass
 class Resources:
     workers: int = 1  # Ray Train workers per trial (DDP when > 1)
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = 0.0  # a fraction (0.5: two trials share a GPU) only with workers: 1
+    custom: dict[str, float] = field(default_factory=dict)  # extra Ray resources per worker
+
+    def per_worker(self) -> dict[str, float]:
+        """The Ray resource request of one Train worker."""
+        out = {"CPU": self.cpus_per_worker, **self.custom}
+        if self.gpus_per_worker > 0:
+            out["GPU"] = self.gpus_per_worker
+        return out
 
 
 @dataclass
 class Param:
     path: str  # dotted trial-config path
     kind: str  # one of DISTRIBUTIONS
-    args: list  # choice: the values; others: [low, high]
+    args: list  # choice: the values; quniform: [low, high, step]; others: [low, high]
+    when: dict[str, list] = field(default_factory=dict)  # other path -> the values it must take (ANDed)
+
+    def values(self) -> list:
+        """Every value of a finite distribution (choice, int, quniform), in order."""
+        if self.kind == "choice":
+            return list(self.args)
+        low, high = self.args[0], self.args[1]
+        step = self.args[2] if self.kind == "quniform" else 1
+        n = int(round((high - low) / step))
+        return [type(low)(low + i * step) if isinstance(low, int) else round(low + i * step, 12) for i in range(n + 1)]
+
+    def describe(self) -> str:
+        cond = "".join(f" when {k} in {v}" if len(v) > 1 else f" when {k} = {v[0]}" for k, v in self.when.items())
+        return f"{self.kind} {self.args}{cond}"
 
 
 @dataclass
@@ -100,20 +146,68 @@ class Spec:
     study: StudySection
     resources: Resources
     base: dict  # the full trial config as a nested dict (defaults filled in)
-    space: dict[str, Param]
+    space: dict[str, Param]  # in sampling order: a parameter comes after those its `when:` names
     text: str = ""  # the YAML as written, for the record
+    warnings: list[str] = field(default_factory=list)  # problems tolerated by check_data=False
 
     @property
     def storage_path(self) -> Path:
         return Path(self.study.storage).expanduser().resolve()
 
     @property
+    def location(self) -> str:
+        """Where the study's state lives: `<storage>/<name>`, a local folder or a URI."""
+        storage = self.study.storage
+        if "://" in storage and not storage.startswith("file://"):
+            return f"{storage.rstrip('/')}/{self.study.name}"
+        return str(Path(storage.removeprefix("file://")).expanduser().resolve() / self.study.name)
+
+    @property
     def primary(self) -> Objective:
         return self.study.objectives[0]
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.objectives) > 1
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override (`--set a.b=value`), and validate a spec file. Raises SpecError."""
+    def grid(self) -> list[dict]:
+        """Every point of a finite space, honouring `when:` (a parameter appears only where its
+        conditions hold). Raises ValueError past GRID_LIMIT points."""
+        return enumerate_grid(self.space)
+
+    def resolved(self) -> dict:
+        """The spec after defaults and overrides, as plain data: what a resumed study compares."""
+        return {
+            "study": dataclasses.asdict(self.study),
+            "resources": dataclasses.asdict(self.resources),
+            "base": self.base,
+            "space": {p.path: {p.kind: p.args, **({"when": p.when} if p.when else {})} for p in self.space.values()},
+        }
+
+
+def active(param: Param, values: dict) -> bool:
+    """Whether `param` is sampled, given the values of the parameters sampled before it."""
+    return all(k in values and values[k] in allowed for k, allowed in param.when.items())
+
+
+def enumerate_grid(space: dict[str, Param]) -> list[dict]:
+    points = [{}]
+    for p in space.values():  # sampling order: conditions are decided before what they gate
+        grown = []
+        for point in points:
+            grown += [{**point, p.path: v} for v in p.values()] if active(p, point) else [point]
+            if len(grown) > GRID_LIMIT:
+                raise ValueError(f"the grid has more than {GRID_LIMIT:,} points")
+        points = grown
+    return points
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Spec:
+    """Read, override (`--set a.b=value`), and validate a spec file. Raises SpecError.
+
+    check_data=False (the dry run) turns problems with files this machine lacks (the dataset,
+    pretrained weights) into `spec.warnings`, so a full-size spec can be checked anywhere.
+    """
     source = str(path)
     p = Path(path)
     if not p.is_file():
@@ -140,9 +234,13 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         except ConfigError as e:
             problems += [f"--set {p}" for p in e.problems]
     spec = _validate(raw, problems)
+    if not check_data:
+        spec.warnings = [p for p in problems if any(m in p for m in MISSING_FILES)]
+        problems = [p for p in problems if p not in spec.warnings]
     if problems:
         raise SpecError(source, problems)
     spec.source, spec.text = source, text
+    spec.warnings = [f"{source}: {w}" for w in spec.warnings]
     return spec
 
 
@@ -155,6 +253,9 @@ def _validate(raw: dict, problems: list[str]) -> Spec:
     base = _base(raw.get("base") or {}, problems)
     space = _space(raw.get("space") or {}, problems)
     problems += _space_value_problems(base, space)
+    study.objectives = _objectives(raw.get("study"), base, space, problems)
+    _check_scheduler(study, base, space, problems)
+    _check_sampler(study, space, problems)
     return Spec(source="", study=study, resources=resources, base=base, space=space)
 
 
@@ -172,6 +273,12 @@ def _fields(d: dict, name: str, types: dict[str, type], problems: list[str]) -> 
         if key not in types:
             problems.append(f"{name}.{key}: unknown key{suggest(str(key), types)}; valid keys: {', '.join(types)}")
             continue
+        if types[key] in (dict, list):  # sub-sections, checked by their own functions
+            if value is not None and not isinstance(value, types[key]):
+                problems.append(f"{name}.{key}: expected a {'mapping' if types[key] is dict else 'list'}, got {value!r}")
+            else:
+                out[key] = value
+            continue
         value, err = check_value(f"{name}.{key}", value, types[key])
         if err:
             problems.append(err)
@@ -186,8 +293,8 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         return StudySection(name="study")
     d = _section(d, "study", problems)
     scalar = {"name": str, "trials": int, "concurrency": int, "sampler": str, "seed": int, "storage": str}
-    objectives_raw = d.get("objectives")
-    values = _fields({k: v for k, v in d.items() if k != "objectives"}, "study", scalar, problems)
+    values = _fields({k: v for k, v in d.items() if k not in ("objectives", "scheduler")}, "study",
+                     {**scalar, "objectives": list, "scheduler": dict}, problems)  # those two: below
     if "name" not in values:
         if "name" not in d:
             problems.append("study.name: missing; the name keys the study's storage and MLflow experiment")
@@ -199,17 +306,48 @@ def _study(d: Any, problems: list[str]) -> StudySection:
     if values.get("concurrency", 0) < 0:
         problems.append(f"study.concurrency: must be 0 (auto) or more, got {values['concurrency']}")
     if values.get("sampler", "tpe") not in SAMPLERS:
-        problems.append(f"study.sampler: unknown {values['sampler']!r}; choose one of {list(SAMPLERS)}")
+        s = values["sampler"]
+        problems.append(f"study.sampler: unknown {s!r}{suggest(s, SAMPLERS)}; choose one of {list(SAMPLERS)}")
     study = StudySection(**values)
-    if objectives_raw is not None:
-        study.objectives = _objectives(objectives_raw, problems)
+    study.scheduler = _scheduler(d.get("scheduler", "auto"), problems)
     return study
 
 
-def _objectives(raw: Any, problems: list[str]) -> list[Objective]:
-    from trainables.metrics import all_metric_names
+def _scheduler(raw: Any, problems: list[str]) -> Scheduler:
+    """`scheduler: asha`, or `scheduler: {type: asha, grace_period: 5, reduction_factor: 3}`."""
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        problems.append(f"study.scheduler: expected one of {list(SCHEDULERS)} or {{type: asha, grace_period: N, "
+                        f"reduction_factor: F}}, got {raw!r}")
+        return Scheduler()
+    values = _fields(raw, "study.scheduler", {"type": str, "grace_period": int, "reduction_factor": float}, problems)
+    sched = Scheduler(**values)
+    if sched.type not in SCHEDULERS:
+        problems.append(f"study.scheduler.type: unknown {sched.type!r}{suggest(sched.type, SCHEDULERS)}; "
+                        f"choose one of {list(SCHEDULERS)}")
+    if sched.grace_period < 0:
+        problems.append(f"study.scheduler.grace_period: must be ≥ 1 epoch (0 = a tenth of the epochs), "
+                        f"got {sched.grace_period}")
+    if not sched.reduction_factor > 1:
+        problems.append(f"study.scheduler.reduction_factor: must be > 1, got {sched.reduction_factor:g}")
+    return sched
 
-    known = all_metric_names()
+
+def _objectives(study_raw: Any, base: dict, space: dict[str, Param], problems: list[str]) -> list[Objective]:
+    """study.objectives, checked against what the trainer reports for the base dataset."""
+    from trainables.data import DATASETS
+    from trainables.metrics import all_metric_names, reported_metrics
+
+    raw = study_raw.get("objectives") if isinstance(study_raw, dict) else None
+    if raw is None:
+        raw = [{"metric": "val/mre_mm", "mode": "min"}]
+    dataset = base["data"]["dataset"]
+    if "data.dataset" in space or dataset not in DATASETS:
+        known, reporter = all_metric_names(), "the trainer"
+    else:
+        unit = DATASETS[dataset].unit
+        known, reporter = reported_metrics(unit), f"the trainer for data.dataset {dataset} (scored in {unit})"
     if not isinstance(raw, list) or not raw:
         problems.append("study.objectives: expected a non-empty list of {metric: NAME, mode: min|max}")
         return [Objective("val/mre_mm", "min")]
@@ -221,28 +359,103 @@ def _objectives(raw: Any, problems: list[str]) -> list[Objective]:
             continue
         metric, mode = item["metric"], item["mode"]
         if metric not in known:
-            problems.append(f"{where}.metric: {metric!r} is not reported by the trainer{suggest(str(metric), known)}; "
-                            f"reported: {', '.join(known)}")
+            problems.append(f"{where}.metric: {metric!r} is not reported by {reporter}"
+                            f"{suggest(str(metric), known)}; reported: {', '.join(known)}")
+        elif metric in [o.metric for o in out]:
+            problems.append(f"{where}.metric: {metric!r} is already an objective; give each metric once")
         if mode not in MODES:
             problems.append(f"{where}.mode: expected min or max, got {mode!r}")
         out.append(Objective(str(metric), str(mode)))
-    if len(out) > 1:
-        problems.append("study.objectives: several objectives (multi-objective search) are not supported yet; "
-                        "give one")
     return out or [Objective("val/mre_mm", "min")]
+
+
+def _check_scheduler(study: StudySection, base: dict, space: dict[str, Param], problems: list[str]) -> None:
+    """Resolve `auto` and ASHA's rungs, which are counted in epochs."""
+    sched = study.scheduler
+    if sched.type == "auto":
+        sched.type = "none" if len(study.objectives) > 1 else "asha"
+    epochs = space["train.epochs"].values()[-1] if "train.epochs" in space else base["train"]["epochs"]
+    sched.max_t = int(epochs)
+    if sched.type != "asha":
+        return
+    if sched.grace_period == 0:
+        sched.grace_period = max(1, sched.max_t // 10)
+    elif sched.grace_period > sched.max_t:
+        problems.append(f"study.scheduler.grace_period: {sched.grace_period} epochs is more than train.epochs "
+                        f"({sched.max_t}); ASHA could never stop a trial: lower it, or set study.scheduler=none")
+
+
+def _check_sampler(study: StudySection, space: dict[str, Param], problems: list[str]) -> None:
+    if study.sampler != "grid":
+        return
+    infinite = [p for p in space.values() if p.kind not in FINITE]
+    for p in infinite:
+        problems.append(f"space.{p.path}.{p.kind}: the grid sampler needs finite distributions "
+                        f"({', '.join(FINITE)}); use choice or quniform, or another study.sampler")
+    if not infinite:
+        try:
+            enumerate_grid(space)
+        except ValueError as e:
+            problems.append(f"study.sampler: grid: {e}; narrow the int/quniform ranges or use tpe")
 
 
 def _resources(d: Any, problems: list[str]) -> Resources:
     d = _section(d, "resources", problems)
-    values = _fields(d, "resources", {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float}, problems)
-    r = Resources(**values)
+    values = _fields(d, "resources", {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float,
+                                      "custom": dict}, problems)
+    custom = {}
+    for name, amount in (values.pop("custom", None) or {}).items():
+        amount, err = check_value(f"resources.custom.{name}", amount, float)
+        if err:
+            problems.append(err)
+        elif name in ("CPU", "GPU"):
+            problems.append(f"resources.custom.{name}: set it with {name.lower()}s_per_worker")
+        elif amount <= 0:
+            problems.append(f"resources.custom.{name}: must be > 0, got {amount:g}")
+        else:
+            custom[str(name)] = amount
+    r = Resources(**values, custom=custom)
     if r.workers < 1:
         problems.append(f"resources.workers: must be at least 1, got {r.workers}")
     if r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
         problems.append("resources: cpus_per_worker and gpus_per_worker must be >= 0")
     if r.gpus_per_worker > 1 and r.gpus_per_worker != int(r.gpus_per_worker):
-        problems.append(f"resources.gpus_per_worker: {r.gpus_per_worker} — above 1 it must be a whole number")
+        problems.append(f"resources.gpus_per_worker: {r.gpus_per_worker:g} — above 1 it must be a whole number")
+    if 0 < r.gpus_per_worker < 1 and r.workers > 1:
+        problems.append(f"resources.gpus_per_worker: a fraction ({r.gpus_per_worker:g}) needs workers: 1; "
+                        f"each DDP worker of a {r.workers}-worker trial needs its own GPU")
+    if r.cpus_per_worker == 0 and r.gpus_per_worker == 0 and not r.custom:
+        problems.append("resources: a worker must ask for some CPU, GPU or custom resource")
     return r
+
+
+def resource_problems(res: Resources, nodes: list[dict[str, float]]) -> list[str]:
+    """What stops one trial from ever being placed, given each alive node's total resources.
+
+    Every Train worker must fit on one node; the cluster is asked once, before any trial starts.
+    """
+    need = res.per_worker()
+    out = []
+    for key, amount in need.items():
+        path = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}.get(key, f"resources.custom.{key}")
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        total = sum(n.get(key, 0.0) for n in nodes)
+        if most == 0 and key not in ("CPU", "GPU"):
+            have = sorted({k for n in nodes for k in n if not k.startswith(("node:", "accelerator_type"))})
+            out.append(f"{path}: no node of the cluster has a {key!r} resource; it has {', '.join(have)}")
+        elif amount > most:
+            out.append(f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
+                       f"({len(nodes)} node(s), {total:g} {key} in all)")
+    if not out:
+        fits = sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
+        if res.workers > fits:
+            out.append(f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
+                       f"holds only {fits} at once")
+    return out
+
+
+def _fmt_request(need: dict[str, float]) -> str:
+    return " + ".join(f"{v:g} {k}" for k, v in need.items())
 
 
 def _base(d: Any, problems: list[str]) -> dict:
@@ -274,14 +487,87 @@ def _space(d: Any, problems: list[str]) -> dict[str, Param]:
         if not isinstance(t, type):
             problems.append(f"{where}: list-valued fields cannot be searched yet; fix {path} in base:")
             continue
-        if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-            problems.append(f"{where}: expected one of {{{' | '.join(f'{k}: ...' for k in DISTRIBUTIONS)}}}, got {dist!r}")
+        kinds = [k for k in dist if k in DISTRIBUTIONS] if isinstance(dist, dict) else []
+        if len(kinds) != 1:
+            problems.append(f"{where}: expected one of {{{' | '.join(f'{k}: ...' for k in DISTRIBUTIONS)}}} "
+                            f"(and optionally when: ...), got {dist!r}")
             continue
-        kind, args = next(iter(dist.items()))
-        param = _param(str(path), kind, args, t, f"{where}.{kind}", problems)
-        if param:
+        extra = [k for k in dist if k not in (*DISTRIBUTIONS, "when")]
+        for k in extra:
+            problems.append(f"{where}.{k}: unknown key{suggest(str(k), ('when',))}; a parameter takes one "
+                            f"distribution and optionally when:")
+        kind = kinds[0]
+        param = _param(str(path), kind, dist[kind], t, f"{where}.{kind}", problems)
+        if param and not extra:
+            param.when = dist.get("when") or {}
             out[str(path)] = param
-    return out
+    return _conditions(out, problems)
+
+
+def _conditions(space: dict[str, Param], problems: list[str]) -> dict[str, Param]:
+    """Check every `when:` and return the space in sampling order (conditions before what they gate)."""
+    for p in list(space.values()):
+        where = f"space.{p.path}.when"
+        if not isinstance(p.when, dict):
+            problems.append(f"{where}: expected a mapping {{other.path: value or [values]}}, got {p.when!r}")
+            del space[p.path]
+            continue
+        when = {}
+        for other, allowed in p.when.items():
+            other = str(other)
+            at = f"{where}.{other}"
+            cond = space.get(other)
+            if other == p.path:
+                problems.append(f"{at}: a parameter cannot be conditioned on itself")
+            elif cond is None:
+                hint = " (it is fixed in base:)" if field_type(other) else suggest(other, space)
+                problems.append(f"{at}: {other} is not searched{hint}; a condition must name a `choice` "
+                                f"parameter in space:")
+            elif cond.kind != "choice":
+                problems.append(f"{at}: {other} is a {cond.kind} range; conditions need a `choice` parameter")
+            else:
+                values = []
+                for v in allowed if isinstance(allowed, list) else [allowed]:
+                    v, err = check_value(at, v, field_type(other))
+                    if err:
+                        problems.append(err)
+                    elif v not in cond.args:
+                        problems.append(f"{at}: {v!r} is never sampled; {other} chooses from {cond.args}")
+                    else:
+                        values.append(v)
+                if values:
+                    when[other] = values
+                continue
+        if len(when) != len(p.when):
+            del space[p.path]
+        else:
+            p.when = when
+    return _sampling_order(space, problems)
+
+
+def _sampling_order(space: dict[str, Param], problems: list[str]) -> dict[str, Param]:
+    ordered: dict[str, Param] = {}
+    failed: set[str] = set()
+    visiting: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in ordered or path in failed:
+            return
+        if path in visiting:
+            cycle = visiting[visiting.index(path):] + [path]
+            problems.append(f"space.{path}.when: the conditions form a cycle: {' -> '.join(cycle)}")
+            failed.update(cycle)
+            return
+        visiting.append(path)
+        for other in space[path].when:
+            visit(other)
+        visiting.pop()
+        if path not in failed and not failed & set(space[path].when):
+            ordered[path] = space[path]
+
+    for path in space:
+        visit(path)
+    return ordered
 
 
 def _param(path: str, kind: str, args: Any, t: type, where: str, problems: list[str]) -> Param | None:
@@ -295,24 +581,30 @@ def _param(path: str, kind: str, args: Any, t: type, where: str, problems: list[
             if err:
                 problems.append(err + f" (the type of {path})")
                 return None
-            values.append(list(v) if isinstance(v, tuple) else v)
+            v = list(v) if isinstance(v, tuple) else v
+            if v in values:
+                problems.append(f"{where}[{i}]: {v!r} is listed twice")
+                return None
+            values.append(v)
         return Param(path, kind, values)
-    if not isinstance(args, list) or len(args) != 2:
-        problems.append(f"{where}: expected [low, high], got {args!r}")
+    n = 3 if kind == "quniform" else 2
+    shape = "[low, high, step]" if n == 3 else "[low, high]"
+    if not isinstance(args, list) or len(args) != n:
+        problems.append(f"{where}: expected {shape}, got {args!r}")
         return None
-    want = int if kind == "int" else float
+    want = int if kind == "int" or (kind == "quniform" and t is int) else float
     if t not in (float, int) or (want is float and t is int):
         problems.append(f"{where}: {path} is a {t.__name__ if isinstance(t, type) else t}; "
                         f"{kind} needs a {'number' if want is int else 'float'} field")
         return None
-    low, high = args
-    for name, v in (("low", low), ("high", high)):
+    for name, v in zip(("low", "high", "step"), args):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and not isinstance(v, int)):
             problems.append(f"{where}: {name} must be {'an integer' if want is int else 'a number'}, got {v!r}")
             return None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        problems.append(f"{where}: bounds must be finite, got {args!r}")
-        return None
+        if not math.isfinite(v):
+            problems.append(f"{where}: bounds must be finite, got {args!r}")
+            return None
+    low, high = args[0], args[1]
     if low > high or (low == high and kind != "int"):
         problems.append(f"{where}: low {low} {'>' if low > high else '=='} high {high}; "
                         + ("swap them" if low > high else "give a range, or fix the value in base:"))
@@ -320,11 +612,23 @@ def _param(path: str, kind: str, args: Any, t: type, where: str, problems: list[
     if kind == "loguniform" and low <= 0:
         problems.append(f"{where}: low must be > 0 for a log scale, got {low}")
         return None
+    if kind == "quniform":
+        step = args[2]
+        if step <= 0:
+            problems.append(f"{where}: step must be > 0, got {step}")
+            return None
+        n_steps = (high - low) / step
+        if abs(n_steps - round(n_steps)) > 1e-9 * max(1.0, n_steps):
+            problems.append(f"{where}: high - low = {high - low:g} is not a multiple of step {step:g}; "
+                            f"e.g. [{low}, {low + math.floor(n_steps) * step:g}, {step}]")
+            return None
+        return Param(path, kind, [want(low), want(high), want(step)])
     return Param(path, kind, [want(low), want(high)])
 
 
 def _space_value_problems(base: dict, space: dict[str, Param]) -> list[str]:
-    """Try each choice and each range end on the base config; report what it breaks that base did not."""
+    """Try each choice and each range end on the base config, with its conditions made true;
+    report what it breaks that the base did not."""
     from trainables.trainer import config_problems
 
     def problems_with(overrides: dict) -> set[str]:
@@ -336,8 +640,37 @@ def _space_value_problems(base: dict, space: dict[str, Param]) -> list[str]:
     baseline = problems_with({})
     out = []
     for path, param in space.items():
-        for value in param.args:
-            for p in sorted(problems_with({path: value}) - baseline):
+        context = {other: allowed[0] for other, allowed in param.when.items()}
+        before = problems_with(context) if context else baseline
+        ends = param.args if param.kind == "choice" else param.args[:2]
+        for value in ends:
+            for p in sorted(problems_with({**context, path: value}) - before):
                 own = p.startswith(f"{path}: ")
                 out.append(f"space.{path}.{param.kind}: {value!r}" + (f": {p[len(path) + 2:]}" if own else f" breaks {p}"))
+    return out
+
+
+def spec_diff(old: dict, new: dict) -> list[str]:
+    """What changed between two `Spec.resolved()` dicts, one `path: old -> new` line per field."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):  # an empty one (resources.custom) adds no line
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    def lines(spec: dict) -> dict:
+        # a space entry is one line ("loguniform: [0.0001, 0.01]"), not one per distribution key
+        space = {f"space.{path}": " ".join(f"{k}: {v}" for k, v in dist.items())
+                 for path, dist in spec.get("space", {}).items()}
+        return {**flat({k: v for k, v in spec.items() if k != "space"}), **space}
+
+    a, b = lines(old), lines(new)
+    out = []
+    for key in dict.fromkeys([*a, *b]):
+        if a.get(key, "(absent)") != b.get(key, "(absent)"):
+            out.append(f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}")
     return out

@@ -31,8 +31,11 @@ from trainables.config import apply_overrides, flatten
 TAG_STUDY = "study.name"
 TAG_ROLE = "study.role"  # "study" on the parent run, "trial" on each child
 TAG_TRIAL = "tune.trial_id"
-TAG_STATUS = "trial.status"  # running | finished | failed
+TAG_STATUS = "trial.status"  # running | finished | stopped early | failed | interrupted
+FINAL = ("finished", "stopped early", "failed")  # statuses a trial keeps; the others change on --resume
 TAG_PARENT = "mlflow.parentRunId"
+TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
+TAG_NODE_IP = "ray.node_ip"
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
@@ -56,6 +59,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         problem = str(getattr(e, "reason", e))
     raise ConnectionError(f"MLflow tracking server {uri} does not answer ({problem}); start it or fix --tracking-uri")
+
+
+def stopped_early(trial, epochs: int) -> bool:
+    """Whether a completed Tune trial ended before its last epoch: ASHA ends a trial like a
+    finished one, and Optuna is told its last (partly trained) value as if it were complete;
+    only the epoch count tells them apart. `epochs`: base train.epochs (unless searched)."""
+    last = (trial.last_result or {}).get("epoch")
+    return last is not None and last < trial.config.get("train.epochs", epochs)
 
 
 @dataclass
@@ -86,10 +97,11 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
         run = client.create_run(exp_id, run_name=spec.study.name, tags={TAG_STUDY: spec.study.name, TAG_ROLE: "study"})
         run_id = run.info.run_id
         client.log_batch(run_id, params=[
-            Param("study.objective", f"{spec.primary.metric} ({spec.primary.mode})"),
+            Param("study.objectives", ", ".join(f"{o.metric} ({o.mode})" for o in spec.study.objectives)),
             Param("study.sampler", spec.study.sampler),
+            Param("study.scheduler", spec.study.scheduler.type),
             Param("study.trials", str(spec.study.trials)),
-            Param("study.space", ", ".join(f"{p.path}~{p.kind}{p.args}" for p in spec.space.values())[:6000]),
+            Param("study.space", "; ".join(f"{p.path} ~ {p.describe()}" for p in spec.space.values())[:6000]),
         ])
         client.log_text(run_id, spec.text, "spec.yaml")
     return StudyRun(exp_id, run_id)
@@ -103,9 +115,12 @@ class MlflowTracking(Callback):
         self.study_run = study_run
         self.study_name = spec.study.name
         self.base = spec.base
+        self.epochs = spec.base["train"]["epochs"]
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged_epochs: dict[str, set[int]] = {}
+        self.outcomes: dict[str, str] = {}  # trial id -> one of FINAL, once the trial has ended
+        self._placed: set[str] = set()  # trials whose node is tagged
 
     def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
         state = dict(self.__dict__)
@@ -118,33 +133,47 @@ class MlflowTracking(Callback):
             self._client = MlflowClient(self.uri)
         return self._client
 
-    def run_for(self, trial) -> str:
-        """The trial's MLflow run: from memory, else by tag, else a new one with the trial's params."""
-        tid = trial.trial_id
+    def find_run(self, tid: str) -> str | None:
+        """The trial's MLflow run id, from memory or by tag (after a restart), or None."""
         if tid in self._runs:
             return self._runs[tid]
         found = self.client.search_runs(
             [self.study_run.experiment_id],
             filter_string=f"tags.`{TAG_TRIAL}` = '{tid}' and tags.`{TAG_STUDY}` = '{self.study_name}'",
         )
-        if found:
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "train/loss")
-            self._logged_epochs[tid] = {m.step for m in history}
-        else:
-            run = self.client.create_run(
-                self.study_run.experiment_id,
-                run_name=f"{self.study_name}-{tid.split('_')[-1]}",
-                tags={TAG_STUDY: self.study_name, TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
-            )
-            run_id = run.info.run_id
-            params = flatten(apply_overrides(self.base, trial.config))
-            logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
-            for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-                self.client.log_batch(run_id, params=logged[i:i + 100])
-            self._logged_epochs[tid] = set()
-        self._runs[tid] = run_id
-        return run_id
+        if not found:
+            return None
+        run = found[0]
+        self._runs[tid] = run.info.run_id
+        self._logged_epochs[tid] = {m.step for m in self.client.get_metric_history(run.info.run_id, "train/loss")}
+        if run.data.tags.get(TAG_STATUS) in FINAL:
+            self.outcomes[tid] = run.data.tags[TAG_STATUS]
+        return run.info.run_id
+
+    def run_for(self, trial) -> str:
+        """The trial's MLflow run, found again or created with the trial's params."""
+        tid = trial.trial_id
+        run_id = self.find_run(tid)
+        if run_id is not None:
+            return run_id
+        run = self.client.create_run(
+            self.study_run.experiment_id,
+            run_name=f"{self.study_name}-{tid.split('_')[-1]}",
+            tags={TAG_STUDY: self.study_name, TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
+        )
+        params = flatten(apply_overrides(self.base, trial.config))
+        logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run.info.run_id, params=logged[i:i + 100])
+        self._runs[tid] = run.info.run_id
+        self._logged_epochs[tid] = set()
+        return run.info.run_id
+
+    def outcome(self, tid: str) -> str:
+        """finished | stopped early | failed, as recorded (this run or an earlier one); else interrupted."""
+        if tid not in self.outcomes:
+            self.find_run(tid)
+        return self.outcomes.get(tid, "interrupted")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
@@ -162,16 +191,30 @@ class MlflowTracking(Callback):
             for k, v in result.items()
             if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
-        self.client.log_batch(run_id, metrics=metrics)
+        tags = []
+        if trial.trial_id not in self._placed and "worker_node_id" in result:  # once per driver session:
+            self._placed.add(trial.trial_id)  # a resumed trial may land on another node
+            tags = [RunTag(TAG_NODE, str(result["worker_node_id"])), RunTag(TAG_NODE_IP, str(result.get("worker_node_ip")))]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._logged_epochs[trial.trial_id].add(epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "finished", RunStatus.FINISHED)
+        # Tune calls this before it marks the trial TERMINATED: the epoch count decides.
+        self._end(trial, "stopped early" if stopped_early(trial, self.epochs) else "finished", RunStatus.FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "failed", RunStatus.FAILED)
 
+    def on_experiment_end(self, trials, **info):
+        # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
+        # calls on_trial_complete: their runs would say "running" forever. --resume reopens them.
+        for trial in trials:
+            if self.outcome(trial.trial_id) == "interrupted" and self.find_run(trial.trial_id):
+                self._end(trial, "interrupted", RunStatus.KILLED)
+
     def _end(self, trial, status: str, run_status: int) -> None:
+        if status in FINAL:
+            self.outcomes[trial.trial_id] = status
         run_id = self.run_for(trial)
         self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status)])
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))

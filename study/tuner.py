@@ -5,11 +5,13 @@ for its config. The Train run is named after the Tune trial, so a restarted tria
 checkpoints; `TuneReportCallback` forwards the workers' per-epoch metrics to Tune, whose
 callbacks log them to MLflow on this driver.
 
-    result = run_study(spec, address=None, tracking_uri=None, resume=False)
+    result = run_study(spec, address=None, tracking_uri=None, resume=False, force=False)
+    result.interrupted   # True after Ctrl-C: `--resume` continues from the saved state
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -20,26 +22,59 @@ from pathlib import Path
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import optuna
+import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study import tracking
-from study.space import SpaceSampler
-from study.spec import Spec
+from study.tracking import stopped_early
+from study.space import SpaceSampler, make_sampler
+from study.spec import Spec, SpecError, resource_problems, spec_diff
 from trainables.config import apply_overrides
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
-SAMPLERS = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-}
+SNAPSHOT = "study.json"  # the resolved spec a study started with, beside its Tune state
 
 
 class StudyError(RuntimeError):
-    """The study cannot start (exists already, nothing to resume, resources missing)."""
+    """The study cannot start (exists already, nothing to resume, spec changed, storage unusable)."""
+
+
+class StudyStorage:
+    """Where a study keeps its Tune and Train state: `<study.storage>/<study.name>/{tune,train}`.
+
+    study.storage is a local folder (relative to the working directory) or a URI that pyarrow
+    understands (file://, s3://, gs://, ...); on a multi-node cluster it must be shared by all nodes.
+    """
+
+    def __init__(self, spec: Spec):
+        self.uri = spec.location
+        self.local = None if "://" in self.uri else Path(self.uri)
+        self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.local.as_uri() if self.local else self.uri)
+
+    @property
+    def tune(self) -> str:
+        return f"{self.uri}/tune"
+
+    @property
+    def train(self) -> str:
+        return f"{self.uri}/train"
+
+    def read(self, name: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{name}") as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, text: str) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+        with self.fs.open_output_stream(f"{self.path}/{name}") as f:
+            f.write(text.encode())
 
 
 def trial_driver(config: dict, payload: dict) -> None:
@@ -51,15 +86,12 @@ def trial_driver(config: dict, payload: dict) -> None:
     from trainables.ray_adapter import train_loop_per_worker
 
     res = payload["resources"]
-    per_worker = {"CPU": res["cpus_per_worker"]}
-    if res["gpus_per_worker"] > 0:
-        per_worker["GPU"] = res["gpus_per_worker"]
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=apply_overrides(payload["base"], config),
         scaling_config=ScalingConfig(
-            num_workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0, resources_per_worker=per_worker
+            num_workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0, resources_per_worker=payload["per_worker"]
         ),
         run_config=RunConfig(
             name=f"train_{trial_id}",  # deterministic: a restarted trial resumes its own Train run
@@ -74,37 +106,46 @@ def trial_driver(config: dict, payload: dict) -> None:
 
 
 class Progress(tune.Callback):
-    """One line per epoch and per finished trial, with the best value so far."""
+    """One line per epoch and per finished trial, with the best value of each objective so far."""
 
     def __init__(self, spec: Spec):
-        self.metric, self.mode = spec.primary.metric, spec.primary.mode
+        self.objectives = [(o.metric, o.mode) for o in spec.study.objectives]
         self.trials, self.epochs = spec.study.trials, spec.base["train"]["epochs"]
         self.searched = list(spec.space)
-        self.best: tuple[float, str] | None = None
+        self.best: dict[str, tuple[float, str]] = {}
         self.done = 0
         self.t0 = time.monotonic()
 
-    def _better(self, v: float) -> bool:
-        return self.best is None or (v < self.best[0] if self.mode == "min" else v > self.best[0])
+    def __setstate__(self, state):  # restored with the experiment on --resume: restart the clock
+        self.__dict__.update(state)
+        self.t0 = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+        params = ", ".join(f"{k}={_fmt(trial.config[k])}" for k in self.searched if k in trial.config)
         print(f"[{self._clock()}] start  {trial.trial_id}  {params}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        v = result.get(self.metric)
-        if isinstance(v, (int, float)) and math.isfinite(v) and self._better(v):
-            self.best = (v, trial.trial_id)
-        best = f"{self.best[0]:.3f} ({self.best[1]})" if self.best else "-"
+        values = []
+        for metric, mode in self.objectives:
+            v = result.get(metric)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                old = self.best.get(metric)
+                if old is None or (v < old[0] if mode == "min" else v > old[0]):
+                    self.best[metric] = (v, trial.trial_id)
+            values.append(f"{metric}={_fmt(v)}")
+        best = "  ".join(f"{m}={self.best[m][0]:.4g} ({self.best[m][1]})" for m, _ in self.objectives if m in self.best)
         print(
             f"[{self._clock()}] epoch  {trial.trial_id}  {result.get('epoch')}/{trial.config.get('train.epochs', self.epochs)}  "
-            f"train/loss={_fmt(result.get('train/loss'))}  {self.metric}={_fmt(v)}  best {self.metric}={best}",
+            f"train/loss={_fmt(result.get('train/loss'))}  {'  '.join(values)}  | best {best or '-'}",
             flush=True,
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        print(f"[{self._clock()}] done   {trial.trial_id}  ({self.done}/{self.trials} trials)", flush=True)
+        early = stopped_early(trial, self.epochs)
+        outcome = f"stopped early at epoch {trial.last_result.get('epoch')}" if early else "finished"
+        print(f"[{self._clock()}] {outcome}  {trial.trial_id}  ({self.done}/{self.trials} trials done, "
+              f"{_running(trials, trial)})", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
@@ -116,14 +157,20 @@ class Progress(tune.Callback):
         return f"{s // 60:02d}:{s % 60:02d}"
 
 
+def _running(trials, ending) -> str:
+    # Tune still counts the ending trial as RUNNING when it calls the callbacks.
+    return f"{sum(t.status == 'RUNNING' and t is not ending for t in trials)} running"
+
+
 @dataclass
 class StudyResult:
     table: "object"  # pandas DataFrame: one row per trial, best first
     tracking_uri: str
-    study_dir: Path
+    study_dir: str
     experiment_id: str
     parent_run_id: str
     num_errors: int
+    interrupted: bool  # Ctrl-C: the state is saved and --resume continues
 
 
 def run_study(
@@ -131,64 +178,132 @@ def run_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     resume: bool = False,
+    force: bool = False,
     verbose: bool = False,
 ) -> StudyResult:
-    study_dir = spec.storage_path / spec.study.name
-    tune_dir = study_dir / "tune"
-    if resume and not tune.Tuner.can_restore(str(tune_dir)):
-        raise StudyError(f"--resume: nothing to resume at {tune_dir}; run without --resume to start the study")
-    if not resume and tune_dir.exists():
+    storage = StudyStorage(spec)
+    exists = tune.Tuner.can_restore(storage.tune)
+    if resume and not exists:
+        raise StudyError(f"--resume: nothing to resume at {storage.tune}; run without --resume to start the study")
+    if not resume and (exists or (storage.local and (storage.local / "tune").exists())):
         raise StudyError(
-            f"study {spec.study.name!r} already exists at {study_dir}; add --resume to continue it, "
+            f"study {spec.study.name!r} already exists at {storage.uri}; add --resume to continue it, "
             f"choose another name with --set study.name=NEW, or delete the folder to start over"
         )
+    if resume:
+        _check_unchanged(spec, storage, force)
+    if storage.local is None and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise StudyError(f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
+                         f"the default SQLite store needs a local folder")
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     tracking.check_reachable(uri)
 
-    _init_ray(address, verbose)
-    concurrency = _concurrency(spec)
+    _init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+    concurrency, num_samples = _plan(spec)
+    if not resume:
+        storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": spec.resolved()}, indent=1))
     study_run = tracking.open_study_run(uri, spec)
     payload = {
         "base": spec.base,
-        "resources": spec.resources.__dict__,
-        "train_storage": str(study_dir / "train"),
+        "resources": {"workers": spec.resources.workers, "gpus_per_worker": spec.resources.gpus_per_worker},
+        "per_worker": spec.resources.per_worker(),
+        "train_storage": storage.train,
     }
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
-    callbacks = [tracking.MlflowTracking(uri, study_run, spec), Progress(spec)]
-    print(f"study {spec.study.name!r}: {spec.study.trials} trials, up to {concurrency} at a time, "
-          f"{spec.primary.mode} {spec.primary.metric}; state in {study_dir}", flush=True)
+    recorder = tracking.MlflowTracking(uri, study_run, spec)
+    callbacks = [recorder, Progress(spec)]
+    objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
+    print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
+          f"sampler {spec.study.sampler}, scheduler {_describe_scheduler(spec)}; state in {storage.uri}", flush=True)
     if resume:
-        tuner = tune.Tuner.restore(
-            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True, param_space=None
-        )
+        tuner = tune.Tuner.restore(storage.tune, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # Tune restores the callbacks pickled with the experiment; use this run's (tracking URI, clock).
+        if getattr(tuner, "_local_tuner", None) is not None:
+            tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
-        searcher = OptunaSearch(
-            space=SpaceSampler(spec.space),
-            metric=spec.primary.metric,
-            mode=spec.primary.mode,
-            sampler=SAMPLERS[spec.study.sampler](spec.study.seed),
-        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=spec.study.trials, max_concurrent_trials=concurrency
+                search_alg=_searcher(spec), scheduler=_scheduler(spec), num_samples=num_samples,
+                max_concurrent_trials=concurrency,
             ),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=str(study_dir), callbacks=callbacks, verbose=0
-            ),
+            run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0),
         )
     grid = tuner.fit()
-    table = _table(grid, spec)
-    best = table[spec.primary.metric].dropna()
-    summary = {"study/trials_finished": float((table["status"] == "TERMINATED").sum()),
+    # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
+    # callback recorded as they ended is what tells them apart.
+    outcomes = {(r.metrics or {}).get("trial_id") or Path(r.path).name: None for r in grid}
+    outcomes = {tid: recorder.outcome(tid) for tid in outcomes}
+    table = _table(grid, spec, outcomes)
+    interrupted = len(outcomes) < num_samples or "interrupted" in outcomes.values()
+    summary = {"study/trials_finished": float((table["status"] != "failed").sum()),
                "study/trials_failed": float(grid.num_errors)}
-    if len(best):
-        summary[f"best/{spec.primary.metric}"] = float(best.iloc[0])
-    tracking.close_study_run(uri, study_run, summary, "FINISHED" if grid.num_errors < len(table) else "FAILED")
-    return StudyResult(table, uri, study_dir, study_run.experiment_id, study_run.run_id, grid.num_errors)
+    for o in spec.study.objectives:
+        best = table[o.metric].dropna() if o.metric in table else []
+        if len(best):
+            summary[f"best/{o.metric}"] = float(best.min() if o.mode == "min" else best.max())
+    status = "KILLED" if interrupted else "FINISHED" if grid.num_errors < len(table) else "FAILED"
+    tracking.close_study_run(uri, study_run, summary, status)
+    return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors, interrupted)
 
 
-def _init_ray(address: str | None, verbose: bool) -> None:
+def _check_unchanged(spec: Spec, storage: StudyStorage, force: bool) -> None:
+    """Refuse to resume with an edited spec (or, with force, say what does and does not apply)."""
+    saved = storage.read(SNAPSHOT)
+    if saved is None:
+        print(f"warning: {storage.uri} has no {SNAPSHOT}; cannot check the spec against the one it started with")
+        return
+    old = json.loads(saved)["resolved"]
+    new = spec.resolved()
+    changes = spec_diff(old, new)
+    if not changes:
+        return
+    lines = "\n".join(f"    {c}" for c in changes)
+    if not force:
+        raise StudyError(
+            f"the spec of study {spec.study.name!r} changed since it started ({storage.uri}/{SNAPSHOT}):\n{lines}\n"
+            f"  resume with the original spec, or add --force to resume anyway"
+        )
+    kept = [c for c in changes if c.split(".")[0] in ("study", "space")]
+    print(f"warning: resuming with an edited spec (--force):\n{lines}", flush=True)
+    if kept:
+        print("  study: and space: changes do not apply: the saved search keeps its objectives, sampler and "
+              "space; base: and resources: changes apply to the trials still to run", flush=True)
+    # What the study runs with from now on: the new base and resources, the original search.
+    storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": {**new, "study": old["study"],
+                                                                              "space": old["space"]}}, indent=1))
+
+
+def _searcher(spec: Spec) -> OptunaSearch:
+    metrics = [o.metric for o in spec.study.objectives]
+    modes = [o.mode for o in spec.study.objectives]
+    return OptunaSearch(
+        space=SpaceSampler(spec.space),
+        metric=metrics if spec.multi_objective else metrics[0],
+        mode=modes if spec.multi_objective else modes[0],
+        sampler=make_sampler(spec),
+    )
+
+
+def _scheduler(spec: Spec):
+    s = spec.study.scheduler
+    if s.type != "asha":
+        return None
+    # Rungs are counted in epochs, not Tune iterations: a resumed trial restarts Tune's
+    # iteration count while its epoch continues.
+    return ASHAScheduler(time_attr="epoch", metric=spec.primary.metric, mode=spec.primary.mode,
+                         max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _describe_scheduler(spec: Spec) -> str:
+    s = spec.study.scheduler
+    if s.type != "asha":
+        return "none"
+    return (f"asha on {spec.primary.metric} (grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, "
+            f"max_t {s.max_t} epochs)")
+
+
+def _init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
@@ -197,56 +312,79 @@ def _init_ray(address: str | None, verbose: bool) -> None:
     # lines; it stays in Ray's session logs, and a failed trial's traceback is in its error.txt.
     kwargs = dict(logging_level="WARNING", log_to_driver=verbose)
     if address:
-        ray.init(address=address, **kwargs)
-        print(f"joined Ray cluster at {address}: {_describe(ray.cluster_resources())}", flush=True)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as e:
+            raise StudyError(f"cannot join the Ray cluster at {address}: {e}") from None
+        print(f"joined Ray cluster at {address}: {_describe(ray.cluster_resources())} "
+              f"on {len(_alive_nodes())} node(s)", flush=True)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # When ASHA stops a trial, Tune kills its driver ungracefully, and Train V2 frees that
+        # trial's placement group only through the state API, which the dashboard serves: without
+        # it each stopped trial keeps its CPUs and the study stalls. The dashboard costs ~10 s to
+        # start, so it runs only when trials can be stopped. Clusters started by `ray start` have it.
+        # address="local": a new Ray of our own, even when a `ray start` cluster runs on this machine
+        # (ray.init() would silently join it); joining one is what --address auto is for.
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         print(f"started a local Ray: {_describe(ray.cluster_resources())}", flush=True)
 
 
-def _concurrency(spec: Spec) -> int:
-    """Trials at once: the spec's, else what the cluster holds; fail if one trial cannot fit."""
-    r = spec.resources
-    total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
-    if need_cpu > cpus or need_gpu > gpus:
-        raise StudyError(
-            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU (resources: {r.workers} workers × "
-            f"{r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU) but the cluster has {cpus:g} CPU, {gpus:g} GPU"
-        )
-    fits = min(int(cpus // need_cpu) if need_cpu else spec.study.trials,
-               int(gpus // need_gpu) if need_gpu else spec.study.trials)
+def _alive_nodes() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def _plan(spec: Spec) -> tuple[int, int]:
+    """(trials at once, trials in all). Fails, naming the resources: key, if no trial can be placed."""
+    nodes = _alive_nodes()
+    problems = resource_problems(spec.resources, nodes)
+    if problems:
+        raise SpecError(spec.source, problems + [f"(the cluster: {_describe(ray.cluster_resources())} on {len(nodes)} node(s))"])
+    trials = spec.study.trials
+    if spec.study.sampler == "grid":
+        points = len(spec.grid())
+        if trials != points:
+            print(f"note: the grid has {points} points; running {min(trials, points)} of them"
+                  + (" (in a seeded random order)" if trials < points else f", not study.trials {trials}"), flush=True)
+        trials = min(trials, points)
+    need = spec.resources.per_worker()
+    workers_fit = sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
+    fits = max(1, workers_fit // spec.resources.workers)
     if spec.study.concurrency > fits:
         print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
-              f"of {need_cpu:g} CPU, {need_gpu:g} GPU); the extra trials will wait for resources", flush=True)
-    return max(1, min(spec.study.concurrency or fits, spec.study.trials))
+              f"of {spec.resources.workers} × {_describe(need)}); the extra trials will wait", flush=True)
+    return max(1, min(spec.study.concurrency or fits, trials)), trials
 
 
 _ACCURACY = ("val/mre_mm", "val/sdr_2mm", "val/nme", "val/fr")  # shown in the final table when reported
 
 
-def _table(grid, spec: Spec):
+def _table(grid, spec: Spec, outcomes: dict[str, str]):
+    """One row per trial: its outcome, searched values, objectives and a few accuracy columns."""
     import pandas as pd
 
+    objectives = [o.metric for o in spec.study.objectives]
     rows = []
     for res in grid:
         m = res.metrics or {}
-        row = {"trial": m.get("trial_id") or Path(res.path).name, "status": "ERROR" if res.error else "TERMINATED"}
-        row.update({k: res.config.get(k) for k in spec.space})
+        tid = m.get("trial_id") or Path(res.path).name
+        row = {"trial": tid, "status": outcomes.get(tid, "interrupted")}
+        row.update({k: (res.config or {}).get(k) for k in spec.space})  # no config: failed before starting
         row["epoch"] = m.get("epoch")
-        for key in dict.fromkeys([spec.primary.metric, *_ACCURACY, "train/loss", "cost/epoch_s"]):
+        for key in dict.fromkeys([*objectives, *_ACCURACY, "train/loss", "cost/epoch_s"]):
             row[key] = m.get(key)
         rows.append(row)
+    if not rows:  # interrupted before any trial reported
+        return pd.DataFrame(columns=["trial", "status", *spec.space, "epoch", *objectives])
     df = pd.DataFrame(rows)
     # A face study has no mm metrics and a ceph study no NME: show only what some trial reported.
-    df = df.drop(columns=[k for k in _ACCURACY if k != spec.primary.metric and df[k].isna().all()])
+    df = df.drop(columns=[k for k in _ACCURACY if k not in objectives and k in df and df[k].isna().all()])
     return df.sort_values(spec.primary.metric, ascending=spec.primary.mode == "min", na_position="last",
                           ignore_index=True)
 
 
 def _describe(resources: dict) -> str:
-    return ", ".join(f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if k in resources) or "no resources"
+    return ", ".join(f"{resources[k]:g} {k}" for k in resources if k in ("CPU", "GPU") or not k.startswith(
+        ("node:", "memory", "object_store_memory", "accelerator_type"))) or "no resources"
 
 
 def _fmt(v) -> str:

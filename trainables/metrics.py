@@ -243,7 +243,7 @@ def reported_metrics(unit: str = "mm") -> list[str]:
     return (
         ["train/loss", "val/loss"]
         + [f"val/{m}" for m in per_split + ["fr", "auc"]]
-        + ["cost/params_m", "cost/gflops", "cost/latency_ms", "cost/epoch_s"]
+        + ["cost/params_m", "cost/gflops", "cost/latency_ms", "cost/epoch_s", "cost/workers"]
     )
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ray
 import ray.train
 import ray.train.torch
+import ray.util
 
 from trainables.config import TrialConfig
 from trainables.trainer import fit
@@ -20,9 +22,12 @@ from trainables.trainer import fit
 def train_loop_per_worker(config: dict) -> None:
     cfg = TrialConfig.from_dict(config)
 
+    # Where the trial ran, for the MLflow run's tags (not metrics: no "/" in the names).
+    node = {"worker_node_id": ray.get_runtime_context().get_node_id(), "worker_node_ip": ray.util.get_node_ip_address()}
+
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, **node}, checkpoint=checkpoint)
 
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()

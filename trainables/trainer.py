@@ -200,7 +200,8 @@ def fit(
 
         val, _ = scorer(model, val_ds, sigma, objective, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
-        metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s}
+        metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s,
+                   "cost/workers": float(dist.get_world_size() if distributed else 1)}  # DDP ranks behind epoch_s
         tables = {}
         if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
             test, tables[f"test_{cfg.eval.split}"] = scorer(model, test_ds, sigma, objective, "test")

@@ -6,23 +6,15 @@ Budget: a Ray Train worker group starts per trial (10-15 s here), so this module
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
+from study_cli import run_cli
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +23,7 @@ def study(tmp_path_factory, tiny_phantom):
     tmp = tmp_path_factory.mktemp("study")
     spec = {
         "study": {"name": "tiny", "trials": 2, "concurrency": 2, "seed": 7, "storage": str(tmp / "store"),
-                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
+                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}], "scheduler": "none"},
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "base": {
             "model": {"name": "unet", "width": 0.125},
@@ -121,7 +113,7 @@ def test_a_diverging_trial_is_recorded_as_failed(tmp_path, tiny_phantom):
     # SGD at lr 1e8 blows the loss up in the first epoch: the trainer raises, Ray Train fails the
     # run, Tune errors the trial, and MLflow must say so; with every trial failed the CLI exits 1.
     spec = {
-        "study": {"name": "diverge", "trials": 1, "storage": str(tmp_path / "store")},
+        "study": {"name": "diverge", "trials": 1, "storage": str(tmp_path / "store"), "scheduler": "none"},
         "base": {
             "model": {"name": "unet", "width": 0.125},
             "data": {"dataset": "phantom", "root": str(tmp_path / "phantom"), "input_size": [32, 24],

@@ -40,6 +40,8 @@ CASES = {
           data: {dataset: isbi2015, root: no_isbi}
         """, ["spec.yaml"]),
     "dry_run": (None, [str(QUICKSTART), "--dry-run"]),
+    "dry_run_full_size": (None, [str(QUICKSTART.parent / "farnet.yaml"), "--dry-run"]),
+    "force_without_resume": (None, [str(QUICKSTART), "--force"]),
 }
 
 
@@ -72,7 +74,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
             if text is not None:
                 (folder / "spec.yaml").write_text(textwrap.dedent(text))
             # Where phantom data would be generated: inside the folder, so that it would show up too.
-            env = {**os.environ, "LANDMARK_STUDY_DATA": str(folder / "data_home")}
+            env = {**os.environ, "LANDMARK_STUDY_DATA": str(folder / "data_home"),
+                   "TORCH_HOME": str(folder / "empty_hub")}  # no pretrained weights, as on a fresh machine
             env.pop("RAY_ADDRESS", None)
             proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "study.run", *args], cwd=folder,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,15 +147,40 @@ def test_dry_run_prints_the_study_and_starts_nothing(runs):
     assert lines[0] == f"study 'quickstart' from {QUICKSTART}"
     assert f"  storage: {run.folder.resolve() / 'studies' / 'quickstart'}" in lines  # named, not created
     # the space, one line per searched path
-    space = lines[lines.index("  space:") + 1: lines.index("  base config:")]
+    space = lines[lines.index("  space (in sampling order):") + 1: lines.index("  base config:")]
     assert [line.split() for line in space] == [
         ["optim.lr", "loguniform", "[0.0005,", "0.005]"],
-        ["target.sigma", "uniform", "[2.0,", "6.0]"],
+        ["target.schedule", "choice", "['fixed',", "'adaloss']"],
+        ["target.sigma", "uniform", "[2.0,", "6.0]", "when", "target.schedule", "=", "fixed"],
     ]
     # the full base config, by dotted path: the YAML's values and the defaults it left out
+    preview = lines.index("  first 3 sampled trials (sampler tpe, seed 1):")
     base = dict(line.split(None, 1) if len(line.split()) > 1 else (line.strip(), "")
-                for line in lines[lines.index("  base config:") + 1:])
+                for line in lines[lines.index("  base config:") + 1:preview])
     assert base["optim.lr"] == "0.001" and base["train.batch_size"] == "4" and base["train.epochs"] == "10"
     assert base["data.input_size"] == "[128, 104]" and base["train.device"] == "auto"
     assert base["data.root"] == ""
+    # a few sampled trials: sigma exactly where the schedule is fixed
+    sampled = [dict(kv.split("=") for kv in line.split()[1:]) for line in lines[preview + 1:preview + 4]]
+    assert len(sampled) == 3 and all(("target.sigma" in t) == (t["target.schedule"] == "fixed") for t in sampled)
+    assert lines[-1] == "dry run: the spec is valid; nothing was started"
+    _assert_nothing_started(run)
+
+
+def test_dry_run_of_a_full_size_spec_warns_about_missing_data_and_weights(runs):
+    run = runs["dry_run_full_size"]
+    assert run.rc == 0, run.stderr
+    warnings = run.stderr.splitlines()
+    assert warnings and all(w.startswith("warning: ") and w.endswith("(a real run needs it)") for w in warnings)
+    assert any("base.data.root: " in w and "dataset root does not exist" in w for w in warnings)
+    assert any("base.model.weights: imagenet weights for densenet121 are not in the torch hub cache" in w
+               for w in warnings)
+    assert "  objectives: min val/mre_mm, max val/sdr_2mm, min cost/gflops" in run.stdout.splitlines()
+    assert run.stdout.splitlines()[-1] == "dry run: the spec is valid; nothing was started"
+    _assert_nothing_started(run)
+
+
+def test_force_needs_resume(runs):
+    run = runs["force_without_resume"]
+    assert run.rc == 2 and run.stderr.strip() == "error: --force only goes with --resume"
     _assert_nothing_started(run)

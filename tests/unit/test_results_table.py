@@ -12,16 +12,20 @@ def _result(trial: str, **metrics):
 
 
 def _spec(metric: str):
-    return SimpleNamespace(space={"optim.lr": None}, primary=Objective(metric, "min"))
+    objective = Objective(metric, "min")
+    return SimpleNamespace(space={"optim.lr": None}, primary=objective, study=SimpleNamespace(objectives=[objective]),
+                           base={"train": {"epochs": 2}})
 
 
 def test_face_study_table_has_nme_and_no_mm_columns():
     df = _table([_result("a", **{"val/nme": 5.0, "val/fr": 10.0}), _result("b", **{"val/nme": 4.0, "val/fr": 0.0})],
-                _spec("val/nme"))
+                _spec("val/nme"), {"a": "finished", "b": "stopped early"})
     assert list(df["trial"]) == ["b", "a"]  # best first
+    assert list(df["status"]) == ["stopped early", "finished"]
     assert "val/nme" in df and "val/fr" in df and "val/mre_mm" not in df and "val/sdr_2mm" not in df
 
 
 def test_ceph_study_table_keeps_mm_columns():
-    df = _table([_result("a", **{"val/mre_mm": 2.0, "val/sdr_2mm": 60.0, "val/fr": 3.0})], _spec("val/mre_mm"))
+    df = _table([_result("a", **{"val/mre_mm": 2.0, "val/sdr_2mm": 60.0, "val/fr": 3.0})], _spec("val/mre_mm"), {})
     assert {"val/mre_mm", "val/sdr_2mm", "val/fr"} <= set(df.columns) and "val/nme" not in df
+    assert list(df["status"]) == ["interrupted"]  # nothing recorded its end

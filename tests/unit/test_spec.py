@@ -10,7 +10,7 @@ import pytest
 from study.space import SpaceSampler
 from study.spec import Param, SpecError, load_spec
 from trainables.config import TrialConfig
-from trainables.metrics import all_metric_names
+from trainables.metrics import all_metric_names, reported_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -46,8 +46,10 @@ def test_quickstart_loads():
     assert (spec.primary.metric, spec.primary.mode) == ("val/mre_mm", "min")
     assert spec.space == {
         "optim.lr": Param("optim.lr", "loguniform", [5e-4, 5e-3]),
-        "target.sigma": Param("target.sigma", "uniform", [2.0, 6.0]),
+        "target.schedule": Param("target.schedule", "choice", ["fixed", "adaloss"]),
+        "target.sigma": Param("target.sigma", "uniform", [2.0, 6.0], when={"target.schedule": ["fixed"]}),
     }
+    assert (spec.study.scheduler.type, spec.study.scheduler.grace_period) == ("asha", 3)
     # base: what the YAML says, and the defaults for everything it leaves out
     assert spec.base["optim"]["lr"] == 1e-3 and spec.base["train"]["batch_size"] == 4
     assert spec.base["train"]["device"] == "auto" and spec.base["eval"]["decode"] == "argmax"
@@ -107,9 +109,31 @@ def test_objective_must_be_a_reported_metric(tmp_path):
           name: x
           objectives: [{metric: val/mre_m, mode: min}]
         """)
-    assert p.startswith("study.objectives[0].metric: 'val/mre_m' is not reported by the trainer")
-    assert "(did you mean 'val/mre_mm'?)" in p
-    assert p.endswith("reported: " + ", ".join(all_metric_names()))
+    assert p.startswith("study.objectives[0].metric: 'val/mre_m' is not reported by the trainer "
+                        "for data.dataset phantom (scored in mm) (did you mean 'val/mre_mm'?)")
+    assert p.endswith("reported: " + ", ".join(reported_metrics("mm")))
+
+
+def test_objective_of_another_unit_is_not_reported(tmp_path):
+    # NME is what faces are scored by; a cephalogram study reports mm, so val/nme would stay empty.
+    p = _one_problem(tmp_path, """\
+        study:
+          name: x
+          objectives: [{metric: val/nme, mode: min}]
+        """)
+    assert p.startswith("study.objectives[0].metric: 'val/nme' is not reported by the trainer for data.dataset "
+                        "phantom (scored in mm)")
+
+
+def test_objectives_when_the_dataset_is_searched_may_name_any_unit(tmp_path):
+    spec = load_spec(_write(tmp_path, """\
+        study:
+          name: x
+          objectives: [{metric: val/nme, mode: min}]
+        space:
+          data.dataset: {choice: [phantom]}
+        """))
+    assert spec.primary.metric == "val/nme" and "val/nme" in all_metric_names()
 
 
 def test_objective_mode_must_be_min_or_max(tmp_path):
@@ -183,7 +207,8 @@ def test_range_end_invalid_for_the_field(tmp_path):
 
 def test_unknown_distribution(tmp_path):
     p = _space_problem(tmp_path, "optim.lr: {normal: [0, 1]}\n")
-    assert p.startswith("space.optim.lr: expected one of {choice: ... | uniform: ... | loguniform: ... | int: ...}")
+    assert p.startswith("space.optim.lr: expected one of {choice: ... | uniform: ... | loguniform: ... | int: ... "
+                        "| quniform: ...} (and optionally when: ...)")
 
 
 def test_list_fields_cannot_be_searched(tmp_path):
@@ -286,10 +311,10 @@ def test_space_choice_that_breaks_another_field_is_rejected(tmp_path):
 
 
 def test_set_overrides_are_yaml_scalars():
-    spec = load_spec(QUICKSTART, ["study.trials=7", "base.train.epochs=2", "base.optim.lr=1.0e-2",
+    spec = load_spec(QUICKSTART, ["study.trials=7", "base.train.epochs=4", "base.optim.lr=1.0e-2",
                                   "study.storage=/tmp/elsewhere"])
     assert spec.study.trials == 7
-    assert spec.base["train"]["epochs"] == 2
+    assert spec.base["train"]["epochs"] == 4
     assert spec.base["optim"]["lr"] == 0.01
     assert spec.study.storage == "/tmp/elsewhere"
     assert spec.space["optim.lr"].args == [5e-4, 5e-3]  # untouched
@@ -325,8 +350,13 @@ def test_set_into_an_empty_section(tmp_path):
 # --- the space as an Optuna define-by-run function -------------------------------------------
 
 
-def test_space_sampler_with_a_real_optuna_study():
-    spec = load_spec(QUICKSTART)
+def test_space_sampler_with_a_real_optuna_study(tmp_path):
+    spec = load_spec(_write(tmp_path, """\
+        study: {name: x}
+        space:
+          optim.lr: {loguniform: [5.0e-4, 5.0e-3]}
+          target.sigma: {uniform: [2.0, 6.0]}
+        """))
     sample = SpaceSampler(spec.space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     lrs = []
@@ -365,3 +395,337 @@ def test_space_sampler_choice_and_int(tmp_path):
     assert study.trials[0].distributions["optim.name"] == optuna.distributions.CategoricalDistribution(["adam", "sgd"])
     assert study.trials[0].distributions["train.epochs"] == optuna.distributions.IntDistribution(1, 3)
     assert len(seen) > 3  # both names and several epoch counts are drawn
+
+
+# --- conditional spaces (`when:`), quniform, samplers, schedulers, resources -----------------
+
+CONDITIONAL = """\
+    study: {name: x, sampler: random}
+    base:
+      model: {name: simple_baseline, backbone: resnet18, weights: WEIGHTS}
+      data: {input_size: [128, 96]}
+    space:
+      distill.mu: {uniform: [1.0, 4.0], when: {distill.type: [cd, both]}}
+      target.schedule: {choice: [fixed, adaloss]}
+      target.sigma: {uniform: [1.0, 6.0], when: {target.schedule: fixed}}
+      target.adaloss.rho: {uniform: [0.5, 1.0], when: {target.schedule: adaloss}}
+      distill.type: {choice: [none, cd, ed, both]}
+      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+    """
+
+
+def test_conditions_are_parsed_and_ordered_before_what_they_gate(tmp_path, r18_file):
+    spec = load_spec(_write(tmp_path, CONDITIONAL.replace("WEIGHTS", str(r18_file))))
+    assert spec.space["target.sigma"].when == {"target.schedule": ["fixed"]}
+    assert spec.space["distill.mu"].when == {"distill.type": ["cd", "both"]}
+    order = list(spec.space)
+    assert order.index("distill.type") < order.index("distill.mu")
+    assert order.index("target.schedule") < order.index("target.sigma")
+    assert spec.space["target.sigma"].describe() == "uniform [1.0, 6.0] when target.schedule = fixed"
+    assert spec.space["distill.mu"].describe() == "uniform [1.0, 4.0] when distill.type in ['cd', 'both']"
+
+
+def test_parameters_appear_exactly_when_their_conditions_hold(tmp_path, r18_file):
+    spec = load_spec(_write(tmp_path, CONDITIONAL.replace("WEIGHTS", str(r18_file))))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(80):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        ps = trial.params
+        assert ("target.sigma" in ps) == (ps["target.schedule"] == "fixed")
+        assert ("target.adaloss.rho" in ps) == (ps["target.schedule"] == "adaloss")
+        assert ("distill.mu" in ps) == (ps["distill.type"] in ("cd", "both"))
+        assert "optim.lr" in ps
+        seen.add((ps["target.schedule"], ps["distill.type"]))
+        study.tell(trial, 0.0)
+    assert len(seen) == 8  # every branch was taken
+
+
+def test_nested_conditions_gate_through_their_parent(tmp_path):
+    # loss.alpha is searched when loss.type is ewc; loss.type itself only for fixed σ.
+    spec = load_spec(_write(tmp_path, """\
+        study: {name: x, sampler: grid}
+        space:
+          loss.alpha: {choice: [20.0, 40.0], when: {loss.type: ewc}}
+          loss.type: {choice: [mse, ewc], when: {target.schedule: fixed}}
+          target.schedule: {choice: [fixed, adaloss]}
+        """))
+    assert list(spec.space) == ["target.schedule", "loss.type", "loss.alpha"]
+    grid = spec.grid()
+    assert sorted(map(str, grid)) == sorted(map(str, [
+        {"target.schedule": "adaloss"},
+        {"target.schedule": "fixed", "loss.type": "mse"},
+        {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 20.0},
+        {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 40.0},
+    ]))
+
+
+def test_when_on_a_parameter_that_is_not_searched(tmp_path):
+    p = _space_problem(tmp_path, "target.sigma: {uniform: [1.0, 6.0], when: {target.schedule: fixed}}\n")
+    assert p == ("space.target.sigma.when.target.schedule: target.schedule is not searched (it is fixed in "
+                 "base:); a condition must name a `choice` parameter in space:")
+
+
+def test_when_on_a_range_parameter(tmp_path):
+    p = _space_problem(tmp_path, """\
+        optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        target.sigma: {uniform: [1.0, 6.0], when: {optim.lr: 0.001}}
+        """)
+    assert p == "space.target.sigma.when.optim.lr: optim.lr is a loguniform range; conditions need a `choice` parameter"
+
+
+def test_when_value_that_is_never_sampled(tmp_path):
+    p = _space_problem(tmp_path, """\
+        target.schedule: {choice: [fixed, adaloss]}
+        target.sigma: {uniform: [1.0, 6.0], when: {target.schedule: fxed}}
+        """)
+    assert p == "space.target.sigma.when.target.schedule: 'fxed' is never sampled; target.schedule chooses from ['fixed', 'adaloss']"
+
+
+def test_conditions_that_form_a_cycle(tmp_path):
+    p = _space_problem(tmp_path, """\
+        loss.type: {choice: [mse, ewc], when: {optim.name: adam}}
+        optim.name: {choice: [adam, sgd], when: {loss.type: ewc}}
+        """)
+    assert p == "space.loss.type.when: the conditions form a cycle: loss.type -> optim.name -> loss.type"
+
+
+def test_misspelt_when_key(tmp_path):
+    p = _space_problem(tmp_path, """\
+        target.schedule: {choice: [fixed, adaloss]}
+        target.sigma: {uniform: [1.0, 6.0], wehn: {target.schedule: fixed}}
+        """)
+    assert p.startswith("space.target.sigma.wehn: unknown key (did you mean 'when'?)")
+
+
+def test_a_choice_value_is_checked_with_its_condition_true(tmp_path):
+    # ewc assumes targets in [0, 1]: with target.normalize it breaks, and the message says which value.
+    p = _one_problem(tmp_path, """\
+        study: {name: x}
+        base: {target: {normalize: true}}
+        space:
+          target.schedule: {choice: [fixed, adaloss]}
+          loss.type: {choice: [mse, ewc], when: {target.schedule: fixed}}
+        """)
+    assert p == "space.loss.type.choice: 'ewc' breaks target.normalize: true needs loss.type mse; ewc assumes targets in [0, 1]"
+
+
+def test_duplicate_choice_value(tmp_path):
+    p = _space_problem(tmp_path, "optim.name: {choice: [adam, sgd, adam]}\n")
+    assert p == "space.optim.name.choice[2]: 'adam' is listed twice"
+
+
+def test_quniform_on_int_and_float_fields(tmp_path):
+    spec = load_spec(_write(tmp_path, """\
+        study: {name: x}
+        space:
+          train.batch_size: {quniform: [2, 8, 2]}
+          target.sigma: {quniform: [1.0, 2.0, 0.25]}
+        """))
+    assert spec.space["train.batch_size"].values() == [2, 4, 6, 8]
+    assert spec.space["target.sigma"].values() == [1.0, 1.25, 1.5, 1.75, 2.0]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        assert trial.params["train.batch_size"] in (2, 4, 6, 8) and type(trial.params["train.batch_size"]) is int
+        assert trial.params["target.sigma"] in (1.0, 1.25, 1.5, 1.75, 2.0)
+        study.tell(trial, 0.0)
+
+
+def test_quniform_range_must_be_a_multiple_of_the_step(tmp_path):
+    p = _space_problem(tmp_path, "train.batch_size: {quniform: [2, 9, 2]}\n")
+    assert p == "space.train.batch_size.quniform: high - low = 7 is not a multiple of step 2; e.g. [2, 8, 2]"
+    p = _space_problem(tmp_path, "target.sigma: {quniform: [1.0, 2.0]}\n")
+    assert p == "space.target.sigma.quniform: expected [low, high, step], got [1.0, 2.0]"
+
+
+def test_unknown_sampler_suggests(tmp_path):
+    p = _one_problem(tmp_path, "study: {name: x, sampler: nsga}\n")
+    assert p == "study.sampler: unknown 'nsga' (did you mean 'nsga2'?); choose one of ['tpe', 'random', 'grid', 'nsga2']"
+
+
+def test_grid_needs_finite_distributions(tmp_path):
+    p = _one_problem(tmp_path, """\
+        study: {name: x, sampler: grid}
+        space:
+          optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+          optim.name: {choice: [adam, sgd]}
+        """)
+    assert p == ("space.optim.lr.loguniform: the grid sampler needs finite distributions (choice, int, quniform); "
+                 "use choice or quniform, or another study.sampler")
+
+
+def test_grid_that_is_too_large(tmp_path):
+    p = _one_problem(tmp_path, """\
+        study: {name: x, sampler: grid}
+        space:
+          train.seed: {int: [0, 1000]}
+          train.batch_size: {int: [1, 1000]}
+        """)
+    assert p == "study.sampler: grid: the grid has more than 100,000 points; narrow the int/quniform ranges or use tpe"
+
+
+def test_several_objectives_and_scheduler_default(tmp_path):
+    spec = load_spec(_write(tmp_path, """\
+        study:
+          name: x
+          objectives:
+            - {metric: val/mre_mm, mode: min}
+            - {metric: cost/gflops, mode: min}
+            - {metric: val/sdr_2mm, mode: max}
+        base: {train: {epochs: 30}}
+        """))
+    assert spec.multi_objective and [o.metric for o in spec.study.objectives] == ["val/mre_mm", "cost/gflops", "val/sdr_2mm"]
+    assert spec.study.scheduler.type == "none"  # auto: no early stopping on one of several objectives
+    one = load_spec(_write(tmp_path, "study: {name: x}\nbase: {train: {epochs: 30}}\n"))
+    assert (one.study.scheduler.type, one.study.scheduler.grace_period, one.study.scheduler.max_t) == ("asha", 3, 30)
+
+
+def test_asha_max_t_follows_a_searched_epoch_count(tmp_path):
+    spec = load_spec(_write(tmp_path, """\
+        study: {name: x, scheduler: {type: asha, grace_period: 2, reduction_factor: 2}}
+        space:
+          train.epochs: {choice: [4, 12, 8]}
+        """))
+    s = spec.study.scheduler
+    assert (s.type, s.grace_period, s.reduction_factor, s.max_t) == ("asha", 2, 2.0, 8)  # the last listed
+
+
+def test_duplicate_objective(tmp_path):
+    p = _one_problem(tmp_path, """\
+        study:
+          name: x
+          objectives: [{metric: val/mre_mm, mode: min}, {metric: val/mre_mm, mode: max}]
+        """)
+    assert p == "study.objectives[1].metric: 'val/mre_mm' is already an objective; give each metric once"
+
+
+def test_scheduler_problems(tmp_path):
+    ps = _problems(_write(tmp_path, """\
+        study: {name: x, scheduler: {type: ashaa, grace_period: 20, reduction_factor: 1, patience: 3}}
+        base: {train: {epochs: 10}}
+        """))
+    assert ps == [
+        "study.scheduler.patience: unknown key; valid keys: type, grace_period, reduction_factor",
+        "study.scheduler.type: unknown 'ashaa' (did you mean 'asha'?); choose one of ['auto', 'none', 'asha']",
+        "study.scheduler.reduction_factor: must be > 1, got 1",
+    ]
+    p = _one_problem(tmp_path, "study: {name: x, scheduler: {type: asha, grace_period: 20}}\nbase: {train: {epochs: 10}}\n")
+    assert p == "study.scheduler.grace_period: 20 epochs is more than train.epochs (10); ASHA could never stop a trial: lower it, or set study.scheduler=none"
+
+
+def test_fractional_gpus_need_one_worker(tmp_path):
+    p = _one_problem(tmp_path, "study: {name: x}\nresources: {workers: 2, gpus_per_worker: 0.5}\n")
+    assert p == ("resources.gpus_per_worker: a fraction (0.5) needs workers: 1; each DDP worker of a 2-worker "
+                 "trial needs its own GPU")
+    spec = load_spec(_write(tmp_path, "study: {name: x}\nresources: {workers: 1, gpus_per_worker: 0.25}\n"))
+    assert spec.resources.per_worker() == {"CPU": 1.0, "GPU": 0.25}
+
+
+def test_custom_resources(tmp_path):
+    spec = load_spec(_write(tmp_path, "study: {name: x}\nresources: {custom: {big_node: 1}}\n"))
+    assert spec.resources.per_worker() == {"CPU": 1.0, "big_node": 1.0}
+    ps = _problems(_write(tmp_path, "study: {name: x}\nresources: {custom: {GPU: 1, x: -1, y: many}}\n"))
+    assert ps == ["resources.custom.GPU: set it with gpus_per_worker",
+                  "resources.custom.x: must be > 0, got -1",
+                  "resources.custom.y: expected float, got str 'many'"]
+
+
+def test_resources_the_cluster_cannot_provide():
+    from study.spec import Resources, resource_problems
+
+    nodes = [{"CPU": 2.0, "memory": 1e9, "node:127.0.0.1": 1.0}, {"CPU": 1.0, "extra_node": 2.0}]
+    assert resource_problems(Resources(workers=3), nodes) == []
+    assert resource_problems(Resources(workers=4), nodes) == [
+        "resources.workers: 4 workers of 1 CPU each, but the cluster holds only 3 at once"]
+    assert resource_problems(Resources(cpus_per_worker=3), nodes) == [
+        "resources.cpus_per_worker: each worker needs 3 CPU but the largest node has 2 (2 node(s), 3 CPU in all)"]
+    assert resource_problems(Resources(gpus_per_worker=1), nodes) == [
+        "resources.gpus_per_worker: each worker needs 1 GPU but the largest node has 0 (2 node(s), 0 GPU in all)"]
+    assert resource_problems(Resources(custom={"big_box": 1}), nodes) == [
+        "resources.custom.big_box: no node of the cluster has a 'big_box' resource; it has CPU, extra_node, memory"]
+    assert resource_problems(Resources(custom={"extra_node": 1}), nodes) == []
+    assert resource_problems(Resources(workers=2, custom={"extra_node": 1}), nodes) == [
+        "resources.workers: 2 workers of 1 CPU + 1 extra_node each, but the cluster holds only 1 at once"]
+
+
+def test_dry_run_mode_turns_missing_weights_into_warnings(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    path = _write(tmp_path, """\
+        study: {name: x}
+        base:
+          model: {name: simple_baseline, backbone: resnet18, weights: imagenet}
+          data: {input_size: [64, 64]}
+        space:
+          model.backbone: {choice: [resnet18, resnet34]}
+        """)
+    assert len(_problems(path)) == 2
+    spec = load_spec(path, check_data=False)
+    assert len(spec.warnings) == 2 and all("not in the torch hub cache" in w for w in spec.warnings)
+
+
+def test_dry_run_mode_turns_a_missing_data_root_into_a_warning(tmp_path):
+    missing = tmp_path / "ISBI2015"
+    path = _write(tmp_path, f"study: {{name: x}}\nbase: {{data: {{dataset: isbi2015, root: {missing}}}}}\n")
+    with pytest.raises(SpecError):
+        load_spec(path)
+    spec = load_spec(path, check_data=False)
+    assert len(spec.warnings) == 1
+    assert spec.warnings[0].startswith(f"{path}: base.data.root: ") and "does not exist" in spec.warnings[0]
+    # other problems stay errors
+    with pytest.raises(SpecError):
+        load_spec(path, ["base.optim.lr=0"], check_data=False)
+
+
+def test_resolved_spec_is_plain_data():
+    import json
+
+    spec = load_spec(QUICKSTART)
+    resolved = spec.resolved()
+    assert json.loads(json.dumps(resolved)) == resolved
+    assert resolved["space"]["optim.lr"] == {"loguniform": [5e-4, 5e-3]}
+    assert resolved["study"]["scheduler"]["type"] in ("asha", "none")
+
+
+def test_spec_diff_names_each_changed_field():
+    from study.spec import spec_diff
+
+    old = load_spec(QUICKSTART).resolved()
+    new = load_spec(QUICKSTART, ["base.train.epochs=3", "resources.custom.fast=1"]).resolved()
+    new["space"]["optim.lr"] = {"loguniform": [1e-4, 1e-2]}
+    del new["space"]["target.sigma"]
+    assert spec_diff(old, old) == []
+    assert spec_diff(old, new) == [
+        "study.scheduler.max_t: 10 -> 3",  # derived from the epochs: ASHA's last rung moves with them
+        "base.train.epochs: 10 -> 3",
+        "space.optim.lr: loguniform: [0.0005, 0.005] -> loguniform: [0.0001, 0.01]",
+        "space.target.sigma: uniform: [2.0, 6.0] when: {'target.schedule': ['fixed']} -> (absent)",
+        "resources.custom.fast: (absent) -> 1.0",
+    ]
+
+
+@pytest.mark.parametrize("name", ["farnet", "adaloss", "crosstask"])
+def test_shipped_full_size_specs_validate_without_data_or_weights(name, tmp_path, monkeypatch):
+    # What `--dry-run` does on a machine with neither the dataset nor the torch hub weights.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    spec = load_spec(REPO / "search_spaces" / f"{name}.yaml", check_data=False)
+    assert spec.warnings and all("does not exist" in w or "torch hub cache" in w for w in spec.warnings)
+    assert spec.base["data"]["dataset"] in ("isbi2015", "300w")
+
+
+def test_shipped_specs_express_the_papers_comparisons():
+    farnet = load_spec(REPO / "search_spaces" / "farnet.yaml", check_data=False)
+    assert farnet.base["data"]["input_size"] == [800, 640]
+    assert [o.metric for o in farnet.study.objectives] == ["val/mre_mm", "val/sdr_2mm", "cost/gflops"]
+    assert farnet.space["target.sigma"].when == {"target.schedule": ["fixed"]}
+    assert farnet.space["loss.alpha"].when == {"loss.type": ["ewc"]}
+    adaloss = load_spec(REPO / "search_spaces" / "adaloss.yaml", check_data=False)
+    assert adaloss.base["model"]["name"] == "unet" and adaloss.study.sampler == "grid"
+    assert adaloss.space["optim.lr"].args == [1e-3, 1e-4]
+    assert {p.get("target.schedule") for p in adaloss.grid()} == {"fixed", "adaloss"}
+    crosstask = load_spec(REPO / "search_spaces" / "crosstask.yaml", check_data=False)
+    assert (crosstask.base["model"]["name"], crosstask.base["model"]["backbone"]) == ("simple_baseline", "resnet50")
+    assert crosstask.space["distill.type"].args == ["none", "cd", "ed", "both"]
+    assert crosstask.space["distill.mu"].when == {"distill.type": ["cd", "both"]}

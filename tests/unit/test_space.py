@@ -1,0 +1,80 @@
+"""The samplers a spec names, driven through Optuna's ask-and-tell interface as Ray Tune drives them."""
+
+import textwrap
+
+import optuna
+import pytest
+
+from study.space import SpaceSampler, make_sampler, population_size, startup_trials
+from study.spec import load_spec
+
+GRID = """\
+    study: {name: g, sampler: grid, seed: SEED, trials: 5}
+    space:
+      target.schedule: {choice: [fixed, adaloss]}
+      target.sigma: {choice: [1.0, 2.0, 5.0], when: {target.schedule: fixed}}
+      train.batch_size: {quniform: [2, 4, 2]}
+    """
+
+
+def _spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_spec(path)
+
+
+def _ask_all(spec, n, directions=("minimize",)):
+    study = optuna.create_study(sampler=make_sampler(spec), directions=list(directions))
+    out = []
+    for i in range(n):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        out.append(dict(trial.params))
+        study.tell(trial, [float(i)] * len(directions))  # a grid must not call study.stop() here
+    return out
+
+
+def test_grid_visits_every_conditional_point_once(tmp_path):
+    spec = _spec(tmp_path, GRID.replace("SEED", "0"))
+    grid = spec.grid()
+    assert len(grid) == 8  # (3 σ + adaloss) × 2 batch sizes, not 2 × 3 × 2 = 12
+    seen = _ask_all(spec, len(grid))
+    key = lambda d: tuple(sorted(d.items()))  # noqa: E731
+    assert sorted(map(key, seen)) == sorted(map(key, grid))
+    for params in seen:
+        assert ("target.sigma" in params) == (params["target.schedule"] == "fixed")
+
+
+def test_grid_order_follows_the_seed(tmp_path):
+    a = _ask_all(_spec(tmp_path, GRID.replace("SEED", "0")), 8)
+    b = _ask_all(_spec(tmp_path, GRID.replace("SEED", "0")), 8)
+    c = _ask_all(_spec(tmp_path, GRID.replace("SEED", "1")), 8)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "nsga2"])
+def test_samplers_run_a_conditional_multi_objective_space(tmp_path, sampler):
+    spec = _spec(tmp_path, f"""\
+        study:
+          name: m
+          sampler: {sampler}
+          trials: 24
+          objectives: [{{metric: val/mre_mm, mode: min}}, {{metric: cost/gflops, mode: min}}]
+        space:
+          target.schedule: {{choice: [fixed, adaloss]}}
+          target.sigma: {{uniform: [1.0, 6.0], when: {{target.schedule: fixed}}}}
+          optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+        """)
+    seen = _ask_all(spec, 24, directions=("minimize", "minimize"))
+    assert all(("target.sigma" in p) == (p["target.schedule"] == "fixed") for p in seen)
+    assert {p["target.schedule"] for p in seen} == {"fixed", "adaloss"}
+
+
+def test_sampler_seed_reproduces_the_draws(tmp_path):
+    text = "study: {name: s, seed: 7}\nspace:\n  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+    assert _ask_all(_spec(tmp_path, text), 5) == _ask_all(_spec(tmp_path, text), 5)
+
+
+def test_short_studies_get_fewer_startup_trials_and_smaller_generations():
+    assert [startup_trials(n) for n in (4, 8, 40, 400)] == [2, 2, 10, 10]
+    assert [population_size(n) for n in (4, 40, 100, 1000)] == [4, 10, 25, 50]
