@@ -374,10 +374,10 @@ def _check_scheduler(study: StudySection, base: dict, space: dict[str, Param], p
     sched = study.scheduler
     if sched.type == "auto":
         sched.type = "none" if len(study.objectives) > 1 else "asha"
-    epochs = space["train.epochs"].values()[-1] if "train.epochs" in space else base["train"]["epochs"]
-    sched.max_t = int(epochs)
     if sched.type != "asha":
         return
+    epochs = space["train.epochs"].values()[-1] if "train.epochs" in space else base["train"]["epochs"]
+    sched.max_t = int(epochs)
     if sched.grace_period == 0:
         sched.grace_period = max(1, sched.max_t // 10)
     elif sched.grace_period > sched.max_t:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,20 +142,25 @@ class Progress(tune.Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
+        self.done = _ended(trials, trial)
         early = stopped_early(trial, self.epochs)
         outcome = f"stopped early at epoch {trial.last_result.get('epoch')}" if early else "finished"
         print(f"[{self._clock()}] {outcome}  {trial.trial_id}  ({self.done}/{self.trials} trials done, "
               f"{_running(trials, trial)})", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.done += 1
+        self.done = _ended(trials, trial)
         print(f"[{self._clock()}] FAILED {trial.trial_id}  ({self.done}/{self.trials}); "
               f"see {trial.local_path}/error.txt", flush=True)
 
     def _clock(self) -> str:
         s = int(time.monotonic() - self.t0)
         return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _ended(trials, ending) -> int:
+    """Trials done, counting those a resumed study finished before (Tune has not yet marked `ending`)."""
+    return sum(t.status in ("TERMINATED", "ERROR") and t is not ending for t in trials) + 1
 
 
 def _running(trials, ending) -> str:
@@ -325,8 +331,21 @@ def _init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
         # start, so it runs only when trials can be stopped. Clusters started by `ray start` have it.
         # address="local": a new Ray of our own, even when a `ray start` cluster runs on this machine
         # (ray.init() would silently join it); joining one is what --address auto is for.
+        if dashboard:
+            # Ray's state API, run inside workers, finds the dashboard through the machine's most
+            # recently started Ray (/tmp/ray/ray_current_cluster), which need not be this one: name
+            # ours to every worker explicitly.
+            port = _free_port()
+            kwargs.update(dashboard_port=port,
+                          runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         print(f"started a local Ray: {_describe(ray.cluster_resources())}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _alive_nodes() -> list[dict[str, float]]:

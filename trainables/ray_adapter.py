@@ -8,6 +8,7 @@ Train run hands its latest checkpoint back to `fit`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ray
@@ -16,7 +17,7 @@ import ray.train.torch
 import ray.util
 
 from trainables.config import TrialConfig
-from trainables.trainer import fit
+from trainables.trainer import METRICS_FILE, fit
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -35,4 +36,9 @@ def train_loop_per_worker(config: dict) -> None:
         fit(cfg, report, device=device)
     else:
         with checkpoint.as_directory() as folder:
+            # Ctrl-C can land after an epoch's checkpoint was saved but before its metrics reached
+            # Tune: report them again (the tracking logs each epoch once), then continue.
+            saved = Path(folder) / METRICS_FILE
+            if saved.exists() and ray.train.get_context().get_world_rank() == 0:
+                ray.train.report({**json.loads(saved.read_text()), **node})
             fit(cfg, report, resume_from=Path(folder), device=device)

@@ -13,6 +13,7 @@ trains on its shard and only rank 0 writes checkpoints.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ REGISTRIES = {
 }
 
 CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
 
 
 class Diverged(RuntimeError):
@@ -281,13 +283,16 @@ class Scorer:
 
 
 def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str]) -> None:
-    """Report with a checkpoint folder holding checkpoint.pt and, at the end, <name>_per_landmark.txt tables."""
+    """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
+    interrupted between saving and delivering them can report them again on resume) and, at the
+    end, <name>_per_landmark.txt tables."""
     if rank != 0:
         report(metrics, None)
         return
     folder = Path(tempfile.mkdtemp(prefix="landmark-ckpt-"))
     try:
         torch.save(state, folder / CHECKPOINT_FILE)
+        (folder / METRICS_FILE).write_text(json.dumps(metrics))
         for name, table in tables.items():
             (folder / f"{name}_per_landmark.txt").write_text(table + "\n")
         report(metrics, folder)

@@ -7,6 +7,7 @@ Budget: about 1.5 min (a Ray Train worker group starts per trial, 10-15 s here).
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import pytest
@@ -76,13 +77,15 @@ def _seed_in_increasing_cost(widths):
 def test_asha_stops_trailing_trials_and_says_so(tmp_path, tiny_phantom):
     # The primary objective is cost/gflops, which depends only on model.width: ASHA's decision at
     # epoch 1 is then known in advance. One trial at a time, cheapest first: each later one trails
-    # those before it at the first rung and is stopped there.
+    # those before it at the first rung and is stopped there. Each trial asks for every CPU of
+    # the machine, so a stopped trial that did not give its CPUs back would stall the next one.
     widths = [0.125, 0.25, 0.5]
     spec = {
         "study": {"name": "asha", "trials": 3, "concurrency": 1, "sampler": "grid",
                   "seed": _seed_in_increasing_cost(widths), "storage": str(tmp_path / "store"),
                   "objectives": [{"metric": "cost/gflops", "mode": "min"}],
                   "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+        "resources": {"workers": 1, "cpus_per_worker": os.cpu_count()},
         "base": _base(tmp_path, tiny_phantom, epochs=3),
         "space": {"model.width": {"choice": widths}},
     }

@@ -729,3 +729,8 @@ def test_shipped_specs_express_the_papers_comparisons():
     assert (crosstask.base["model"]["name"], crosstask.base["model"]["backbone"]) == ("simple_baseline", "resnet50")
     assert crosstask.space["distill.type"].args == ["none", "cd", "ed", "both"]
     assert crosstask.space["distill.mu"].when == {"distill.type": ["cd", "both"]}
+
+
+def test_a_misspelt_backbone_is_caught_even_for_a_model_without_one(tmp_path):
+    p = _space_problem(tmp_path, "model.backbone: {choice: [resnet18, resnet5]}\n")  # base model: unet
+    assert p.startswith("space.model.backbone.choice: 'resnet5': unknown 'resnet5'; choose one of [")

@@ -53,15 +53,17 @@ def model_problems(cfg: ModelConfig, input_size: tuple[int, int]) -> list[str]:
         return out
     if not cfg.width > 0:
         out.append(f"model.width: must be > 0, got {cfg.width}")
+    # Registry names are checked even where this model ignores them: a typo is a typo (and a
+    # searched model.backbone with a unet base must not hide one).
+    if cfg.activation not in ACTIVATIONS:
+        out.append(f"model.activation: unknown {cfg.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if cfg.backbone not in BACKBONES:
+        out.append(f"model.backbone: unknown {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
     if cfg.name == "unet":
-        if cfg.activation not in ACTIVATIONS:
-            out.append(f"model.activation: unknown {cfg.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if cfg.weights != "none":
             out.append("model.weights: the U-Net has no pretrained weights; use none")
         return out
-    if cfg.backbone not in BACKBONES:
-        out.append(f"model.backbone: unknown {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
-    else:
+    if cfg.backbone in BACKBONES:
         problem = weights_problem(cfg.backbone, cfg.weights)  # its messages start with "model.weights:"
         if problem:
             out.append(problem)
