@@ -47,14 +47,12 @@ def describe(spec: Spec) -> str:
     from trainables.config import flatten
 
     s, r = spec.study, spec.resources
-    sched = s.scheduler
-    scheduler = (f"asha on {spec.primary.metric} (grace_period {sched.grace_period}, reduction_factor "
-                 f"{sched.reduction_factor:g}, max_t {sched.max_t} epochs)" if sched.type == "asha" else "none")
     grid = f"; the grid has {len(spec.grid())} points" if s.sampler == "grid" else ""
     custom = "".join(f" + {v:g} {k}" for k, v in r.custom.items())
     lines = [f"study {s.name!r} from {spec.source}",
              f"  objectives: {', '.join(f'{o.mode} {o.metric}' for o in s.objectives)}",
-             f"  search: {s.trials} trials, sampler {s.sampler} (seed {s.seed}), early stopping {scheduler}{grid}",
+             f"  search: {s.trials} trials, sampler {s.sampler} (seed {s.seed}), "
+             f"early stopping {spec.describe_scheduler()}{grid}",
              f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
              f"  storage: {spec.location}",
              "  space (in sampling order):"]

@@ -166,6 +166,13 @@ class Spec:
     def primary(self) -> Objective:
         return self.study.objectives[0]
 
+    def describe_scheduler(self) -> str:
+        s = self.study.scheduler
+        if s.type != "asha":
+            return "none"
+        return (f"asha on {self.primary.metric} (grace_period {s.grace_period}, reduction_factor "
+                f"{s.reduction_factor:g}, max_t {s.max_t} epochs)")
+
     @property
     def multi_objective(self) -> bool:
         return len(self.study.objectives) > 1

@@ -220,7 +220,7 @@ def run_study(
     callbacks = [recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
-          f"sampler {spec.study.sampler}, scheduler {_describe_scheduler(spec)}; state in {storage.uri}", flush=True)
+          f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}", flush=True)
     if resume:
         tuner = tune.Tuner.restore(storage.tune, trainable=trainable, resume_unfinished=True, resume_errored=False)
         # Tune restores the callbacks pickled with the experiment; use this run's (tracking URI, clock).
@@ -299,14 +299,6 @@ def _scheduler(spec: Spec):
     # iteration count while its epoch continues.
     return ASHAScheduler(time_attr="epoch", metric=spec.primary.metric, mode=spec.primary.mode,
                          max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-
-
-def _describe_scheduler(spec: Spec) -> str:
-    s = spec.study.scheduler
-    if s.type != "asha":
-        return "none"
-    return (f"asha on {spec.primary.metric} (grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, "
-            f"max_t {s.max_t} epochs)")
 
 
 def _init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
