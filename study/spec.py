@@ -152,7 +152,8 @@ class Spec:
 
     @property
     def storage_path(self) -> Path:
-        return Path(self.study.storage).expanduser().resolve()
+        """The local storage folder (study.storage resolved; a file:// URI is a folder too)."""
+        return Path(self.location).parent
 
     @property
     def location(self) -> str:
@@ -454,11 +455,17 @@ def resource_problems(res: Resources, nodes: list[dict[str, float]]) -> list[str
             out.append(f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
                        f"({len(nodes)} node(s), {total:g} {key} in all)")
     if not out:
-        fits = sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
+        fits = workers_that_fit(res, nodes)
         if res.workers > fits:
             out.append(f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
                        f"holds only {fits} at once")
     return out
+
+
+def workers_that_fit(res: Resources, nodes: list[dict[str, float]]) -> int:
+    """How many Train workers of this request the nodes hold at once (each on one node)."""
+    need = res.per_worker()
+    return sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
 
 
 def _fmt_request(need: dict[str, float]) -> str:

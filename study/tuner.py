@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study import tracking
 from study.tracking import stopped_early
 from study.space import SpaceSampler, make_sampler
-from study.spec import Spec, SpecError, resource_problems, spec_diff
+from study.spec import Spec, SpecError, resource_problems, spec_diff, workers_that_fit
 from trainables.config import apply_overrides
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
@@ -238,8 +238,7 @@ def run_study(
     grid = tuner.fit()
     # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
     # callback recorded as they ended is what tells them apart.
-    outcomes = {(r.metrics or {}).get("trial_id") or Path(r.path).name: None for r in grid}
-    outcomes = {tid: recorder.outcome(tid) for tid in outcomes}
+    outcomes = {tid: recorder.outcome(tid) for tid in map(_trial_id, grid)}
     table = _table(grid, spec, outcomes)
     interrupted = len(outcomes) < num_samples or "interrupted" in outcomes.values()
     summary = {"study/trials_finished": float((table["status"] != "failed").sum()),
@@ -358,8 +357,7 @@ def _plan(spec: Spec) -> tuple[int, int]:
                   + (" (in a seeded random order)" if trials < points else f", not study.trials {trials}"), flush=True)
         trials = min(trials, points)
     need = spec.resources.per_worker()
-    workers_fit = sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
-    fits = max(1, workers_fit // spec.resources.workers)
+    fits = max(1, workers_that_fit(spec.resources, nodes) // spec.resources.workers)
     if spec.study.concurrency > fits:
         print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
               f"of {spec.resources.workers} × {_describe(need)}); the extra trials will wait", flush=True)
@@ -367,6 +365,11 @@ def _plan(spec: Spec) -> tuple[int, int]:
 
 
 _ACCURACY = ("val/mre_mm", "val/sdr_2mm", "val/nme", "val/fr")  # shown in the final table when reported
+
+
+def _trial_id(result) -> str:
+    """A Tune result's trial id (a trial that never reported: its folder name)."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
 
 
 def _table(grid, spec: Spec, outcomes: dict[str, str]):
@@ -377,7 +380,7 @@ def _table(grid, spec: Spec, outcomes: dict[str, str]):
     rows = []
     for res in grid:
         m = res.metrics or {}
-        tid = m.get("trial_id") or Path(res.path).name
+        tid = _trial_id(res)
         row = {"trial": tid, "status": outcomes.get(tid, "interrupted")}
         row.update({k: (res.config or {}).get(k) for k in spec.space})  # no config: failed before starting
         row["epoch"] = m.get("epoch")
