@@ -14,14 +14,19 @@ import sys
 from pathlib import Path
 
 
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the default store of studies run from this folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('studies/mlflow.db').resolve()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dashboards.ui", description="Start the MLflow UI on a study store.")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+    p.add_argument("--tracking-uri", default=None,
                    help="store to browse (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)
-    uri = args.tracking_uri or f"sqlite:///{Path('studies/mlflow.db').resolve()}"
+    uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         print(f"error: no MLflow store at {uri}; run a study first (python -m study.run SPEC)", file=sys.stderr)
         return 2

@@ -121,16 +121,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from study.tracking import ui_command
+    from study.tracking import experiment_name, ui_command
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print("\ntrials, best first:")
         print(result.table.to_string(index=False))
+    if result.front:
+        print(f"\n{result.front}")
     n = len(result.table)
-    print(f"\n{n} trials ({result.num_errors} failed) in {wall:.0f} s")
+    print(f"\n{n} trials ({result.num_errors} failed or diverged) in {wall:.0f} s")
     print(f"study state:  {result.study_dir}")
-    print(f"MLflow:       {result.tracking_uri}  (experiment {spec.study.name!r}, "
-          f"{n + 1} runs: the study and one per trial)")
+    print(f"MLflow:       {result.tracking_uri}  (experiment {experiment_name(spec)!r}, "
+          f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)")
     print(f"open the UI:  {ui_command(result.tracking_uri)}")
     print(f"              or: python -m dashboards.ui --tracking-uri {result.tracking_uri}")
     if result.interrupted:

@@ -48,6 +48,22 @@ def suggest(trial: optuna.Trial, p: Param):
     raise ValueError(f"unknown distribution {p.kind!r}")
 
 
+def distribution(p: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `suggest` samples `p` from (the importance evaluators need it)."""
+    d = optuna.distributions
+    if p.kind == "choice":
+        return d.CategoricalDistribution(p.args)
+    if p.kind in ("uniform", "loguniform"):
+        return d.FloatDistribution(p.args[0], p.args[1], log=p.kind == "loguniform")
+    if p.kind == "int":
+        return d.IntDistribution(p.args[0], p.args[1])
+    if p.kind == "quniform":
+        low, high, step = p.args
+        cls = d.IntDistribution if isinstance(low, int) else d.FloatDistribution
+        return cls(low, high, step=step)
+    raise ValueError(f"unknown distribution {p.kind!r}")
+
+
 class ConditionalGridSampler(optuna.samplers.BaseSampler):
     """Every point of a finite conditional space once, in a seeded shuffled order.
 

@@ -5,7 +5,7 @@
 The YAML has four sections:
 
     study:      name, objectives [{metric, mode}, ...], trials, concurrency, sampler, scheduler,
-                seed, storage
+                seed, storage, experiment
     resources:  workers, cpus_per_worker, gpus_per_worker, custom   (per trial)
     base:       a trial config (trainables.config.TrialConfig); omitted fields keep their defaults
     space:      dotted trial-config path -> {choice: [...]} | {uniform: [lo, hi]}
@@ -102,6 +102,7 @@ class StudySection:
     scheduler: Scheduler = field(default_factory=Scheduler)  # early stopping on the first objective
     seed: int = 0  # sampler seed
     storage: str = "studies"  # folder or URI for Tune/Train state (and the default MLflow store)
+    experiment: str = ""  # MLflow experiment; "" = the study's name (several studies may share one)
 
 
 @dataclass
@@ -300,7 +301,8 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         problems.append("study: missing; it needs at least study.name")
         return StudySection(name="study")
     d = _section(d, "study", problems)
-    scalar = {"name": str, "trials": int, "concurrency": int, "sampler": str, "seed": int, "storage": str}
+    scalar = {"name": str, "trials": int, "concurrency": int, "sampler": str, "seed": int, "storage": str,
+              "experiment": str}
     values = _fields({k: v for k, v in d.items() if k not in ("objectives", "scheduler")}, "study",
                      {**scalar, "objectives": list, "scheduler": dict}, problems)  # those two: below
     if "name" not in values:

@@ -31,11 +31,16 @@ from trainables.config import apply_overrides, flatten
 TAG_STUDY = "study.name"
 TAG_ROLE = "study.role"  # "study" on the parent run, "trial" on each child
 TAG_TRIAL = "tune.trial_id"
-TAG_STATUS = "trial.status"  # running | finished | stopped early | failed | interrupted
-FINAL = ("finished", "stopped early", "failed")  # statuses a trial keeps; the others change on --resume
+TAG_STATUS = "trial.status"  # running | finished | stopped early | diverged | failed | interrupted
+FINAL = ("finished", "stopped early", "diverged", "failed")  # statuses a trial keeps; the others change on --resume
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
 TAG_NODE_IP = "ray.node_ip"
+TAG_COMMIT = "mlflow.source.git.commit"  # MLflow's own name: its UI shows it on the run page
+RESOLVED_ARTIFACT = "study.json"  # on the study run: the resolved spec, what dashboards.pareto reads
+# Recorded on the study run (environment.json, and version.* tags for the first few).
+PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "pandas", "pyarrow", "plotly",
+            "matplotlib", "scikit-learn", "landmark-study")
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
@@ -69,22 +74,37 @@ def stopped_early(trial, epochs: int) -> bool:
     return last is not None and last < trial.config.get("train.epochs", epochs)
 
 
+def diverged(trial) -> bool:
+    """Whether a failed trial's error is the trainer's `Diverged` (a NaN or infinite loss)."""
+    # The driver's local copy: Tune syncs the error to the study storage only later.
+    try:
+        return "trainables.trainer.Diverged:" in Path(trial.error_file).read_text()
+    except (OSError, TypeError):  # no error file (None): not a trainer error
+        return False
+
+
 @dataclass
 class StudyRun:
     experiment_id: str
     run_id: str
 
 
+def experiment_name(spec: Spec) -> str:
+    return spec.study.experiment or spec.study.name
+
+
 def open_study_run(uri: str, spec: Spec) -> StudyRun:
-    """Find or create the study's experiment and parent run, and record the spec on it."""
+    """Find or create the study's experiment and parent run, and record on a new one the spec,
+    the resolved spec, the git commit and the package versions."""
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(spec.study.name)
+    name = experiment_name(spec)
+    exp = client.get_experiment_by_name(name)
     if exp is None:
         artifacts = None
         if uri.startswith("sqlite:"):
             # Keep artefacts beside the SQLite file rather than in whatever folder we were started from.
-            artifacts = (spec.storage_path / "mlartifacts" / spec.study.name).as_uri()
-        exp_id = client.create_experiment(spec.study.name, artifact_location=artifacts)
+            artifacts = (spec.storage_path / "mlartifacts" / name).as_uri()
+        exp_id = client.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
     found = client.search_runs(
@@ -94,7 +114,12 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        run = client.create_run(exp_id, run_name=spec.study.name, tags={TAG_STUDY: spec.study.name, TAG_ROLE: "study"})
+        env = environment()
+        tags = {TAG_STUDY: spec.study.name, TAG_ROLE: "study", "mlflow.source.name": "study.run",
+                **{f"version.{k}": v for k, v in env["packages"].items() if k in PACKAGES[:5]}}
+        if env["git"].get("commit"):
+            tags |= {TAG_COMMIT: env["git"]["commit"], "git.dirty": str(env["git"]["dirty"]).lower()}
+        run = client.create_run(exp_id, run_name=spec.study.name, tags=tags)
         run_id = run.info.run_id
         client.log_batch(run_id, params=[
             Param("study.objectives", ", ".join(f"{o.metric} ({o.mode})" for o in spec.study.objectives)),
@@ -104,18 +129,49 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
             Param("study.space", "; ".join(f"{p.path} ~ {p.describe()}" for p in spec.space.values())[:6000]),
         ])
         client.log_text(run_id, spec.text, "spec.yaml")
+        client.log_dict(run_id, {"source": spec.source, "resolved": spec.resolved()}, RESOLVED_ARTIFACT)
+        client.log_dict(run_id, env, "environment.json")
     return StudyRun(exp_id, run_id)
+
+
+def environment() -> dict:
+    """Python, platform, package versions and the git commit of this checkout (if it is one)."""
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    git: dict = {}
+    root = Path(__file__).resolve().parent.parent
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            git = {"commit": head.stdout.strip(), "dirty": bool(run("status", "--porcelain").stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no git here (an installed wheel): the versions still say what ran
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages, "git": git}
 
 
 class MlflowTracking(Callback):
     """Tune callback: trial lifecycle and per-epoch results -> MLflow child runs."""
 
-    def __init__(self, uri: str, study_run: StudyRun, spec: Spec):
+    def __init__(self, uri: str, study_run: StudyRun, spec: Spec, train_storage: str):
+        from dashboards.pareto import StudyInfo
+
         self.uri = uri
         self.study_run = study_run
         self.study_name = spec.study.name
         self.base = spec.base
         self.epochs = spec.base["train"]["epochs"]
+        self.info = StudyInfo.from_spec(spec, study_run.experiment_id, study_run.run_id)
+        self.train_storage = train_storage  # the Train runs' checkpoints: the trial pictures come from there
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged_epochs: dict[str, set[int]] = {}
@@ -203,7 +259,7 @@ class MlflowTracking(Callback):
         self._end(trial, "stopped early" if stopped_early(trial, self.epochs) else "finished", RunStatus.FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "failed", RunStatus.FAILED)
+        self._end(trial, "diverged" if diverged(trial) else "failed", RunStatus.FAILED)
 
     def on_experiment_end(self, trials, **info):
         # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
@@ -218,6 +274,31 @@ class MlflowTracking(Callback):
         run_id = self.run_for(trial)
         self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status)])
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
+        if status in FINAL:  # an interrupted trial continues on --resume: its pictures come then
+            self._pictures(trial, run_id)
+            self.refresh()
+
+    def _pictures(self, trial, run_id: str) -> None:
+        from dashboards.trials import log_trial_artifacts
+        from study.tuner import train_run_name
+
+        schedule = trial.config.get("target.schedule", self.base.get("target", {}).get("schedule", "fixed"))
+        try:
+            log_trial_artifacts(self.client, run_id, f"{self.train_storage}/{train_run_name(trial.trial_id)}",
+                                self.info.objectives[0], adaloss=schedule == "adaloss")
+        except Exception as e:  # a picture must never stop a study
+            print(f"warning: trial {trial.trial_id}: pictures not logged: {e!r}", flush=True)
+
+    def refresh(self, importance: bool = False):
+        """Re-rank the study and rewrite its comparison (dashboards.pareto.refresh). -> the table, or None."""
+        from dashboards.pareto import refresh
+
+        try:
+            return refresh(self.client, self.info, importance=importance)
+        except Exception as e:
+            print(f"warning: the Pareto comparison was not updated: {e!r}; "
+                  f"`python -m dashboards.pareto {self.study_name}` redoes it", flush=True)
+            return None
 
 
 def close_study_run(uri: str, study_run: StudyRun, summary: dict[str, float], status: str = "FINISHED") -> None:

@@ -78,13 +78,20 @@ class StudyStorage:
             f.write(text.encode())
 
 
+def train_run_name(trial_id: str) -> str:
+    """The Train run of a Tune trial: deterministic, so a restarted trial resumes its own run."""
+    return f"train_{trial_id}"
+
+
 def trial_driver(config: dict, payload: dict) -> None:
     """One Tune trial: fit a TorchTrainer on base + the sampled dotted overrides."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.exceptions import WorkerGroupError
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainables.ray_adapter import train_loop_per_worker
+    from trainables.trainer import Diverged
 
     res = payload["resources"]
     trial_id = tune.get_context().get_trial_id()
@@ -95,15 +102,25 @@ def trial_driver(config: dict, payload: dict) -> None:
             num_workers=res["workers"], use_gpu=res["gpus_per_worker"] > 0, resources_per_worker=payload["per_worker"]
         ),
         run_config=RunConfig(
-            name=f"train_{trial_id}",  # deterministic: a restarted trial resumes its own Train run
+            name=train_run_name(trial_id),
             storage_path=payload["train_storage"],
             callbacks=[TuneReportCallback()],
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # The two best epochs by the primary objective (their pictures and weights are what the
+            # trial's MLflow run keeps); Train always keeps the latest too, which resumes.
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=payload["primary"][0],
+                                               checkpoint_score_order=payload["primary"][1]),
             failure_config=FailureConfig(max_failures=0),
             logging_config=LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown the progress
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except WorkerGroupError as e:
+        # A NaN loss is an outcome of the recipe, not a crash: say so in one line (tracked as "diverged").
+        for failure in e.worker_failures.values():
+            if isinstance(failure, Diverged) or "Diverged" in type(failure).__name__:
+                raise Diverged(str(failure).strip().splitlines()[-1]) from None
+        raise
 
 
 class Progress(tune.Callback):
@@ -150,6 +167,11 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done = _ended(trials, trial)
+        if tracking.diverged(trial):
+            epoch = (trial.last_result or {}).get("epoch", 0) + 1
+            print(f"[{self._clock()}] diverged {trial.trial_id} at epoch {epoch} (NaN/inf train/loss)  "
+                  f"({self.done}/{self.trials} trials done)", flush=True)
+            return
         print(f"[{self._clock()}] FAILED {trial.trial_id}  ({self.done}/{self.trials}); "
               f"see {trial.local_path}/error.txt", flush=True)
 
@@ -177,6 +199,7 @@ class StudyResult:
     parent_run_id: str
     num_errors: int
     interrupted: bool  # Ctrl-C: the state is saved and --resume continues
+    front: str = ""  # the Pareto front as a table (dashboards.pareto.front_text)
 
 
 def run_study(
@@ -214,9 +237,10 @@ def run_study(
         "resources": {"workers": spec.resources.workers, "gpus_per_worker": spec.resources.gpus_per_worker},
         "per_worker": spec.resources.per_worker(),
         "train_storage": storage.train,
+        "primary": (spec.primary.metric, spec.primary.mode),
     }
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
-    recorder = tracking.MlflowTracking(uri, study_run, spec)
+    recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train)
     callbacks = [recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
@@ -241,15 +265,25 @@ def run_study(
     outcomes = {tid: recorder.outcome(tid) for tid in map(_trial_id, grid)}
     table = _table(grid, spec, outcomes)
     interrupted = len(outcomes) < num_samples or "interrupted" in outcomes.values()
-    summary = {"study/trials_finished": float((table["status"] != "failed").sum()),
-               "study/trials_failed": float(grid.num_errors)}
+    front = ""
+    ranked = recorder.refresh(importance=True)  # the comparison on the study run, with importance
+    if ranked is not None:
+        from dashboards.pareto import TAG_RANK, front_text
+
+        table.insert(2, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
+        front = front_text(ranked, recorder.info)
+    statuses = table["status"].value_counts()
+    summary = {"study/trials_finished": float(statuses.get("finished", 0) + statuses.get("stopped early", 0)),
+               "study/trials_diverged": float(statuses.get("diverged", 0)),
+               "study/trials_failed": float(statuses.get("failed", 0))}
     for o in spec.study.objectives:
         best = table[o.metric].dropna() if o.metric in table else []
         if len(best):
             summary[f"best/{o.metric}"] = float(best.min() if o.mode == "min" else best.max())
     status = "KILLED" if interrupted else "FINISHED" if grid.num_errors < len(table) else "FAILED"
     tracking.close_study_run(uri, study_run, summary, status)
-    return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors, interrupted)
+    return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors,
+                       interrupted, front)
 
 
 def _check_unchanged(spec: Spec, storage: StudyStorage, force: bool) -> None:

@@ -64,3 +64,12 @@ def r18_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "r18.pt"
     torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (.ci/run installs it); the browser checks skip without it."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no headless browser: apt-get install chromium (Debian) to run the Pareto page tests")
+    return exe

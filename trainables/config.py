@@ -129,6 +129,7 @@ class EvalConfig:
     flip_test: bool = False  # average the heatmaps of the image and of its mirror (re-indexed by the flip map)
     fr_threshold: float = 0.0  # failure above this error; 0 = the field's: 4 mm, or 10 % NME for faces
     auc_threshold: float = 0.0  # CED and its AUC up to this error; 0 = 4 mm, or 8 % NME for faces
+    preview: int = 4  # validation images drawn (overlays, heatmaps) for the trial's best epoch; 0 = none
 
 
 @dataclass

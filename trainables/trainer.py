@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
@@ -29,7 +30,7 @@ from trainables import data as datasets
 from trainables.config import ConfigError, TrialConfig
 from trainables.data.augment import augment, is_active, validate as augment_problems
 from trainables.data.cache import default_cache_dir
-from trainables.data.dataset import LandmarkDataset, to_original
+from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, to_original
 from trainables.cost import cost_figures
 from trainables.distill import DISTILL_TERMS, Distiller, distill_problems, distill_term
 from trainables.heatmaps import DECODERS, TargetRenderer
@@ -61,6 +62,7 @@ REGISTRIES = {
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
+PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
 
 
 class Diverged(RuntimeError):
@@ -83,6 +85,8 @@ def config_problems(cfg: TrialConfig) -> list[str]:
     for path, value in [("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)]:
         if value < 1:
             out.append(f"{path}: must be at least 1, got {value}")
+    if not 0 <= cfg.eval.preview <= 8:
+        out.append(f"eval.preview: must be 0 to 8 images (0 = no pictures), got {cfg.eval.preview}")
     if not cfg.optim.lr > 0:
         out.append(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
@@ -200,21 +204,24 @@ def fit(
             train["train/loss_distill"] = (distill_sum / max(n_batches, 1)).item()
         schedule.step(per_landmark_loss, train_loss)
 
-        val, _ = scorer(model, val_ds, sigma, objective, "val")
+        val, val_errors = scorer(model, val_ds, sigma, objective, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
         metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s,
                    "cost/workers": float(dist.get_world_size() if distributed else 1)}  # DDP ranks behind epoch_s
         tables = {}
         if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
-            test, tables[f"test_{cfg.eval.split}"] = scorer(model, test_ds, sigma, objective, "test")
+            test, test_errors = scorer(model, test_ds, sigma, objective, "test")
+            tables[f"test_{cfg.eval.split}"] = format_table(per_landmark_table(test_errors, spec.unit))
             metrics.update(test)
+        # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
+        preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, strides[-1]) if rank == 0 else None
         _report_with_checkpoint(report, metrics, rank, {
             "model": _unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": torch.get_rng_state(),
             "epoch": epoch + 1,
-        }, tables)
+        }, tables, preview)
     return metrics
 
 
@@ -255,21 +262,27 @@ class Scorer:
         self.fr = cfg.eval.fr_threshold or default_fr
         self.auc = cfg.eval.auc_threshold or default_auc
 
+    def _predict(self, model, images):
+        """(B, 1, H, W) -> finest heatmaps (B, K, h, w) (flip-averaged if eval.flip_test), and the heads."""
+        heads = model(images)
+        heatmaps = heads[-1].float()
+        if self.flip_test:
+            # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
+            mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
+            heatmaps = (heatmaps + mirrored) / 2
+        return heatmaps, heads
+
     @torch.no_grad()
-    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, str]:
+    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, torch.Tensor]:
+        """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
         model.eval()
         stride = objective.strides[-1]
         errors, loss_sum, n = [], 0.0, 0
         for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size):
             images, coords = images.to(self.device), coords.to(self.device)
-            heads = model(images)
+            heatmaps, heads = self._predict(model, images)
             loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
             n += len(images)
-            heatmaps = heads[-1].float()
-            if self.flip_test:
-                # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
-                mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
-                heatmaps = (heatmaps + mirrored) / 2
             pred = to_original(self.decode(heatmaps, stride).cpu(), frames)
             gt = to_original(coords.cpu(), frames)
             if self.unit == "nme":
@@ -279,13 +292,36 @@ class Scorer:
         errors = torch.cat(errors)
         metrics = {f"{split}/loss": loss_sum / n,
                    **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc)}
-        return metrics, format_table(per_landmark_table(errors, self.unit))
+        return metrics, errors
+
+    @torch.no_grad()
+    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, stride: int) -> dict:
+        """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
+        images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
+        landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
+        whole split (for the CED); unit, ced_threshold and stride as 0-d arrays."""
+        out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
+               "stride": np.array(stride)}
+        count = min(count, len(ds))
+        if count > 0:
+            model.eval()
+            images, coords, _, _ = next(iter(DataLoader(ds, batch_size=count)))
+            heatmaps, _ = self._predict(model, images.to(self.device))
+            pred = self.decode(heatmaps, stride).cpu()
+            peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
+            out |= {
+                "images": ((images[:, 0] * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                "gt": coords.numpy(), "pred": pred.numpy(),
+                "heatmaps": (heatmaps.clamp(min=0) / peak).amax(1).cpu().half().numpy(),
+            }
+        return out
 
 
-def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str]) -> None:
+def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str],
+                            preview: dict | None) -> None:
     """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
-    interrupted between saving and delivering them can report them again on resume) and, at the
-    end, <name>_per_landmark.txt tables."""
+    interrupted between saving and delivering them can report them again on resume), preview.npz
+    (Scorer.preview) and, at the end, <name>_per_landmark.txt tables."""
     if rank != 0:
         report(metrics, None)
         return
@@ -293,6 +329,8 @@ def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dic
     try:
         torch.save(state, folder / CHECKPOINT_FILE)
         (folder / METRICS_FILE).write_text(json.dumps(metrics))
+        if preview is not None:
+            np.savez_compressed(folder / PREVIEW_FILE, **preview)
         for name, table in tables.items():
             (folder / f"{name}_per_landmark.txt").write_text(table + "\n")
         report(metrics, folder)

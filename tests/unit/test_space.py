@@ -5,7 +5,7 @@ import textwrap
 import optuna
 import pytest
 
-from study.space import SpaceSampler, make_sampler, population_size, startup_trials
+from study.space import SpaceSampler, distribution, make_sampler, population_size, startup_trials
 from study.spec import load_spec
 
 GRID = """\
@@ -78,3 +78,22 @@ def test_sampler_seed_reproduces_the_draws(tmp_path):
 def test_short_studies_get_fewer_startup_trials_and_smaller_generations():
     assert [startup_trials(n) for n in (4, 8, 40, 400)] == [2, 2, 10, 10]
     assert [population_size(n) for n in (4, 40, 100, 1000)] == [4, 10, 25, 50]
+
+
+def test_distribution_is_the_one_each_parameter_is_sampled_from(tmp_path):
+    spec = _spec(tmp_path, """\
+        study: {name: d}
+        space:
+          target.schedule: {choice: [fixed, adaloss]}
+          optim.lr: {loguniform: [0.0001, 0.01]}
+          loss.alpha: {uniform: [1.0, 3.0]}
+          train.batch_size: {quniform: [2, 8, 2]}
+          target.sigma: {quniform: [1.0, 3.0, 0.5]}
+          train.epochs: {int: [1, 3]}
+        """)
+    study = optuna.create_study()
+    trial = study.ask()
+    SpaceSampler(spec.space)(trial)
+    assert set(trial.distributions) == set(spec.space)
+    for path, p in spec.space.items():
+        assert trial.distributions[path] == distribution(p), path

@@ -9,7 +9,7 @@ import torch
 
 from trainables import ConfigError, TrialConfig, fit
 from trainables.config import apply_overrides
-from trainables.trainer import CHECKPOINT_FILE
+from trainables.trainer import CHECKPOINT_FILE, PREVIEW_FILE
 from trainables.metrics import reported_metrics
 
 
@@ -27,6 +27,27 @@ def test_fit_reports_every_epoch_with_a_checkpoint(tiny_config, tmp_path, record
     assert all(m["val/mre_mm"] > 0 and 0 <= m["val/sdr_2mm"] <= 100 for m in rec.metrics)
     state = torch.load(rec.checkpoints[-1] / CHECKPOINT_FILE, weights_only=True)
     assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "schedule", "rng"}
+
+
+def test_each_checkpoint_holds_the_arrays_behind_the_trial_pictures(tiny_config, recorder):
+    import numpy as np
+
+    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {"train.epochs": 1, "eval.preview": 3}))
+    rec = recorder("kept")
+    metrics = fit(cfg, rec)
+    p = np.load(rec.checkpoints[-1] / PREVIEW_FILE)
+    k, (h, w) = cfg.data.num_landmarks, cfg.data.input_size
+    n_val = p["errors"].shape[0]
+    assert p["errors"].shape == (n_val, k) and str(p["unit"]) == "mm" and float(p["ced_threshold"]) == 4.0
+    # the CED's errors are the ones the epoch's metrics came from
+    assert np.nanmean(p["errors"]) == pytest.approx(metrics["val/mre_mm"], rel=1e-5)
+    assert p["images"].shape == (3, h, w) and p["images"].dtype == np.uint8 and p["images"].max() > 100
+    assert p["gt"].shape == p["pred"].shape == (3, k, 2)
+    s = int(p["stride"])
+    assert p["heatmaps"].shape == (3, h // s, w // s) and float(p["heatmaps"].max()) == pytest.approx(1.0, abs=1e-3)
+    none = recorder("none")
+    fit(TrialConfig.from_dict(apply_overrides(tiny_config, {"train.epochs": 1, "eval.preview": 0})), none)
+    assert set(np.load(none.checkpoints[-1] / PREVIEW_FILE)) == {"errors", "unit", "ced_threshold", "stride"}
 
 
 def test_training_lowers_the_loss(tiny_config, tmp_path, recorder):

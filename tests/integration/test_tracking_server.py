@@ -1,0 +1,107 @@
+"""A study against a real `mlflow server` on loopback, as on a cluster: SQLite behind the server,
+artefacts proxied by it into a folder of its own. Only the driver talks to the server.
+
+Budget: the server answers /health after ~10 s; the study is one 2-epoch trial (~40 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from study_cli import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:  # readiness poll, bounded: the server builds its schema before it answers
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            pytest.fail(f"mlflow server did not come up: {(tmp / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield {"uri": uri, "dir": tmp}
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _spec(tmp: Path, tiny_phantom: dict, name: str) -> Path:
+    spec = {
+        "study": {"name": name, "trials": 1, "storage": str(tmp / "store"), "scheduler": "none"},
+        "base": {
+            "model": {"name": "unet", "width": 0.125},
+            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
+                     "phantom": tiny_phantom},
+            "target": {"schedule": "adaloss"},
+            "train": {"epochs": 2, "batch_size": 4},
+            "eval": {"preview": 2},
+        },
+        "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, tiny_phantom):
+    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "served")), "--tracking-uri", server["uri"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing fell back to the local SQLite store
+    mlflow.set_tracking_uri(server["uri"])
+    runs = mlflow.search_runs(experiment_names=["served"])
+    assert sorted(runs["tags.study.role"]) == ["study", "trial"]
+    trial = runs[runs["tags.study.role"] == "trial"].iloc[0]
+    assert trial["tags.trial.status"] == "finished" and trial["tags.pareto.front"] == "true"
+    client = mlflow.tracking.MlflowClient(server["uri"])
+    assert [m.step for m in client.get_metric_history(trial["run_id"], "val/mre_mm")] == [1, 2]
+    # the artefacts went through the server into its own folder, not next to the study
+    stored = {p.relative_to(server["dir"] / "artifacts").as_posix() for p in (server["dir"] / "artifacts").rglob("*")
+              if p.is_file()}
+    assert any(p.endswith("plots/sigma.png") for p in stored) and any(p.endswith("pareto/front.html") for p in stored)
+    assert any(p.endswith("checkpoint/checkpoint.pt") for p in stored)
+    # ... and come back through it
+    study_run = runs[runs["tags.study.role"] == "study"].iloc[0]["run_id"]
+    spec = Path(client.download_artifacts(study_run, "spec.yaml", str(tmp_path / "dl"))).read_text()
+    assert "served" in spec
+
+
+def test_an_unreachable_server_fails_before_anything_starts(tmp_path, tiny_phantom):
+    port = _free_port()  # nothing listens there
+    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "nowhere")), "--tracking-uri", f"http://127.0.0.1:{port}",
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} does not answer" in proc.stderr
+    assert "started a local Ray" not in proc.stdout and not (tmp_path / "store" / "nowhere").exists()

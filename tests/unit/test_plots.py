@@ -1,0 +1,333 @@
+"""The study and trial pictures: exact PNG sizes, nothing blank, markers and heatmaps where the
+pixel-centre convention puts them, and Pareto pages that count what they leave out.
+
+Set PLOTS_SHOTS_DIR=/some/folder to keep a copy of every PNG these tests draw (to look at them)."""
+
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dashboards.plots import (
+    CED_PNG_SIZE,
+    EMPTY_PARETO_TEXT,
+    FACE68_REGIONS,
+    OVERLAY_GAP_PX,
+    OVERLAY_HEADER_PX,
+    OVERLAY_TITLE_PX,
+    SIGMA_PNG_SIZE,
+    ced_png,
+    ced_summary,
+    heatmaps_png,
+    importance_png,
+    importance_png_size,
+    overlay_png_size,
+    overlays_png,
+    pareto_html,
+    pareto_png,
+    pareto_png_size,
+    sigma_png,
+)
+
+NAN = float("nan")
+MRE, GF, SDR = ("val/mre_mm", "min"), ("cost/gflops", "min"), ("val/sdr_2mm", "max")
+SEARCHED = ["optim.lr", "target.schedule", "target.adaloss.rho"]
+
+
+def _png(path, size):
+    """The file is a PNG of exactly `size` px with something drawn on it; returns it as RGB (H, W, 3)."""
+    if os.environ.get("PLOTS_SHOTS_DIR"):
+        os.makedirs(os.environ["PLOTS_SHOTS_DIR"], exist_ok=True)
+        shutil.copy(path, os.path.join(os.environ["PLOTS_SHOTS_DIR"], os.path.basename(path)))
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size == tuple(size)
+        rgb = np.asarray(im.convert("RGB"))
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 2
+    assert rgb.std() > 5
+    return rgb
+
+
+def _table():
+    """7 trials, val/mre_mm and cost/gflops both min. a1 and b2 tie at (1.0, 5.0), both on the front
+    with c3 (2.0, 2.0). Rank 2: d4 (1.5, 6.0) and e5 (2.5, 3.0); rank 3: f6 (3.0, 7.0), dominated by d4.
+    g7 diverged before any validation: no val/mre_mm, so no rank."""
+    rows = [
+        ("a1a1a1a1", "finished", True, 1, 1.0, 5.0, 60.0, 1e-3, "adaloss", 0.9),
+        ("b2b2b2b2", "finished", True, 1, 1.0, 5.0, 60.0, 2e-3, "adaloss", 0.8),
+        ("c3c3c3c3", "stopped early", True, 1, 2.0, 2.0, 40.0, 3e-4, "fixed", None),
+        ("d4d4d4d4", "finished", False, 2, 1.5, 6.0, 55.0, 1e-2, "fixed", None),
+        ("e5e5e5e5", "stopped early", False, 2, 2.5, 3.0, 35.0, 5e-4, "adaloss", 0.95),
+        ("f6f6f6f6", "finished", False, 3, 3.0, 7.0, 20.0, 5e-2, "fixed", None),
+        ("g7g7g7g7", "diverged", None, None, NAN, 4.0, NAN, 1.0, "adaloss", 0.5),
+    ]
+    df = pd.DataFrame(rows, columns=["trial", "status", "pareto.front", "pareto.rank", "val/mre_mm", "cost/gflops",
+                                     "val/sdr_2mm", *SEARCHED])
+    df["run_id"] = [f"run{i}" for i in range(len(df))]
+    df["pareto.rank"] = df["pareto.rank"].astype("Int64")
+    return df
+
+
+def _readable(html: str) -> str:
+    """The page with plotly's JSON escapes (\\u002f for "/", \\u2014 for "—") turned back into text."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), html)
+
+
+# ------------------------------------------------------------------------------------------- Pareto
+
+
+def test_pareto_html_two_objectives_counts_and_hover():
+    html = pareto_html(_table(), [MRE, GF], SEARCHED, "ceph farnet")
+    assert html.lstrip().lower().startswith("<!doctype html>") and "</html>" in html
+    assert "plotly.js" in html.lower() and len(html) > 1_000_000  # the library itself is inside
+    text = _readable(html)
+    assert "<title>ceph farnet — 6 trials ranked, front of 3; 1 unranked: 1 diverged</title>" in text
+    for t in ("a1a1a1a1", "b2b2b2b2", "c3c3c3c3", "d4d4d4d4", "e5e5e5e5", "f6f6f6f6"):
+        assert f"trial {t}" in text
+    # The excluded trial is counted above but drawn nowhere: its id is not in any hover text.
+    assert "g7g7g7g7" not in text
+    assert "target.adaloss.rho: —" in text  # inactive conditional param
+    assert "optim.lr: 0.0003" in text and "status: stopped early" in text and "pareto.rank: 3" in text
+    assert "val/mre_mm (min, ← better)" in text and "cost/gflops (min, ↓ better)" in text
+    assert '"shape":"hv"' in text  # the front's staircase
+
+
+def test_pareto_html_one_objective_is_best_first():
+    # One objective, val/mre_mm: a1 and b2 tie at 1.0 (both rank 1), then d4 1.5, c3 2.0, e5 2.5, f6 3.0.
+    table = _table()
+    table["pareto.rank"] = pd.array([1, 1, 3, 2, 4, 5, None], dtype="Int64")
+    html = _readable(pareto_html(table, [MRE], SEARCHED, "one"))
+    assert "6 trials ranked, front of 2; 1 unranked: 1 diverged" in html
+    assert "best (rank 1)" in html and "val/mre_mm (min, ↓ better)" in html
+    assert '"ticktext":["a1a1a1a1","b2b2b2b2","d4d4d4d4","c3c3c3c3","e5e5e5e5","f6f6f6f6"]' in html
+
+
+def test_pareto_html_three_objectives_is_a_matrix():
+    html = _readable(pareto_html(_table(), [MRE, GF, SDR], SEARCHED, "three"))
+    assert html.count('"type":"splom"') == 2  # other ranks + front, on the same axes
+    assert "val/sdr_2mm (max)" in html and "front of" in html and "1 unranked: 1 diverged" in html
+
+
+def test_pareto_subtitle_says_why_each_trial_is_unranked():
+    table = _table()
+    table.loc[5, ["cost/gflops", "pareto.rank"]] = [NAN, pd.NA]
+    table.loc[0, "pareto.rank"] = pd.NA  # a1 has both metrics but was not ranked (e.g. the ranker left it out)
+    html = _readable(pareto_html(table, [MRE, GF], [], "t"))
+    # the wording of dashboards.pareto.describe_excluded, which the CLI prints too
+    assert "4 trials ranked, front of 2; 3 unranked: 1 not ranked, 1 missing cost/gflops, 1 diverged" in html
+
+
+def test_pareto_empty_table_says_so(tmp_path):
+    table = _table().iloc[[6]]  # only the excluded trial
+    html = _readable(pareto_html(table, [MRE, GF], SEARCHED, "empty"))
+    assert EMPTY_PARETO_TEXT in html and "0 trials ranked, front of 0; 1 unranked: 1 diverged" in html
+    _png(pareto_png(table, [MRE, GF], "empty", tmp_path / "pareto_empty.png"), pareto_png_size(2))
+    no_rows = _table().iloc[:0]
+    assert "0 trials ranked, front of 0" in _readable(pareto_html(no_rows, [MRE], [], "none"))
+    _png(pareto_png(no_rows, [MRE, GF, SDR], "none", tmp_path / "x" / "none.png"), pareto_png_size(3))
+
+
+def test_pareto_rejects_a_bad_mode():
+    with pytest.raises(ValueError, match="'best'.*'min' or 'max'"):
+        pareto_html(_table(), [("val/mre_mm", "best")], [], "t")
+
+
+def test_pareto_png_size_formula():
+    assert pareto_png_size(1) == pareto_png_size(2) == (1000, 750)
+    assert pareto_png_size(3) == (120 + 400 * 2, 170 + 400 * 2)
+    assert pareto_png_size(4) == (1320, 1370)
+
+
+@pytest.mark.parametrize("objectives", [[MRE], [MRE, GF], [MRE, GF, SDR], [MRE, GF, SDR, ("val/fr", "min")]])
+def test_pareto_png(tmp_path, objectives):
+    table = _table()
+    table["val/fr"] = [1.0, 1.0, 0.5, 2.0, 0.0, 3.0, NAN]
+    path = pareto_png(table, objectives, "ceph farnet", tmp_path / "sub" / f"pareto_{len(objectives)}.png")
+    assert path == tmp_path / "sub" / f"pareto_{len(objectives)}.png"
+    rgb = _png(path, pareto_png_size(len(objectives)))
+    # The front's colour (#e4572e) is in the picture.
+    near = (np.abs(rgb.astype(int) - (0xE4, 0x57, 0x2E)).sum(-1) < 30).sum()
+    assert near > 50
+
+
+# ------------------------------------------------------------------------------------------------ σ
+
+
+def _sigma(k: int, epochs: int = 30) -> pd.DataFrame:
+    t = np.arange(1, epochs + 1)[:, None]
+    start = 8.0 + (np.arange(k)[None, :] % 7)
+    return pd.DataFrame(start * np.exp(-t / (10 + np.arange(k)[None, :] % 5)) + 1.5, index=t[:, 0], columns=range(k))
+
+
+@pytest.mark.parametrize("k,groups", [(3, None), (3, {"left": [0, 1], "right": [2]}), (68, None),
+                                      (68, FACE68_REGIONS), (1, None)])
+def test_sigma_png(tmp_path, k, groups):
+    name = f"sigma_k{k}{'_groups' if groups else ''}.png"
+    _png(sigma_png(_sigma(k), tmp_path / name, "trial a1a1a1a1: adaloss σ", groups=groups), SIGMA_PNG_SIZE)
+
+
+def test_sigma_png_single_epoch_and_empty(tmp_path):
+    _png(sigma_png(_sigma(4, epochs=1), tmp_path / "one.png", "one epoch"), SIGMA_PNG_SIZE)
+    _png(sigma_png(pd.DataFrame(), tmp_path / "empty.png", "nothing yet"), SIGMA_PNG_SIZE)
+
+
+def test_face68_regions_cover_the_68_points_once():
+    ks = sorted(k for idx in FACE68_REGIONS.values() for k in idx)
+    assert ks == list(range(68))
+    assert FACE68_REGIONS["eyes"][0] == 36 and FACE68_REGIONS["eyes"][-1] == 47
+
+
+# ---------------------------------------------------------------------------------------------- CED
+
+
+def test_ced_summary_by_hand():
+    errors = np.array([[1.0, 3.0, NAN], [2.0, NAN, NAN], [NAN, NAN, NAN]])
+    # mm, T = 2: errors 1, 3, 2 -> AUC = mean(max(0, 2 - e)) / 2 = mean(1, 0, 0) / 2 = 1/6; mean = 2
+    s = ced_summary(errors, "mm", 2.0)
+    assert s["n"] == 3 and s["mean"] == pytest.approx(2.0) and s["auc"] == pytest.approx(1 / 6)
+    # nme, T = 4: per-image means 2, 2 (the all-NaN row left out) -> AUC = mean(2, 2) / 4 = 0.5
+    s = ced_summary(errors, "nme", 4.0)
+    assert s["n"] == 2 and s["mean"] == pytest.approx(2.0) and s["auc"] == pytest.approx(0.5)
+    s = ced_summary(np.full((2, 3), NAN), "mm", 2.0)
+    assert s["n"] == 0 and math.isnan(s["auc"]) and math.isnan(s["mean"])
+    with pytest.raises(ValueError, match="unit"):
+        ced_summary(errors, "px", 2.0)
+
+
+@pytest.mark.parametrize("unit,threshold", [("mm", 2.0), ("nme", 8.0)])
+def test_ced_png(tmp_path, unit, threshold):
+    rng = np.random.default_rng(0)
+    errors = rng.gamma(2.0, threshold / 3, size=(40, 19))
+    errors[3, 5] = NAN
+    errors[7] = NAN
+    _png(ced_png(errors, unit, threshold, tmp_path / f"ced_{unit}.png", f"ced {unit}"), CED_PNG_SIZE)
+
+
+def test_ced_png_edge_cases(tmp_path):
+    _png(ced_png(np.full((3, 4), NAN), "mm", 2.0, tmp_path / "nan.png", "all NaN"), CED_PNG_SIZE)
+    _png(ced_png(np.array([[1.2], [0.4]]), "nme", 8.0, tmp_path / "k1.png", "K = 1"), CED_PNG_SIZE)
+    _png(ced_png(np.array([[100.0, 200.0]]), "mm", 2.0, tmp_path / "far.png", "far tail"), CED_PNG_SIZE)
+
+
+# ------------------------------------------------------------------------------------- image panels
+
+
+def test_overlay_png_size_formula():
+    assert overlay_png_size(1, 100, 100) == (620, 64 + 300 + 28)  # one panel, centred in the minimum width
+    assert overlay_png_size(2, 50, 100) == (620, 64 + 150 + 28)
+    assert overlay_png_size(4, 200, 100) == (4 * 300 + 3 * 8, 64 + 600 + 28)
+    assert overlay_png_size(5, 100, 200) == (3 * 300 + 2 * 8, 64 + 2 * (150 + 28))  # 2 rows of 3
+    assert overlay_png_size(8, 2400, 1935) == (4 * 300 + 3 * 8, 64 + 2 * (372 + 28))  # ISBI: round(300·2400/1935)
+
+
+def _panel_px(x, y, n, col=0, row=0, H=100, W=100):
+    """Where input pixel coordinate (x, y) of image (row, col) of n lands in the output PNG, pixel j
+    spanning [j - 0.5, j + 0.5]. Panels are 300 px wide, 8 apart, centred in the picture's width."""
+    scale = 300 / W
+    ph = round(300 * H / W)
+    cols = n if n <= 4 else math.ceil(n / 2)
+    left = (overlay_png_size(n, H, W)[0] - (300 * cols + OVERLAY_GAP_PX * (cols - 1))) // 2
+    top = OVERLAY_HEADER_PX + row * (ph + OVERLAY_TITLE_PX) + OVERLAY_TITLE_PX
+    return left + col * (300 + OVERLAY_GAP_PX) + (x + 0.5) * scale, top + (y + 0.5) * scale
+
+
+def test_overlays_put_markers_on_the_landmarks(tmp_path):
+    # Black 100×100 images, shown at 3 output px per input px. One prediction at (25, 70), its ground
+    # truth at (60, 20); a second landmark is missing (NaN) in both.
+    images = np.zeros((2, 100, 100), np.uint8)
+    gt = np.array([[[60.0, 20.0], [NAN, NAN]]] * 2)
+    pred = np.array([[[25.0, 70.0], [NAN, NAN]]] * 2)
+    errors = np.array([[2.0, NAN], [4.0, 1.0]])
+    rgb = _png(overlays_png(images, gt, pred, tmp_path / "overlays_markers.png", "markers", errors=errors),
+               overlay_png_size(2, 100, 100)).astype(int)
+
+    def red(x, y):
+        patch = rgb[round(y) - 1:round(y) + 2, round(x) - 1:round(x) + 2]
+        return ((patch[..., 0] > 150) & (patch[..., 1] < 90) & (patch[..., 2] < 90)).any()
+
+    for col in (0, 1):
+        assert red(*_panel_px(25, 70, 2, col))  # the cross's centre
+        assert not red(*_panel_px(25, 100 - 70, 2, col))  # not flipped vertically
+        assert not red(*_panel_px(70, 25, 2, col))  # nor transposed
+        gx, gy = _panel_px(60, 20, 2, col)
+        ring = rgb[round(gy) - 12:round(gy) + 13, round(gx) - 12:round(gx) + 13]
+        assert ((ring[..., 1] > 150) & (ring[..., 0] < 100)).any()  # a green circle around the gt
+        assert not ((rgb[round(gy), round(gx), 1] > 150) and (rgb[round(gy), round(gx), 0] < 100))  # hollow
+
+
+@pytest.mark.parametrize("n,k,shape", [(1, 1, (64, 48)), (3, 19, (120, 100)), (6, 68, (80, 80)), (8, 5, (50, 90))])
+def test_overlays_png_sizes(tmp_path, n, k, shape):
+    rng = np.random.default_rng(n)
+    H, W = shape
+    images = rng.integers(0, 256, size=(n, H, W), dtype=np.uint8)
+    gt = rng.uniform(0, [W - 1, H - 1], size=(n, k, 2))
+    pred = gt + rng.normal(0, 2, size=gt.shape)
+    gt[0, 0] = NAN
+    errors = np.linalg.norm(pred - gt, axis=-1) * 0.1
+    path = overlays_png(images, gt, pred, tmp_path / f"overlays_n{n}.png", f"{n} images", errors=errors,
+                        unit="mm" if n % 2 else "nme")
+    _png(path, overlay_png_size(n, H, W))
+
+
+def test_overlays_with_nothing_annotated(tmp_path):
+    # n = 1, K = 1, the one landmark missing in gt and its error NaN: the panel says so, nothing crashes.
+    path = overlays_png(np.full((1, 40, 30), 90, np.uint8), np.full((1, 1, 2), NAN), np.array([[[10.0, 20.0]]]),
+                        tmp_path / "overlays_missing.png", "missing", errors=np.full((1, 1), NAN))
+    _png(path, overlay_png_size(1, 40, 30))
+    with pytest.raises(ValueError, match="unit 'px'"):
+        overlays_png(np.zeros((1, 8, 8), np.uint8), np.zeros((1, 1, 2)), np.zeros((1, 1, 2)), tmp_path / "x.png", "",
+                     unit="px")
+
+
+def test_overlays_reject_too_many_images(tmp_path):
+    with pytest.raises(ValueError, match="at most 8 images, got 9"):
+        overlays_png(np.zeros((9, 8, 8), np.uint8), np.zeros((9, 1, 2)), np.zeros((9, 1, 2)), tmp_path / "x.png", "")
+
+
+def test_heatmap_pixel_lands_at_its_stride_centre(tmp_path):
+    # Stride 4: heatmap pixel (u, v) = (3, 10) is centred at input ((3 + .5)·4 - .5, (10 + .5)·4 - .5)
+    # = (13.5, 41.5). On a black image, the bright blob's centroid must be there.
+    images = np.zeros((1, 100, 100), np.uint8)
+    hm = np.zeros((1, 25, 25))
+    hm[0, 10, 3] = 1.0
+    rgb = _png(heatmaps_png(images, hm, 4, tmp_path / "heatmap_dot.png", "one hot pixel"),
+               overlay_png_size(1, 100, 100)).astype(float)
+    top = OVERLAY_HEADER_PX + OVERLAY_TITLE_PX  # below the titles: only the panel and white margins
+    below = rgb[top:].sum(-1)
+    bright = (below > 150) & (below < 3 * 250)  # the blob, not the white margins
+    ys, xs = np.mgrid[top:rgb.shape[0], 0:rgb.shape[1]] + 0.5  # output pixel centres
+    w = np.where(bright, below, 0.0)
+    cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
+    ex, ey = _panel_px(13.5, 41.5, 1)
+    assert bright.sum() > 20
+    assert abs(cx - ex) < 1.5 and abs(cy - ey) < 1.5
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_heatmaps_png(tmp_path, n):
+    H, W, s = 96, 80, 4
+    yy, xx = np.mgrid[0:H // s, 0:W // s]
+    hm = np.stack([np.exp(-((xx - 5 - i) ** 2 + (yy - 8) ** 2) / 4.0) for i in range(n)])
+    images = np.tile(np.linspace(0, 255, W, dtype=np.uint8)[None, None, :], (n, H, 1))
+    _png(heatmaps_png(images, hm, s, tmp_path / f"heatmaps_n{n}.png", "val heatmaps"), overlay_png_size(n, H, W))
+
+
+# --------------------------------------------------------------------------------------- importance
+
+
+def test_importance_png_size_formula():
+    assert importance_png_size(0) == (800, 200)
+    assert importance_png_size(3) == (800, 200 + 40 * 3)
+    assert importance_png_size(30) == importance_png_size(45) == (800, 1400)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4, 45])
+def test_importance_png(tmp_path, n):
+    names = ["optim.lr", "target.schedule", "target.adaloss.rho", "model.backbone.pretrained_weights"]
+    imp = {(names[i] if i < len(names) else f"space.param_{i}"): 1.0 / (i + 1) for i in range(n)}
+    _png(importance_png(imp, tmp_path / f"importance_{n}.png", "farnet importances"), importance_png_size(n))
