@@ -6,7 +6,7 @@ parameter importance, recomputed from MLflow alone (it works after the cluster i
 
 It tags every trial run `pareto.front=true|false` and `pareto.rank` (1 = non-dominated), writes
 `pareto/trials.{csv,parquet}`, `pareto/front.{html,png}` and `importance/*` on the study's run,
-and prints the front. The study driver does the same after each trial ends and at the end.
+and prints the front. The study driver does the same after each trial ends (importance only at the end).
 
 A trial is ranked when it ended (finished, or stopped early by ASHA with the values Optuna got)
 and has a finite value for every objective; the others are listed, unranked, and counted.
@@ -130,9 +130,13 @@ class StudyInfo:
             raise StudyNotFound(f"{len(runs)} runs of study {study!r} in {client.tracking_uri} "
                               f"(experiments {sorted({r.info.experiment_id for r in runs})}); expected one")
         run = runs[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            resolved = json.loads(Path(client.download_artifacts(run.info.run_id, RESOLVED_ARTIFACT, tmp)).read_text())
-        resolved = resolved["resolved"]
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                saved = json.loads(Path(client.download_artifacts(run.info.run_id, RESOLVED_ARTIFACT, tmp)).read_text())
+        except Exception as e:  # MLflow raises its own (and OSError) for a missing artefact
+            raise StudyNotFound(f"study {study!r} (run {run.info.run_id}) has no {RESOLVED_ARTIFACT} artefact, which "
+                                f"holds its objectives and space; it was started before studies recorded it ({e})")
+        resolved = saved["resolved"]
         space = {path: Param(path, kind, args, d.get("when", {}))
                  for path, d in resolved["space"].items()
                  for kind, args in d.items() if kind != "when"}

@@ -18,6 +18,7 @@ so nothing here runs a model. The Train storage may be a local folder or a URI (
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -132,7 +133,5 @@ def _load_preview(fs, path: str) -> dict | None:
             data = f.read()
     except FileNotFoundError:
         return None  # a checkpoint from before previews existed
-    import io
-
     with np.load(io.BytesIO(data)) as z:
         return {k: z[k] for k in z.files}

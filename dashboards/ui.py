@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server already: open it in a browser")
         return 0
-    mlflow = shutil.which("mlflow") or "mlflow"
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    # This interpreter's mlflow: `.venv/bin/python -m dashboards.ui` works without an activated venv.
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {' '.join(cmd)}", flush=True)
     try:
         return subprocess.call(cmd)

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from study.tracking import experiment_name, ui_command
+    from study.tracking import experiment_name, python_command, ui_command
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print("\ntrials, best first:")
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow:       {result.tracking_uri}  (experiment {experiment_name(spec)!r}, "
           f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)")
     print(f"open the UI:  {ui_command(result.tracking_uri)}")
-    print(f"              or: python -m dashboards.ui --tracking-uri {result.tracking_uri}")
+    print(f"              or: {python_command()} -m dashboards.ui --tracking-uri {result.tracking_uri}")
+    print(f"the front:    {python_command()} -m dashboards.pareto {spec.study.name} --tracking-uri {result.tracking_uri}")
     if result.interrupted:
         given = sys.argv[1:] if argv is None else argv
         again = " ".join(["python -m study.run", *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])

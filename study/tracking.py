@@ -313,7 +313,16 @@ def ui_command(uri: str) -> str:
     """The shell command that opens this store in the MLflow UI, bound to loopback."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def python_command() -> str:
+    """This interpreter as the user would type it (`.venv/bin/python`): the venv need not be activated."""
+    import sys
+
+    exe = os.path.abspath(sys.executable)
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else exe
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -431,8 +431,11 @@ def _table(grid, spec: Spec, outcomes: dict[str, str]):
 
 
 def _describe(resources: dict) -> str:
-    return ", ".join(f"{resources[k]:g} {k}" for k in resources if k in ("CPU", "GPU") or not k.startswith(
-        ("node:", "memory", "object_store_memory", "accelerator_type"))) or "no resources"
+    """'2 CPU, 1 GPU, 1 worker_node': CPU and GPU first, then custom resources by name (Ray's order varies)."""
+    shown = [k for k in resources if k in ("CPU", "GPU") or not k.startswith(
+        ("node:", "memory", "object_store_memory", "accelerator_type"))]
+    shown.sort(key=lambda k: (k not in ("CPU", "GPU"), k))
+    return ", ".join(f"{resources[k]:g} {k}" for k in shown) or "no resources"
 
 
 def _fmt(v) -> str:

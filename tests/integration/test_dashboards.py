@@ -233,3 +233,41 @@ def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny
 
     state = torch.load(client.download_artifacts(run_id, "checkpoint/checkpoint.pt", str(out)), weights_only=True)
     assert state["epoch"] == chosen[1]["epoch"]
+
+
+def test_the_ui_serves_the_store_on_loopback(store):
+    import json
+    import os
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+        deadline = time.monotonic() + 90
+        while True:  # readiness poll, bounded
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    names = {e["name"] for e in json.load(r)["experiments"]}
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-2000:]
+                time.sleep(0.5)
+        assert "landmarks" in names
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert f"MLflow UI on http://127.0.0.1:{port}" in out and "--host 127.0.0.1" in out
+
+
+def test_the_ui_refuses_a_store_that_does_not_exist(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dashboards.ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
+                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no MLflow store at" in proc.stderr and not (tmp_path / "x.db").exists()
