@@ -262,6 +262,7 @@ def importances(table: pd.DataFrame, info: StudyInfo) -> tuple[dict[str, float],
     if not params:
         return {}, "no searched parameter was sampled, with different values, in every finished trial"
     dists = {p: distribution(info.space[p]) for p in params}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     for _, row in done.iterrows():
         study.add_trial(optuna.trial.create_trial(
@@ -294,8 +295,11 @@ def _log_importance(client, info: StudyInfo, table: pd.DataFrame, folder: Path) 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "importance.json").write_text(json.dumps({"objective": info.objectives[0][0], "method": how,
                                                         "importances": values}, indent=1))
-    plots.importance_png(values, folder / "importance.png", f"study {info.name}: {how}")
+    primary, mode = info.objectives[0]
+    plots.importance_png(values, folder / "importance.png", f"{info.name}: what drives {primary} ({mode})", how)
     client.log_artifacts(info.run_id, str(folder), "importance")
+    ranked = sorted(values.items(), key=lambda kv: -kv[1])
+    print(f"parameter importance ({how}): " + ", ".join(f"{p} {v:.2f}" for p, v in ranked), flush=True)
     now, step = int(time.time() * 1000), int((table["status"] == "finished").sum())
     client.log_batch(info.run_id, metrics=[Metric(f"importance/{p}", float(v), now, step) for p, v in values.items()])
 

@@ -250,7 +250,8 @@ def _html_one(fig: go.Figure, p: _Pareto, searched: list[str]) -> None:
         hovertemplate="%{text}<extra></extra>",
         marker=dict(size=10, color=r.loc[~best, "pareto.rank"], colorscale=_rank_colorscale(),
                     cmin=_rank_range(p)[0], cmax=_rank_range(p)[1], line=_marker_line(),
-                    colorbar=dict(title=dict(text="pareto.rank"), thickness=14, len=0.6) if (~best).any() else None)))
+                    colorbar=dict(title=dict(text="pareto.rank"), thickness=14, len=0.6,
+                                  dtick=1 if p.max_rank <= 10 else None) if (~best).any() else None)))
     fig.add_trace(go.Scatter(
         x=order[best], y=r.loc[best, metric], mode="markers+text", name="best (rank 1)", text=hover[best],
         texttemplate=[f"{t}" for t in r.loc[best, "trial"]], textposition="middle right",
@@ -298,7 +299,8 @@ def _html_matrix(fig: go.Figure, p: _Pareto, searched: list[str]) -> None:
             dimensions=dims(o), name="other ranks", text=p.hover(o, searched), **common,
             marker=dict(size=8, color=o["pareto.rank"], colorscale=_rank_colorscale(), cmin=cmin, cmax=cmax,
                         line=_marker_line(), showscale=True,
-                        colorbar=dict(title=dict(text="pareto.rank"), thickness=14, len=0.5))))
+                        colorbar=dict(title=dict(text="pareto.rank"), thickness=14, len=0.5,
+                                      dtick=1 if p.max_rank <= 10 else None))))
     fig.add_trace(go.Splom(
         dimensions=dims(f), name="front (rank 1)", text=p.hover(f, searched), **common,
         marker=dict(size=12, color=FRONT_COLOR, line=dict(width=1.2, color="#7a1f08"))))
@@ -757,7 +759,7 @@ def importance_png_size(n: int) -> tuple[int, int]:
     return IMPORTANCE_PNG_W, 200 + 40 * min(max(n, 0), IMPORTANCE_MAX_BARS)
 
 
-def importance_png(importances: dict[str, float], path, title: str) -> Path:
+def importance_png(importances: dict[str, float], path, title: str, subtitle: str = "") -> Path:
     """Parameter importances as horizontal bars, largest at the top, importance_png_size(n) px.
 
     importances: dotted param name → importance (e.g. Optuna's fANOVA, summing to 1). Beyond
@@ -773,6 +775,8 @@ def importance_png(importances: dict[str, float], path, title: str) -> Path:
     ax = fig.add_axes((left / w, 60 / h, 1 - (left + 70) / w, 1 - 120 / h))
     suffix = f" (top {IMPORTANCE_MAX_BARS} of {len(items)})" if len(items) > IMPORTANCE_MAX_BARS else ""
     fig.text(10 / w, 1 - 12 / h, title + suffix, ha="left", va="top", fontsize=14, fontweight="bold")
+    if subtitle:
+        fig.text(10 / w, 1 - 36 / h, subtitle, ha="left", va="top", fontsize=9, color="#444")
     ax.set_xlabel("importance")
     if not shown:
         ax.text(0.5, 0.5, "no importances", transform=ax.transAxes, ha="center", va="center",
