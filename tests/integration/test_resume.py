@@ -402,7 +402,7 @@ def test_resume_with_an_edited_spec_needs_force(study):
     assert f"base.train.epochs: {EPOCHS} -> {EPOCHS + 1}" in forced.stdout + forced.stderr
     assert not any(START.match(line) for line in forced.stdout.splitlines())  # nothing left to run
     assert "2 trials (0 failed or diverged)" in forced.stdout
-    table = forced.stdout.split("trials, best first:")[1]
+    table = forced.stdout.split("trials, best first:")[1].split("\n\n")[0]  # not the front printed below it
     assert table.count(" finished ") == 2, table  # trained 4 epochs under the old spec: not "stopped early"
     trials, hist, n_trial_runs = study["after_forced"]
     assert n_trial_runs == 2 and {t["outcome"] for t in trials.values()} == {"finished"}
