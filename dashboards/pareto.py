@@ -319,8 +319,8 @@ def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
 def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
-    from dashboards.ui import default_tracking_uri
-    from study.tracking import check_reachable, sqlite_path
+    from dashboards.ui import default_tracking_uri, missing_store
+    from study.tracking import check_reachable
 
     p = argparse.ArgumentParser(prog="python -m dashboards.pareto", description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="the study's name (study.name in its spec)")
@@ -329,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     uri = args.tracking_uri or default_tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None and not db.exists():  # MLflow would create an empty store and find nothing
+    if missing_store(uri):
         print(f"error: no MLflow store at {uri}; give --tracking-uri", file=sys.stderr)
         return 2
     try:

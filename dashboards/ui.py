@@ -18,6 +18,11 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('studies/mlflow.db').resolve()}"
 
 
+def missing_store(uri: str) -> bool:
+    """A sqlite:/// store whose file does not exist (MLflow would quietly create an empty one)."""
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dashboards.ui", description="Start the MLflow UI on a study store.")
     p.add_argument("--tracking-uri", default=None,
@@ -26,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    if missing_store(uri):
         print(f"error: no MLflow store at {uri}; run a study first (python -m study.run SPEC)", file=sys.stderr)
         return 2
     if uri.startswith(("http://", "https://")):

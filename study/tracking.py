@@ -325,9 +325,5 @@ def python_command() -> str:
     return rel if not rel.startswith("..") else exe
 
 
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 def _param_value(v) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dashboards.pareto import rank_table
 from dashboards.plots import FRONT_COLOR, pareto_html
 
 pytestmark = pytest.mark.integration
@@ -22,8 +23,8 @@ FRONT_RGB = tuple(int(FRONT_COLOR[i:i + 2], 16) for i in (1, 3, 5))
 
 
 def _table(n: int = 24, seed: int = 0) -> pd.DataFrame:
-    """n random trials with three objectives, ranked by hand by non-dominated sorting on the first two
-    or all three (rank column filled by the test that uses it); the last trial has no val/mre_mm."""
+    """n random trials with three objectives (ranked by the test that uses it, with rank_table);
+    the last trial diverged and has no val/mre_mm."""
     rng = np.random.default_rng(seed)
     mre = rng.uniform(1.2, 3.0, n)
     gflops = rng.uniform(2.0, 40.0, n)
@@ -39,24 +40,6 @@ def _table(n: int = 24, seed: int = 0) -> pd.DataFrame:
     })
     df.loc[n - 1, ["val/mre_mm", "val/sdr_2mm"]] = NAN
     df.loc[n - 1, "status"] = "diverged"
-    return df
-
-
-def _rank(df: pd.DataFrame, objectives) -> pd.DataFrame:
-    """Non-dominated sorting, the plain O(n²) per front way: front 1 is everything nobody dominates, etc."""
-    v = np.stack([df[m].to_numpy() * (1 if mode == "min" else -1) for m, mode in objectives], 1)
-    ok = np.isfinite(v).all(1)
-    rank = np.zeros(len(df), int)
-    left, r = set(np.flatnonzero(ok)), 1
-    while left:
-        front = {i for i in left if not any((v[j] <= v[i]).all() and (v[j] < v[i]).any() for j in left)}
-        for i in front:
-            rank[i] = r
-        left -= front
-        r += 1
-    df = df.copy()
-    df["pareto.rank"] = pd.array([int(x) if x else None for x in rank], dtype="Int64")
-    df["pareto.front"] = [bool(x == 1) if x else None for x in rank]
     return df
 
 
@@ -88,7 +71,7 @@ def _check_drawn(rgb: np.ndarray, min_front_px: int) -> None:
     [("val/mre_mm", "min"), ("cost/gflops", "min"), ("val/sdr_2mm", "max")],
 ], ids=["1d", "2d", "3d"])
 def test_pareto_page_renders_offline(chromium, tmp_path, objectives):
-    table = _rank(_table(seed=len(objectives)), objectives)
+    table = rank_table(_table(seed=len(objectives)), objectives)  # ranks checked by hand in test_pareto.py
     page = tmp_path / f"pareto_{len(objectives)}d.html"
     page.write_text(pareto_html(table, objectives, SEARCHED, f"phantom study, {len(objectives)} objective(s)"),
                     encoding="utf-8")
