@@ -12,7 +12,7 @@ two best and the latest), and logs to the run:
     plots/overlays.png, plots/heatmaps.png              a few validation images (eval.preview)
     plots/sigma.png                                     σ per landmark over epochs (Adaloss)
     tables/test_<split>_per_landmark.txt                the final test, per landmark
-Each checkpoint's preview.npz (trainables.trainer.Scorer.preview) holds what the pictures need,
+Each checkpoint's preview.npz (trainables.objective.Scorer.preview) holds what the pictures need,
 so nothing here runs a model. The Train storage may be a local folder or a URI (s3://, gs://).
 """
 
@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs
 
-from trainables.trainer import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE
+from dashboards import trial_plots
+from dashboards.plots import FACE68_REGIONS
+from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE
 
 
 def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -62,8 +64,6 @@ def best(found: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, di
 
 def log_trial_artifacts(client, run_id: str, train_dir: str, primary: tuple[str, str], adaloss: bool) -> list[str]:
     """Log the pictures and best checkpoint of one trial; -> the artefact paths logged."""
-    from dashboards import plots
-
     metric, mode = primary
     found = checkpoints(train_dir)
     chosen = best(found, metric, mode)
@@ -82,13 +82,13 @@ def log_trial_artifacts(client, run_id: str, train_dir: str, primary: tuple[str,
             if preview is not None:
                 label = f"epoch {epoch} (best {metric})"
                 unit = str(preview["unit"])
-                plots.ced_png(preview["errors"], unit, float(preview["ced_threshold"]), out / "plots" / "ced.png",
+                trial_plots.ced_png(preview["errors"], unit, float(preview["ced_threshold"]), out / "plots" / "ced.png",
                               f"CED, {label}")
                 if "images" in preview:
                     n_errors = preview["errors"][: len(preview["images"])]
-                    plots.overlays_png(preview["images"], preview["gt"], preview["pred"], out / "plots" / "overlays.png",
+                    trial_plots.overlays_png(preview["images"], preview["gt"], preview["pred"], out / "plots" / "overlays.png",
                                        f"prediction (red) vs ground truth (green), {label}", errors=n_errors, unit=unit)
-                    plots.heatmaps_png(preview["images"], preview["heatmaps"].astype(np.float32),
+                    trial_plots.heatmaps_png(preview["images"], preview["heatmaps"].astype(np.float32),
                                        int(preview["stride"]), out / "plots" / "heatmaps.png", f"heatmaps, {label}")
         if found:  # the final test's tables ride in the last checkpoint
             last, _ = found[-1]
@@ -98,8 +98,8 @@ def log_trial_artifacts(client, run_id: str, train_dir: str, primary: tuple[str,
         if adaloss:
             sigma = sigma_history(client, run_id)
             if not sigma.empty:
-                groups = plots.FACE68_REGIONS if sigma.shape[1] == 68 else None
-                plots.sigma_png(sigma, out / "plots" / "sigma.png", "Adaloss: target σ per landmark", groups=groups)
+                groups = FACE68_REGIONS if sigma.shape[1] == 68 else None
+                trial_plots.sigma_png(sigma, out / "plots" / "sigma.png", "Adaloss: target σ per landmark", groups=groups)
         for sub in ("checkpoint", "plots", "tables"):
             files = sorted(p.name for p in (out / sub).iterdir())
             if files:

@@ -23,6 +23,21 @@ def missing_store(uri: str) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
 
 
+def ui_command(uri: str) -> str:
+    """The shell command that opens this store in the MLflow UI, bound to loopback."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def python_command() -> str:
+    """This interpreter as the user would type it (`.venv/bin/python`): the venv need not be activated."""
+    exe = os.path.abspath(sys.executable)
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else exe
+
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dashboards.ui", description="Start the MLflow UI on a study store.")
     p.add_argument("--tracking-uri", default=None,

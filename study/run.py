@@ -16,7 +16,8 @@ import shlex
 import sys
 import time
 
-from study.spec import Spec, SpecError, load_spec
+from study.spec import Spec, SpecError, StudyError, load_spec
+from trainables.config import flatten
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -44,8 +45,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def describe(spec: Spec) -> str:
-    from trainables.config import flatten
-
     s, r = spec.study, spec.resources
     grid = f"; the grid has {len(spec.grid())} points" if s.sampler == "grid" else ""
     custom = "".join(f" + {v:g} {k}" for k, v in r.custom.items())
@@ -64,9 +63,9 @@ def describe(spec: Spec) -> str:
 
 def preview(spec: Spec, n: int = PREVIEW_TRIALS) -> str:
     """The first n draws of the spec's own sampler (seeded), as the dotted values each trial sets."""
-    import optuna
+    import optuna  # lazy for start-up time, as the Ray imports below
 
-    from study.space import SpaceSampler, make_sampler
+    from study.search import SpaceSampler, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=make_sampler(spec), directions=["minimize"] * len(spec.study.objectives))
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from study.tuner import StudyError, run_study  # imports Ray: only once the spec is known to be good
+    from study.tuner import run_study  # lazy: imports Ray (seconds), only once the spec is known to be good
 
     t0 = time.monotonic()
     try:
@@ -121,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from study.tracking import experiment_name, python_command, ui_command
+    from dashboards.publish import python_command, ui_command
+    from study.tracking import experiment_name
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print("\ntrials, best first:")

@@ -1,120 +1,55 @@
-"""A spec's `space:` as an Optuna define-by-run function, and the samplers a spec can name.
+"""The search space as a model: its parameters (`Param`, with `when:` conditions) in sampling order,
+which are active given the others, and the grid. Plain data: the spec builds it, study.search
+hands it to Optuna, and the dashboards read it back from the study run's `study.json`.
 
-Tune pickles the searcher with the experiment, so the samplers here are module-level classes
-whose instances hold only plain data.
-
-    sample = SpaceSampler(spec.space)
-    OptunaSearch(space=sample, metric=["val/mre_mm"], mode=["min"], sampler=make_sampler(spec))
-    sample(optuna_trial)   # suggests {"target.schedule": "fixed", "target.sigma": 2.7}; adaloss
-                           # trials get no target.sigma (its `when:` does not hold)
+    p = Param("target.sigma", "uniform", [1.0, 6.0], when={"target.schedule": ["fixed"]})
+    active(p, {"target.schedule": "adaloss"})    # False: adaloss trials keep the base σ
 """
 
 from __future__ import annotations
 
-import random
-import warnings
+from dataclasses import dataclass, field
 
-import optuna
-
-from study.spec import Param, Spec, active, enumerate_grid
-
-
-class SpaceSampler:
-    def __init__(self, space: dict[str, Param]):
-        self.space = dict(space)  # in sampling order: conditions before the parameters they gate
-
-    def __call__(self, trial: optuna.Trial) -> None:
-        # OptunaSearch reads the suggestions off the trial; returning None means "no constants".
-        values: dict = {}
-        for p in self.space.values():
-            if active(p, values):
-                values[p.path] = suggest(trial, p)
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "quniform")
+FINITE = ("choice", "int", "quniform")  # what the grid sampler can enumerate
+GRID_LIMIT = 100_000  # a grid larger than this is almost surely a mistake (an int range, say)
 
 
-def suggest(trial: optuna.Trial, p: Param):
-    if p.kind == "choice":
-        return trial.suggest_categorical(p.path, p.args)
-    if p.kind == "uniform":
-        return trial.suggest_float(p.path, p.args[0], p.args[1])
-    if p.kind == "loguniform":
-        return trial.suggest_float(p.path, p.args[0], p.args[1], log=True)
-    if p.kind == "int":
-        return trial.suggest_int(p.path, p.args[0], p.args[1])
-    if p.kind == "quniform":
-        low, high, step = p.args
-        if isinstance(low, int):
-            return trial.suggest_int(p.path, low, high, step=step)
-        return trial.suggest_float(p.path, low, high, step=step)
-    raise ValueError(f"unknown distribution {p.kind!r}")
+@dataclass
+class Param:
+    path: str  # dotted trial-config path
+    kind: str  # one of DISTRIBUTIONS
+    args: list  # choice: the values; quniform: [low, high, step]; others: [low, high]
+    when: dict[str, list] = field(default_factory=dict)  # other path -> the values it must take (ANDed)
+
+    def values(self) -> list:
+        """Every value of a finite distribution (choice, int, quniform), in order."""
+        if self.kind == "choice":
+            return list(self.args)
+        low, high = self.args[0], self.args[1]
+        step = self.args[2] if self.kind == "quniform" else 1
+        n = int(round((high - low) / step))
+        return [type(low)(low + i * step) if isinstance(low, int) else round(low + i * step, 12) for i in range(n + 1)]
+
+    def describe(self) -> str:
+        cond = "".join(f" when {k} in {v}" if len(v) > 1 else f" when {k} = {v[0]}" for k, v in self.when.items())
+        return f"{self.kind} {self.args}{cond}"
 
 
-def distribution(p: Param) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution `suggest` samples `p` from (the importance evaluators need it)."""
-    d = optuna.distributions
-    if p.kind == "choice":
-        return d.CategoricalDistribution(p.args)
-    if p.kind in ("uniform", "loguniform"):
-        return d.FloatDistribution(p.args[0], p.args[1], log=p.kind == "loguniform")
-    if p.kind == "int":
-        return d.IntDistribution(p.args[0], p.args[1])
-    if p.kind == "quniform":
-        low, high, step = p.args
-        cls = d.IntDistribution if isinstance(low, int) else d.FloatDistribution
-        return cls(low, high, step=step)
-    raise ValueError(f"unknown distribution {p.kind!r}")
+def active(param: Param, values: dict) -> bool:
+    """Whether `param` is sampled, given the values of the parameters sampled before it."""
+    return all(k in values and values[k] in allowed for k, allowed in param.when.items())
 
 
-class ConditionalGridSampler(optuna.samplers.BaseSampler):
-    """Every point of a finite conditional space once, in a seeded shuffled order.
-
-    Optuna's GridSampler cannot express `when:` (it would run each adaloss point once per unused
-    σ), and GridSampler/BruteForceSampler end a study with `study.stop()`, which raises under the
-    ask-and-tell interface Ray Tune drives. Trial n takes grid point n; the study runs exactly
-    len(points) trials, so nothing needs stopping.
-    """
-
-    def __init__(self, space: dict[str, Param], seed: int = 0):
-        self.points = enumerate_grid(space)
-        random.Random(seed).shuffle(self.points)
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        point = self.points[trial.number % len(self.points)]
-        return point[param_name]
-
-
-def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler named by study.sampler, seeded with study.seed."""
-    seed, name = spec.study.seed, spec.study.sampler
-    if name == "tpe":
-        # multivariate + group: TPE models parameters jointly, per group of co-occurring
-        # (conditional) parameters, instead of each one on its own. Optuna marks both
-        # experimental; their warning would print once per study and say nothing to the user.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              n_startup_trials=startup_trials(spec.study.trials))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return ConditionalGridSampler(spec.space, seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size(spec.study.trials))
-    raise ValueError(f"unknown sampler {name!r}")
-
-
-def startup_trials(trials: int) -> int:
-    """Random trials before TPE models the history: Optuna's 10, fewer for a short study
-    (a quarter of it, at least 2) so that TPE gets to act at all."""
-    return max(2, min(10, trials // 4))
-
-
-def population_size(trials: int) -> int:
-    """NSGA-II's generation size: Optuna's 50 is more than most studies run, so take about a
-    quarter of the trials (4 to 50), giving at least a few generations."""
-    return max(4, min(50, trials // 4))
+def enumerate_grid(space: dict[str, Param]) -> list[dict]:
+    """Every point of a finite space, honouring `when:` (a parameter appears only where its
+    conditions hold). Raises ValueError past GRID_LIMIT points."""
+    points = [{}]
+    for p in space.values():  # sampling order: conditions are decided before what they gate
+        grown = []
+        for point in points:
+            grown += [{**point, p.path: v} for v in p.values()] if active(p, point) else [point]
+            if len(grown) > GRID_LIMIT:
+                raise ValueError(f"the grid has more than {GRID_LIMIT:,} points")
+        points = grown
+    return points

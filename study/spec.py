@@ -33,8 +33,10 @@ from typing import Any
 
 import yaml
 
+from study.space import DISTRIBUTIONS, FINITE, Param, enumerate_grid
 from trainables.config import (
     ConfigError,
+    Problem,
     TrialConfig,
     apply_overrides,
     check_value,
@@ -44,15 +46,9 @@ from trainables.config import (
 )
 
 SECTIONS = ("study", "resources", "base", "space")
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "quniform")
-FINITE = ("choice", "int", "quniform")  # what the grid sampler can enumerate
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("auto", "none", "asha")  # auto: asha for one objective, none for several
 MODES = ("min", "max")
-# Problems that only say a file is not on this machine (what --dry-run tolerates), as the
-# dataset loaders and the weights loader word them.
-MISSING_FILES = ("dataset root does not exist", "not in the torch hub cache", "does not exist; expected 'none'")
-GRID_LIMIT = 100_000  # a grid larger than this is almost surely a mistake (an int range, say)
 
 
 class SpecLoader(yaml.SafeLoader):
@@ -71,11 +67,21 @@ def parse_yaml(text: str):
 
 
 class SpecError(ValueError):
-    """Everything wrong with a spec, one problem per line, each naming the file and YAML path."""
+    """Everything wrong with a spec, one problem per line, each naming the file and YAML path.
+
+    `found` holds the `Problem` values (YAML path, message, kind); `problems` the same under the
+    file's name, as printed.
+    """
 
     def __init__(self, source: str, problems: list[str]):
-        self.problems = [f"{source}: {p}" for p in problems]
+        self.found = [Problem.of(p) for p in problems]
+        self.problems = [p.under(source) for p in self.found]
         super().__init__("\n".join(self.problems))
+
+
+class StudyError(RuntimeError):
+    """The study cannot start (exists already, nothing to resume, spec changed, storage unusable,
+    no cluster at --address): one line for the user, exit 2."""
 
 
 @dataclass
@@ -121,32 +127,11 @@ class Resources:
 
 
 @dataclass
-class Param:
-    path: str  # dotted trial-config path
-    kind: str  # one of DISTRIBUTIONS
-    args: list  # choice: the values; quniform: [low, high, step]; others: [low, high]
-    when: dict[str, list] = field(default_factory=dict)  # other path -> the values it must take (ANDed)
-
-    def values(self) -> list:
-        """Every value of a finite distribution (choice, int, quniform), in order."""
-        if self.kind == "choice":
-            return list(self.args)
-        low, high = self.args[0], self.args[1]
-        step = self.args[2] if self.kind == "quniform" else 1
-        n = int(round((high - low) / step))
-        return [type(low)(low + i * step) if isinstance(low, int) else round(low + i * step, 12) for i in range(n + 1)]
-
-    def describe(self) -> str:
-        cond = "".join(f" when {k} in {v}" if len(v) > 1 else f" when {k} = {v[0]}" for k, v in self.when.items())
-        return f"{self.kind} {self.args}{cond}"
-
-
-@dataclass
 class Spec:
     source: str  # the YAML file it came from
     study: StudySection
     resources: Resources
-    base: dict  # the full trial config as a nested dict (defaults filled in)
+    base: TrialConfig  # the validated trial config every trial starts from
     space: dict[str, Param]  # in sampling order: a parameter comes after those its `when:` names
     text: str = ""  # the YAML as written, for the record
     warnings: list[str] = field(default_factory=list)  # problems tolerated by check_data=False
@@ -180,35 +165,26 @@ class Spec:
         return len(self.study.objectives) > 1
 
     def grid(self) -> list[dict]:
-        """Every point of a finite space, honouring `when:` (a parameter appears only where its
-        conditions hold). Raises ValueError past GRID_LIMIT points."""
+        """Every point of a finite space (study.space.enumerate_grid)."""
         return enumerate_grid(self.space)
+
+    def trial_config(self, sampled: dict) -> TrialConfig:
+        """A trial's config: the base with the sampled dotted values (Tune's trial.config) set."""
+        return self.base.with_values({k: v for k, v in sampled.items() if k in self.space})
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial trains: train.epochs, or the largest value searched."""
+        return int(self.space["train.epochs"].values()[-1]) if "train.epochs" in self.space else self.base.train.epochs
 
     def resolved(self) -> dict:
         """The spec after defaults and overrides, as plain data: what a resumed study compares."""
         return {
             "study": dataclasses.asdict(self.study),
             "resources": dataclasses.asdict(self.resources),
-            "base": self.base,
+            "base": self.base.to_dict(),
             "space": {p.path: {p.kind: p.args, **({"when": p.when} if p.when else {})} for p in self.space.values()},
         }
-
-
-def active(param: Param, values: dict) -> bool:
-    """Whether `param` is sampled, given the values of the parameters sampled before it."""
-    return all(k in values and values[k] in allowed for k, allowed in param.when.items())
-
-
-def enumerate_grid(space: dict[str, Param]) -> list[dict]:
-    points = [{}]
-    for p in space.values():  # sampling order: conditions are decided before what they gate
-        grown = []
-        for point in points:
-            grown += [{**point, p.path: v} for v in p.values()] if active(p, point) else [point]
-            if len(grown) > GRID_LIMIT:
-                raise ValueError(f"the grid has more than {GRID_LIMIT:,} points")
-        points = grown
-    return points
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Spec:
@@ -244,12 +220,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
             problems += [f"--set {p}" for p in e.problems]
     spec = _validate(raw, problems)
     if not check_data:
-        spec.warnings = [p for p in problems if any(m in p for m in MISSING_FILES)]
-        problems = [p for p in problems if p not in spec.warnings]
+        spec.warnings = [p for p in problems if Problem.of(p).kind == Problem.MISSING]
+        problems = [p for p in problems if Problem.of(p).kind != Problem.MISSING]
     if problems:
         raise SpecError(source, problems)
     spec.source, spec.text = source, text
-    spec.warnings = [f"{source}: {w}" for w in spec.warnings]
+    spec.warnings = [Problem.of(w).under(source) for w in spec.warnings]
     return spec
 
 
@@ -344,15 +320,15 @@ def _scheduler(raw: Any, problems: list[str]) -> Scheduler:
     return sched
 
 
-def _objectives(study_raw: Any, base: dict, space: dict[str, Param], problems: list[str]) -> list[Objective]:
+def _objectives(study_raw: Any, base: TrialConfig, space: dict[str, Param], problems: list[str]) -> list[Objective]:
     """study.objectives, checked against what the trainer reports for the base dataset."""
-    from trainables.data import DATASETS
+    from trainables.data import DATASETS  # lazy for start-up time, as in _base
     from trainables.metrics import all_metric_names, reported_metrics
 
     raw = study_raw.get("objectives") if isinstance(study_raw, dict) else None
     if raw is None:
         raw = [{"metric": "val/mre_mm", "mode": "min"}]
-    dataset = base["data"]["dataset"]
+    dataset = base.data.dataset
     if "data.dataset" in space or dataset not in DATASETS:
         known, reporter = all_metric_names(), "the trainer"
     else:
@@ -379,14 +355,14 @@ def _objectives(study_raw: Any, base: dict, space: dict[str, Param], problems: l
     return out or [Objective("val/mre_mm", "min")]
 
 
-def _check_scheduler(study: StudySection, base: dict, space: dict[str, Param], problems: list[str]) -> None:
+def _check_scheduler(study: StudySection, base: TrialConfig, space: dict[str, Param], problems: list[str]) -> None:
     """Resolve `auto` and ASHA's rungs, which are counted in epochs."""
     sched = study.scheduler
     if sched.type == "auto":
         sched.type = "none" if len(study.objectives) > 1 else "asha"
     if sched.type != "asha":
         return
-    epochs = space["train.epochs"].values()[-1] if "train.epochs" in space else base["train"]["epochs"]
+    epochs = space["train.epochs"].values()[-1] if "train.epochs" in space else base.train.epochs
     sched.max_t = int(epochs)
     if sched.grace_period == 0:
         sched.grace_period = max(1, sched.max_t // 10)
@@ -439,43 +415,8 @@ def _resources(d: Any, problems: list[str]) -> Resources:
     return r
 
 
-def resource_problems(res: Resources, nodes: list[dict[str, float]]) -> list[str]:
-    """What stops one trial from ever being placed, given each alive node's total resources.
-
-    Every Train worker must fit on one node; the cluster is asked once, before any trial starts.
-    """
-    need = res.per_worker()
-    out = []
-    for key, amount in need.items():
-        path = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}.get(key, f"resources.custom.{key}")
-        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
-        total = sum(n.get(key, 0.0) for n in nodes)
-        if most == 0 and key not in ("CPU", "GPU"):
-            have = sorted({k for n in nodes for k in n if not k.startswith(("node:", "accelerator_type"))})
-            out.append(f"{path}: no node of the cluster has a {key!r} resource; it has {', '.join(have)}")
-        elif amount > most:
-            out.append(f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
-                       f"({len(nodes)} node(s), {total:g} {key} in all)")
-    if not out:
-        fits = workers_that_fit(res, nodes)
-        if res.workers > fits:
-            out.append(f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
-                       f"holds only {fits} at once")
-    return out
-
-
-def workers_that_fit(res: Resources, nodes: list[dict[str, float]]) -> int:
-    """How many Train workers of this request the nodes hold at once (each on one node)."""
-    need = res.per_worker()
-    return sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
-
-
-def _fmt_request(need: dict[str, float]) -> str:
-    return " + ".join(f"{v:g} {k}" for k, v in need.items())
-
-
-def _base(d: Any, problems: list[str]) -> dict:
-    from trainables.trainer import config_problems
+def _base(d: Any, problems: list[str]) -> TrialConfig:
+    from trainables.registry import config_problems  # lazy for start-up time: torch takes ~3 s to import
 
     d = _section(d, "base", problems)
     data = d.get("data")
@@ -486,9 +427,9 @@ def _base(d: Any, problems: list[str]) -> dict:
         cfg = TrialConfig.from_dict(d, prefix="base.")
     except ConfigError as e:
         problems += e.problems
-        return TrialConfig().to_dict()
-    problems += [f"base.{p}" for p in config_problems(cfg)]
-    return cfg.to_dict()
+        return TrialConfig()
+    problems += [p.prefixed("base.") for p in config_problems(cfg)]
+    return cfg
 
 
 def _space(d: Any, problems: list[str]) -> dict[str, Param]:
@@ -642,14 +583,14 @@ def _param(path: str, kind: str, args: Any, t: type, where: str, problems: list[
     return Param(path, kind, [want(low), want(high)])
 
 
-def _space_value_problems(base: dict, space: dict[str, Param]) -> list[str]:
+def _space_value_problems(base: TrialConfig, space: dict[str, Param]) -> list[str]:
     """Try each choice and each range end on the base config, with its conditions made true;
     report what it breaks that the base did not."""
-    from trainables.trainer import config_problems
+    from trainables.registry import config_problems  # lazy for start-up time, as in _base
 
     def problems_with(overrides: dict) -> set[str]:
         try:
-            return set(config_problems(TrialConfig.from_dict(apply_overrides(base, overrides))))
+            return set(config_problems(base.with_values(overrides)))
         except ConfigError as e:
             return set(e.problems)
 
@@ -661,32 +602,9 @@ def _space_value_problems(base: dict, space: dict[str, Param]) -> list[str]:
         ends = param.args if param.kind == "choice" else param.args[:2]
         for value in ends:
             for p in sorted(problems_with({**context, path: value}) - before):
-                own = p.startswith(f"{path}: ")
-                out.append(f"space.{path}.{param.kind}: {value!r}" + (f": {p[len(path) + 2:]}" if own else f" breaks {p}"))
+                p = Problem.of(p)
+                where = f"space.{path}.{param.kind}"
+                out.append(Problem(where, f"{value!r}: {p.message}" if p.path == path else f"{value!r} breaks {p}", p.kind))
     return out
 
 
-def spec_diff(old: dict, new: dict) -> list[str]:
-    """What changed between two `Spec.resolved()` dicts, one `path: old -> new` line per field."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):  # an empty one (resources.custom) adds no line
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    def lines(spec: dict) -> dict:
-        # a space entry is one line ("loguniform: [0.0001, 0.01]"), not one per distribution key
-        space = {f"space.{path}": " ".join(f"{k}: {v}" for k, v in dist.items())
-                 for path, dist in spec.get("space", {}).items()}
-        return {**flat({k: v for k, v in spec.items() if k != "space"}), **space}
-
-    a, b = lines(old), lines(new)
-    out = []
-    for key in dict.fromkeys([*a, *b]):
-        if a.get(key, "(absent)") != b.get(key, "(absent)"):
-            out.append(f"{key}: {a.get(key, '(absent)')} -> {b.get(key, '(absent)')}")
-    return out

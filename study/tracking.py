@@ -4,40 +4,36 @@ one child run per Tune trial, looked up by tag so that a resumed study never dup
     uri = resolve_tracking_uri(None, spec)            # sqlite:///…/studies/mlflow.db by default
     check_reachable(uri)                               # before any trial starts
     study_run = open_study_run(uri, spec)              # (experiment id, parent run id)
-    callback = MlflowTracking(uri, study_run, spec)    # a ray.tune.Callback
+    callback = MlflowTracking(uri, study_run, spec, train_storage)   # a ray.tune.Callback
 
 Metric names are the trainer's (`val/mre_mm`) with `step=epoch`; params are the trial's dotted
-config (`optim.lr`).
+config (`optim.lr`). Tag names and statuses are study.schema's; the pictures and the comparison
+are drawn by dashboards/, called through dashboards.publish.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import platform
+import subprocess
+import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from dashboards.publish import StudyInfo, publish_study, publish_trial
+from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_NODE, TAG_NODE_IP,
+                          TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome)
 from study.spec import Spec
-from trainables.config import apply_overrides, flatten
+from study.trial import completed_outcome, train_run_name
+from trainables.config import flatten
 
-# Tags that find runs again after a restart; the names are part of the contract with dashboards/.
-TAG_STUDY = "study.name"
-TAG_ROLE = "study.role"  # "study" on the parent run, "trial" on each child
-TAG_TRIAL = "tune.trial_id"
-TAG_STATUS = "trial.status"  # running | finished | stopped early | diverged | failed | interrupted
-FINAL = ("finished", "stopped early", "diverged", "failed")  # statuses a trial keeps; the others change on --resume
-TAG_PARENT = "mlflow.parentRunId"
-TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
-TAG_NODE_IP = "ray.node_ip"
-TAG_COMMIT = "mlflow.source.git.commit"  # MLflow's own name: its UI shows it on the run page
-RESOLVED_ARTIFACT = "study.json"  # on the study run: the resolved spec, what dashboards.pareto reads
 # Recorded on the study run (environment.json, and version.* tags for the first few).
 PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "pandas", "pyarrow", "plotly",
             "matplotlib", "scikit-learn", "landmark-study")
@@ -50,37 +46,6 @@ def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
         return uri
     spec.storage_path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{spec.storage_path / 'mlflow.db'}"
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before any trial, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-            if r.status == 200:
-                return
-            problem = f"HTTP {r.status}"
-    except (urllib.error.URLError, OSError) as e:
-        problem = str(getattr(e, "reason", e))
-    raise ConnectionError(f"MLflow tracking server {uri} does not answer ({problem}); start it or fix --tracking-uri")
-
-
-def stopped_early(trial, epochs: int) -> bool:
-    """Whether a completed Tune trial ended before its last epoch: ASHA ends a trial like a
-    finished one, and Optuna is told its last (partly trained) value as if it were complete;
-    only the epoch count tells them apart. `epochs`: base train.epochs (unless searched)."""
-    last = (trial.last_result or {}).get("epoch")
-    return last is not None and last < trial.config.get("train.epochs", epochs)
-
-
-def diverged(trial) -> bool:
-    """Whether a failed trial's error is the trainer's `Diverged` (a NaN or infinite loss)."""
-    # The driver's local copy: Tune syncs the error to the study storage only later.
-    try:
-        return "trainables.trainer.Diverged:" in Path(trial.error_file).read_text()
-    except (OSError, TypeError):  # no error file (None): not a trainer error
-        return False
 
 
 @dataclass
@@ -108,14 +73,14 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
     else:
         exp_id = exp.experiment_id
     found = client.search_runs(
-        [exp_id], filter_string=f"tags.`{TAG_ROLE}` = 'study' and tags.`{TAG_STUDY}` = '{spec.study.name}'"
+        [exp_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}' and tags.`{TAG_STUDY}` = '{spec.study.name}'"
     )
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         env = environment()
-        tags = {TAG_STUDY: spec.study.name, TAG_ROLE: "study", "mlflow.source.name": "study.run",
+        tags = {TAG_STUDY: spec.study.name, TAG_ROLE: ROLE_STUDY, "mlflow.source.name": "study.run",
                 **{f"version.{k}": v for k, v in env["packages"].items() if k in PACKAGES[:5]}}
         if env["git"].get("commit"):
             tags |= {TAG_COMMIT: env["git"]["commit"], "git.dirty": str(env["git"]["dirty"]).lower()}
@@ -136,11 +101,6 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
 
 def environment() -> dict:
     """Python, platform, package versions and the git commit of this checkout (if it is one)."""
-    import platform
-    import subprocess
-    import sys
-    from importlib import metadata
-
     packages = {}
     for name in PACKAGES:
         try:
@@ -163,19 +123,17 @@ class MlflowTracking(Callback):
     """Tune callback: trial lifecycle and per-epoch results -> MLflow child runs."""
 
     def __init__(self, uri: str, study_run: StudyRun, spec: Spec, train_storage: str):
-        from dashboards.pareto import StudyInfo
-
         self.uri = uri
         self.study_run = study_run
         self.study_name = spec.study.name
-        self.base = spec.base
-        self.epochs = spec.base["train"]["epochs"]
-        self.info = StudyInfo.from_spec(spec, study_run.experiment_id, study_run.run_id)
+        self.spec = spec
+        self.info = StudyInfo(spec.study.name, study_run.experiment_id, study_run.run_id,
+                              [(o.metric, o.mode) for o in spec.study.objectives], dict(spec.space))
         self.train_storage = train_storage  # the Train runs' checkpoints: the trial pictures come from there
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged_epochs: dict[str, set[int]] = {}
-        self.outcomes: dict[str, str] = {}  # trial id -> one of FINAL, once the trial has ended
+        self.outcomes: dict[str, Status] = {}  # trial id -> one of FINAL, once the trial has ended
         self._placed: set[str] = set()  # trials whose node is tagged
 
     def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
@@ -203,7 +161,7 @@ class MlflowTracking(Callback):
         self._runs[tid] = run.info.run_id
         self._logged_epochs[tid] = {m.step for m in self.client.get_metric_history(run.info.run_id, "train/loss")}
         if run.data.tags.get(TAG_STATUS) in FINAL:
-            self.outcomes[tid] = run.data.tags[TAG_STATUS]
+            self.outcomes[tid] = Status(run.data.tags[TAG_STATUS])
         return run.info.run_id
 
     def run_for(self, trial) -> str:
@@ -215,9 +173,9 @@ class MlflowTracking(Callback):
         run = self.client.create_run(
             self.study_run.experiment_id,
             run_name=f"{self.study_name}-{tid.split('_')[-1]}",
-            tags={TAG_STUDY: self.study_name, TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
+            tags={TAG_STUDY: self.study_name, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
         )
-        params = flatten(apply_overrides(self.base, trial.config))
+        params = flatten(self.spec.trial_config(trial.config))
         logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=logged[i:i + 100])
@@ -225,16 +183,16 @@ class MlflowTracking(Callback):
         self._logged_epochs[tid] = set()
         return run.info.run_id
 
-    def outcome(self, tid: str) -> str:
-        """finished | stopped early | failed, as recorded (this run or an earlier one); else interrupted."""
+    def outcome(self, tid: str) -> Status:
+        """The trial's final status as recorded (this run or an earlier one); else INTERRUPTED."""
         if tid not in self.outcomes:
             self.find_run(tid)
-        return self.outcomes.get(tid, "interrupted")
+        return self.outcomes.get(tid, Status.INTERRUPTED)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
         self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, TAG_STATUS, "running")
+        self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_for(trial)
@@ -256,45 +214,40 @@ class MlflowTracking(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Tune calls this before it marks the trial TERMINATED: the epoch count decides.
-        self._end(trial, "stopped early" if stopped_early(trial, self.epochs) else "finished", RunStatus.FINISHED)
+        self._end(trial, completed_outcome(trial, self.spec), RunStatus.FINISHED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "diverged" if diverged(trial) else "failed", RunStatus.FAILED)
+        self._end(trial, error_outcome(trial), RunStatus.FAILED)
 
     def on_experiment_end(self, trials, **info):
         # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
         # calls on_trial_complete: their runs would say "running" forever. --resume reopens them.
         for trial in trials:
-            if self.outcome(trial.trial_id) == "interrupted" and self.find_run(trial.trial_id):
-                self._end(trial, "interrupted", RunStatus.KILLED)
+            if self.outcome(trial.trial_id) == Status.INTERRUPTED and self.find_run(trial.trial_id):
+                self._end(trial, Status.INTERRUPTED, RunStatus.KILLED)
 
-    def _end(self, trial, status: str, run_status: int) -> None:
+    def _end(self, trial, status: Status, run_status: int) -> None:
         if status in FINAL:
             self.outcomes[trial.trial_id] = status
         run_id = self.run_for(trial)
-        self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status)])
+        self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status.value)])
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
         if status in FINAL:  # an interrupted trial continues on --resume: its pictures come then
             self._pictures(trial, run_id)
             self.refresh()
 
     def _pictures(self, trial, run_id: str) -> None:
-        from dashboards.trials import log_trial_artifacts
-        from study.tuner import train_run_name
-
-        schedule = trial.config.get("target.schedule", self.base.get("target", {}).get("schedule", "fixed"))
+        adaloss = self.spec.trial_config(trial.config).target.schedule == "adaloss"
         try:
-            log_trial_artifacts(self.client, run_id, f"{self.train_storage}/{train_run_name(trial.trial_id)}",
-                                self.info.objectives[0], adaloss=schedule == "adaloss")
+            publish_trial(self.client, run_id, f"{self.train_storage}/{train_run_name(trial.trial_id)}",
+                          self.info.objectives[0], adaloss=adaloss)
         except Exception as e:  # a picture must never stop a study
             print(f"warning: trial {trial.trial_id}: pictures not logged: {e!r}", flush=True)
 
     def refresh(self, importance: bool = False):
         """Re-rank the study and rewrite its comparison (dashboards.pareto.refresh). -> the table, or None."""
-        from dashboards.pareto import refresh
-
         try:
-            return refresh(self.client, self.info, importance=importance)
+            return publish_study(self.client, self.info, importance=importance)
         except Exception as e:
             print(f"warning: the Pareto comparison was not updated: {e!r}; "
                   f"`python -m dashboards.pareto {self.study_name}` redoes it", flush=True)
@@ -307,22 +260,6 @@ def close_study_run(uri: str, study_run: StudyRun, summary: dict[str, float], st
     if metrics:
         client.log_batch(study_run.run_id, metrics=metrics)
     client.set_terminated(study_run.run_id, status)
-
-
-def ui_command(uri: str) -> str:
-    """The shell command that opens this store in the MLflow UI, bound to loopback."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-
-
-def python_command() -> str:
-    """This interpreter as the user would type it (`.venv/bin/python`): the venv need not be activated."""
-    import sys
-
-    exe = os.path.abspath(sys.executable)
-    rel = os.path.relpath(exe)
-    return rel if not rel.startswith("..") else exe
 
 
 def _param_value(v) -> str:

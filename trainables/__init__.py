@@ -13,5 +13,5 @@ def __getattr__(name: str):
     if name in ("fit", "config_problems"):
         import importlib
 
-        return getattr(importlib.import_module("trainables.trainer"), name)
+        return getattr(importlib.import_module("trainables.trainer" if name == "fit" else "trainables.registry"), name)
     raise AttributeError(f"module 'trainables' has no attribute {name!r}")

@@ -20,14 +20,19 @@ from typing import Any
 
 from trainables.data.augment import AugmentConfig
 from trainables.data.phantom import PhantomConfig
+from trainables.problems import Problem
 
 
 class ConfigError(ValueError):
     """One or more problems with a config; each names its dotted path."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+        self.problems = [Problem.of(p) for p in problems]
         super().__init__("\n".join(self.problems))
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: an outcome of the recipe, not a crash."""
 
 
 @dataclass
@@ -109,7 +114,7 @@ class DistillConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # registry trainables.trainer.OPTIMIZERS
+    name: str = "adam"  # registry trainables.registry.OPTIMIZERS
     lr: float = 1e-3
     weight_decay: float = 0.0
 
@@ -154,6 +159,13 @@ class TrialConfig:
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
+
+    def with_values(self, values: dict[str, Any]) -> "TrialConfig":
+        """This config with dotted-path values set (a trial: base + what the sampler chose).
+
+        The one place a trial's config is built; raises ConfigError for a bad path or value.
+        """
+        return TrialConfig.from_dict(apply_overrides(self.to_dict(), values)) if values else copy.deepcopy(self)
 
 
 # A config name that is a Python keyword (distill.lambda) is stored in the field `lambda_`;

@@ -114,7 +114,7 @@ def distill_problems(cfg: DistillConfig, model_cfg: ModelConfig) -> list[str]:
     if cfg.teacher:
         problem = weights_problem(model_cfg.backbone, cfg.teacher)
         if problem:
-            out.append(problem.replace("model.weights:", "distill.teacher:", 1))
+            out.append(problem.renamed("distill.teacher"))
     elif model_cfg.weights == "none":
         out.append("distill.teacher: the default teacher is the student's initial backbone, but model.weights "
                    "is none (random weights); set model.weights to imagenet or a weights file, or "

@@ -17,7 +17,8 @@ import ray.train.torch
 import ray.util
 
 from trainables.config import TrialConfig
-from trainables.trainer import METRICS_FILE, fit
+from trainables.checkpoint import METRICS_FILE
+from trainables.trainer import fit
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -13,94 +13,28 @@ trains on its shard and only rank 0 writes checkpoints.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
-from trainables.config import ConfigError, TrialConfig
-from trainables.data.augment import augment, is_active, validate as augment_problems
-from trainables.data.cache import default_cache_dir
-from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, to_original
+from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, Report, report_with_checkpoint  # noqa: F401 (re-exported)
+from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
 from trainables.cost import cost_figures
-from trainables.distill import DISTILL_TERMS, Distiller, distill_problems, distill_term
-from trainables.heatmaps import DECODERS, TargetRenderer
-from trainables.losses import LOSSES, loss_problems
-from trainables.metrics import (NME_AUC_PERCENT, NME_FR_PERCENT, format_table, normalized_errors,
-                                 per_landmark_table, radial_errors_mm, summarize)
-from trainables.models import MODELS, build_model, model_problems
-from trainables.schedules import SCHEDULES, schedule_problems
-
-Report = Callable[[dict, "Path | None"], None]
-
-OPTIMIZERS = {
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
-    "adadelta": lambda params, c: torch.optim.Adadelta(params, lr=c.lr, weight_decay=c.weight_decay),
-}
-
-# Registry-backed config fields: (dotted path, registry). A wrong name lists the valid ones.
-REGISTRIES = {
-    "model.name": MODELS,
-    "data.dataset": datasets.DATASETS,
-    "target.schedule": SCHEDULES,
-    "loss.type": LOSSES,
-    "distill.type": DISTILL_TERMS,
-    "optim.name": OPTIMIZERS,
-    "eval.decode": DECODERS,
-}
-
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
-PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-def config_problems(cfg: TrialConfig) -> list[str]:
-    """Everything that would stop `fit` before its first step, as messages naming the config path."""
-    out = []
-    for path, registry in REGISTRIES.items():
-        section, key = path.split(".")
-        name = getattr(getattr(cfg, section), key)
-        if name not in registry:
-            out.append(f"{path}: unknown {name!r}; choose one of {sorted(registry)}")
-    out += model_problems(cfg.model, cfg.data.input_size)
-    out += schedule_problems(cfg.target)
-    out += loss_problems(cfg.loss, cfg.target.normalize)
-    if cfg.distill.type in DISTILL_TERMS and cfg.model.name in MODELS:
-        out += distill_problems(cfg.distill, cfg.model)
-    for path, value in [("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)]:
-        if value < 1:
-            out.append(f"{path}: must be at least 1, got {value}")
-    if not 0 <= cfg.eval.preview <= 8:
-        out.append(f"eval.preview: must be 0 to 8 images (0 = no pictures), got {cfg.eval.preview}")
-    if not cfg.optim.lr > 0:
-        out.append(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if cfg.train.device not in ("auto", "cpu", "cuda"):
-        out.append(f"train.device: unknown {cfg.train.device!r}; choose one of ['auto', 'cpu', 'cuda']")
-    out += augment_problems(cfg.data.augment)
-    if cfg.data.dataset in datasets.DATASETS:
-        out += datasets.problems(cfg.data)
-        if cfg.eval.split:
-            out += datasets.split_problems(cfg.data, cfg.eval.split, "eval.split")
-    for path, value in [("eval.fr_threshold", cfg.eval.fr_threshold), ("eval.auc_threshold", cfg.eval.auc_threshold)]:
-        if value < 0:
-            out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
-    return out
-
+from trainables.data.augment import augment, is_active
+from trainables.data.cache import default_cache_dir
+from trainables.data.dataset import LandmarkDataset
+from trainables.distill import Distiller, distill_term
+from trainables.losses import LOSSES
+from trainables.metrics import format_table, per_landmark_table
+from trainables.models import build_model
+from trainables.objective import Objective, Scorer
+from trainables.registry import OPTIMIZERS, config_problems
+from trainables.schedules import SCHEDULES
 
 def load_split(cfg: TrialConfig, split: str) -> LandmarkDataset:
     """One split of cfg.data at the input size, through the node's image cache."""
@@ -215,7 +149,7 @@ def fit(
             metrics.update(test)
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
         preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, strides[-1]) if rank == 0 else None
-        _report_with_checkpoint(report, metrics, rank, {
+        report_with_checkpoint(report, metrics, rank, {
             "model": _unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
@@ -223,119 +157,6 @@ def fit(
             "epoch": epoch + 1,
         }, tables, preview)
     return metrics
-
-
-class Objective:
-    """The regression loss L_R: each head against a target rendered at its own stride, summed over heads.
-
-    heads: [(B, K, H/s, W/s) for s in strides], coords (B, K, 2) (NaN rows = not annotated),
-    sigma (K,) -> (K,) per-landmark loss. Targets are rendered on the heads' device into buffers
-    reused every step (`TargetRenderer`).
-    """
-
-    def __init__(self, loss_fn, cfg: TrialConfig, strides: tuple[int, ...]):
-        self.loss_fn, self.loss_cfg, self.strides = loss_fn, cfg.loss, strides
-        self.render = TargetRenderer(normalize=cfg.target.normalize)
-
-    def __call__(self, heads: list, coords, sigma):
-        valid = ~coords.isnan().any(dim=-1)  # (B, K)
-        total = 0
-        for slot, (heatmaps, stride) in enumerate(zip(heads, self.strides)):
-            target = self.render(coords, sigma, tuple(heatmaps.shape[-2:]), stride, slot)
-            total = total + self.loss_fn(heatmaps.float(), target, self.loss_cfg, valid)
-        return total
-
-
-class Scorer:
-    """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
-
-    Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
-    (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
-    in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
-    """
-
-    def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
-        self.decode, self.flip_test = DECODERS[cfg.eval.decode], cfg.eval.flip_test
-        self.flip_index, self.unit, self.nme_pair = flip_index, spec.unit, spec.nme_pair
-        self.batch_size, self.device = cfg.train.batch_size, device
-        default_fr, default_auc = (NME_FR_PERCENT, NME_AUC_PERCENT) if spec.unit == "nme" else (4.0, 4.0)
-        self.fr = cfg.eval.fr_threshold or default_fr
-        self.auc = cfg.eval.auc_threshold or default_auc
-
-    def _predict(self, model, images):
-        """(B, 1, H, W) -> finest heatmaps (B, K, h, w) (flip-averaged if eval.flip_test), and the heads."""
-        heads = model(images)
-        heatmaps = heads[-1].float()
-        if self.flip_test:
-            # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
-            mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
-            heatmaps = (heatmaps + mirrored) / 2
-        return heatmaps, heads
-
-    @torch.no_grad()
-    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, torch.Tensor]:
-        """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
-        model.eval()
-        stride = objective.strides[-1]
-        errors, loss_sum, n = [], 0.0, 0
-        for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size):
-            images, coords = images.to(self.device), coords.to(self.device)
-            heatmaps, heads = self._predict(model, images)
-            loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
-            n += len(images)
-            pred = to_original(self.decode(heatmaps, stride).cpu(), frames)
-            gt = to_original(coords.cpu(), frames)
-            if self.unit == "nme":
-                errors.append(normalized_errors(pred, gt, self.nme_pair))
-            else:
-                errors.append(radial_errors_mm(pred, gt, spacing))
-        errors = torch.cat(errors)
-        metrics = {f"{split}/loss": loss_sum / n,
-                   **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc)}
-        return metrics, errors
-
-    @torch.no_grad()
-    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, stride: int) -> dict:
-        """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
-        images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
-        landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
-        whole split (for the CED); unit, ced_threshold and stride as 0-d arrays."""
-        out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
-               "stride": np.array(stride)}
-        count = min(count, len(ds))
-        if count > 0:
-            model.eval()
-            images, coords, _, _ = next(iter(DataLoader(ds, batch_size=count)))
-            heatmaps, _ = self._predict(model, images.to(self.device))
-            pred = self.decode(heatmaps, stride).cpu()
-            peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
-            out |= {
-                "images": ((images[:, 0] * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
-                "gt": coords.numpy(), "pred": pred.numpy(),
-                "heatmaps": (heatmaps.clamp(min=0) / peak).amax(1).cpu().half().numpy(),
-            }
-        return out
-
-
-def _report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str],
-                            preview: dict | None) -> None:
-    """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
-    interrupted between saving and delivering them can report them again on resume), preview.npz
-    (Scorer.preview) and, at the end, <name>_per_landmark.txt tables."""
-    if rank != 0:
-        report(metrics, None)
-        return
-    folder = Path(tempfile.mkdtemp(prefix="landmark-ckpt-"))
-    try:
-        torch.save(state, folder / CHECKPOINT_FILE)
-        (folder / METRICS_FILE).write_text(json.dumps(metrics))
-        if preview is not None:
-            np.savez_compressed(folder / PREVIEW_FILE, **preview)
-        for name, table in tables.items():
-            (folder / f"{name}_per_landmark.txt").write_text(table + "\n")
-        report(metrics, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _unwrap(model):

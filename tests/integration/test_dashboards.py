@@ -21,10 +21,11 @@ from PIL import Image
 from study_cli import clean_env
 from test_pareto_html import _check_drawn, _screenshot
 
-from dashboards import plots
+from dashboards import plots, study_plots, trial_plots
 from dashboards.trials import best, checkpoints, log_trial_artifacts
 from study.spec import load_spec
-from study.tracking import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, open_study_run
+from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
+from study.tracking import open_study_run
 from trainables import TrialConfig, fit
 from trainables.config import apply_overrides
 
@@ -130,7 +131,7 @@ def test_the_front_plots_are_on_the_study_run(store):
     assert "plotly" in html and all(f'"{t}"' in html or f"'{t}'" in html or f">{t}<" in html or t in html
                                     for t in ("a", "b", "g"))
     png = Image.open(_artifact(store, "pareto/front.png"))
-    assert png.format == "PNG" and png.size == plots.pareto_png_size(2)
+    assert png.format == "PNG" and png.size == study_plots.pareto_png_size(2)
     assert np.asarray(png.convert("L")).std() > 5  # not a blank canvas
 
 
@@ -150,7 +151,7 @@ def test_parameter_importance_is_on_the_study_run(store):
     assert sum(info["importances"].values()) == pytest.approx(1.0, abs=1e-6)
     assert "6 finished trials" in info["method"]
     png = Image.open(_artifact(store, "importance/importance.png"))
-    assert png.size == plots.importance_png_size(2)
+    assert png.size == study_plots.importance_png_size(2)
     metrics = store["client"].get_run(store["run_id"]).data.metrics
     assert set(k for k in metrics if k.startswith("importance/")) == {"importance/optim.lr", "importance/target.schedule"}
 
@@ -224,7 +225,7 @@ def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny
     out = tmp_path / "dl"
     h, w = cfg.data.input_size
     sizes = {"plots/ced.png": plots.CED_PNG_SIZE, "plots/sigma.png": plots.SIGMA_PNG_SIZE,
-             "plots/overlays.png": plots.overlay_png_size(2, h, w), "plots/heatmaps.png": plots.overlay_png_size(2, h, w)}
+             "plots/overlays.png": trial_plots.overlay_png_size(2, h, w), "plots/heatmaps.png": trial_plots.overlay_png_size(2, h, w)}
     for path, size in sizes.items():
         png = Image.open(client.download_artifacts(run_id, path, str(out)))
         assert png.format == "PNG" and png.size == size, path

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboards.pareto import rank_table
-from dashboards.plots import FRONT_COLOR, pareto_html
+from dashboards.plots import FRONT_COLOR
+from dashboards.ranking import rank_table
+from dashboards.study_plots import pareto_html
 
 pytestmark = pytest.mark.integration
 

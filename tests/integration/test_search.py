@@ -14,8 +14,8 @@ import pytest
 import yaml
 from study_cli import run_cli
 
-from study.space import ConditionalGridSampler
-from study.spec import Param
+from study.search import ConditionalGridSampler
+from study.space import Param
 
 pytestmark = pytest.mark.integration
 

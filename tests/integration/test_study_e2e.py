@@ -98,8 +98,8 @@ def test_train_runs_are_named_after_trials_and_checkpointed(study):
 def test_trial_runs_carry_their_pictures_best_checkpoint_and_pareto_tags(study):
     from PIL import Image
 
-    from dashboards import plots
-    from dashboards.pareto import pareto_ranks
+    from dashboards import trial_plots
+    from dashboards.ranking import pareto_ranks
 
     _, trials, _ = trial_runs(study["uri"])
     client = mlflow.tracking.MlflowClient(study["uri"])
@@ -116,7 +116,7 @@ def test_trial_runs_carry_their_pictures_best_checkpoint_and_pareto_tags(study):
         assert names == pictures | {"checkpoint/checkpoint.pt", "checkpoint/metrics.json",
                                     "tables/test_test2_per_landmark.txt"}, run["params.target.schedule"]
         overlay = Image.open(client.download_artifacts(run["run_id"], "plots/overlays.png", str(study["dir"] / "dl")))
-        assert overlay.size == plots.overlay_png_size(2, 32, 24)
+        assert overlay.size == trial_plots.overlay_png_size(2, 32, 24)
 
 
 def test_the_study_run_carries_the_comparison(study):

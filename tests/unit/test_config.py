@@ -12,7 +12,7 @@ from trainables.config import (
     leaf_paths,
 )
 from trainables.data.phantom import PhantomConfig
-from trainables.trainer import config_problems
+from trainables.registry import config_problems
 
 
 def _problems(d: dict, prefix: str = "") -> list[str]:
@@ -187,7 +187,7 @@ def test_defaults_have_no_problems():
 
 
 def test_unknown_registry_name_lists_the_valid_names():
-    from trainables.trainer import OPTIMIZERS
+    from trainables.registry import OPTIMIZERS
 
     ps = config_problems(TrialConfig.from_dict({"optim": {"name": "adamm"}}))
     assert ps == [f"optim.name: unknown 'adamm'; choose one of {sorted(OPTIMIZERS)}"]

@@ -13,7 +13,7 @@ from trainables.config import DistillConfig, LossConfig, ModelConfig, apply_over
 from trainables.distill import Distiller, cd_loss, distill_problems, distill_term, ed_loss
 from trainables.losses import LOSSES
 from trainables.models.simple_baseline import SimpleBaseline
-from trainables.trainer import CHECKPOINT_FILE
+from trainables.checkpoint import CHECKPOINT_FILE
 
 WIDTH = 0.03125  # SimpleBaseline decoder: max(8, round(256·width)) = 8 channels
 SMALLEST = ["resnet18", "vgg16", "densenet121"]  # the smallest BACKBONES of each family

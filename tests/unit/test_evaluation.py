@@ -16,7 +16,10 @@ from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset
 from trainables.data.record import Record
 from trainables.losses import LOSSES
 from trainables.metrics import reported_metrics
-from trainables.trainer import CHECKPOINT_FILE, Objective, Scorer, config_problems, load_split
+from trainables.checkpoint import CHECKPOINT_FILE
+from trainables.objective import Objective, Scorer
+from trainables.registry import config_problems
+from trainables.trainer import load_split
 
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboards.pareto import TAG_FRONT, TAG_RANK, describe_excluded, pareto_ranks, rank_table
+from dashboards.ranking import describe_excluded, pareto_ranks, rank_table
+from study.schema import TAG_FRONT, TAG_RANK
 
 NAN = float("nan")
 

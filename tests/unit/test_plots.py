@@ -21,18 +21,9 @@ from dashboards.plots import (
     OVERLAY_HEADER_PX,
     OVERLAY_TITLE_PX,
     SIGMA_PNG_SIZE,
-    ced_png,
-    ced_summary,
-    heatmaps_png,
-    importance_png,
-    importance_png_size,
-    overlay_png_size,
-    overlays_png,
-    pareto_html,
-    pareto_png,
-    pareto_png_size,
-    sigma_png,
 )
+from dashboards.study_plots import importance_png, importance_png_size, pareto_html, pareto_png, pareto_png_size
+from dashboards.trial_plots import ced_png, ced_summary, heatmaps_png, overlay_png_size, overlays_png, sigma_png
 
 NAN = float("nan")
 MRE, GF, SDR = ("val/mre_mm", "min"), ("cost/gflops", "min"), ("val/sdr_2mm", "max")

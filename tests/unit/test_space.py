@@ -5,7 +5,7 @@ import textwrap
 import optuna
 import pytest
 
-from study.space import SpaceSampler, distribution, make_sampler, population_size, startup_trials
+from study.search import SpaceSampler, distribution, make_sampler, population_size, startup_trials
 from study.spec import load_spec
 
 GRID = """\

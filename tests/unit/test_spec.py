@@ -7,8 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study.space import SpaceSampler
-from study.spec import Param, SpecError, load_spec
+from study.search import SpaceSampler
+from study.space import Param
+from study.spec import SpecError, load_spec
 from trainables.config import TrialConfig
 from trainables.metrics import all_metric_names, reported_metrics
 
@@ -51,16 +52,16 @@ def test_quickstart_loads():
     }
     assert (spec.study.scheduler.type, spec.study.scheduler.grace_period) == ("asha", 3)
     # base: what the YAML says, and the defaults for everything it leaves out
-    assert spec.base["optim"]["lr"] == 1e-3 and spec.base["train"]["batch_size"] == 4
-    assert spec.base["train"]["device"] == "auto" and spec.base["eval"]["decode"] == "argmax"
-    assert TrialConfig.from_dict(spec.base).to_dict() == spec.base  # a complete, valid trial config
+    assert spec.base.optim.lr == 1e-3 and spec.base.train.batch_size == 4
+    assert spec.base.train.device == "auto" and spec.base.eval.decode == "argmax"
+    assert isinstance(spec.base, TrialConfig)  # a complete, valid trial config
     assert spec.source == str(QUICKSTART) and spec.text == QUICKSTART.read_text()
 
 
 def test_minimal_spec_gets_defaults(tmp_path):
     spec = load_spec(_write(tmp_path, "study: {name: tiny}\n"))
     assert spec.study.trials == 8 and spec.study.sampler == "tpe" and spec.resources.workers == 1
-    assert spec.base == TrialConfig().to_dict()
+    assert spec.base == TrialConfig()
     assert spec.space == {}
 
 
@@ -259,16 +260,16 @@ def test_relative_data_root_is_made_absolute(tmp_path, monkeypatch):
         study: {name: x}
         base: {data: {root: some/phantom}}
         """))
-    assert spec.base["data"]["root"] == str(tmp_path.resolve() / "some" / "phantom")
-    assert Path(spec.base["data"]["root"]).is_absolute()
+    assert spec.base.data.root == str(tmp_path.resolve() / "some" / "phantom")
+    assert Path(spec.base.data.root).is_absolute()
     spec = load_spec(_write(tmp_path, "study: {name: x}\n"), ["base.data.root=other"])
-    assert spec.base["data"]["root"] == str(tmp_path.resolve() / "other")  # also when set by --set
+    assert spec.base.data.root == str(tmp_path.resolve() / "other")  # also when set by --set
 
 
 def test_empty_data_root_stays_empty(tmp_path):
     # phantom: "" means "a cache folder keyed by its config"; resolving it would give the cwd.
     spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {data: {root: ''}}\n"))
-    assert spec.base["data"]["root"] == ""
+    assert spec.base.data.root == ""
 
 
 # --- all at once, overrides ---------------------------------------------------------------
@@ -314,15 +315,15 @@ def test_set_overrides_are_yaml_scalars():
     spec = load_spec(QUICKSTART, ["study.trials=7", "base.train.epochs=4", "base.optim.lr=1.0e-2",
                                   "study.storage=/tmp/elsewhere"])
     assert spec.study.trials == 7
-    assert spec.base["train"]["epochs"] == 4
-    assert spec.base["optim"]["lr"] == 0.01
+    assert spec.base.train.epochs == 4
+    assert spec.base.optim.lr == 0.01
     assert spec.study.storage == "/tmp/elsewhere"
     assert spec.space["optim.lr"].args == [5e-4, 5e-3]  # untouched
 
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {optim: {lr: 1e-3}}\n"), ["base.optim.weight_decay=1e-5"])
-    assert spec.base["optim"]["lr"] == 1e-3 and spec.base["optim"]["weight_decay"] == 1e-5
+    assert spec.base.optim.lr == 1e-3 and spec.base.optim.weight_decay == 1e-5
 
 
 def test_set_overrides_are_validated_like_the_file():
@@ -634,7 +635,8 @@ def test_custom_resources(tmp_path):
 
 
 def test_resources_the_cluster_cannot_provide():
-    from study.spec import Resources, resource_problems
+    from study.cluster import resource_problems
+    from study.spec import Resources
 
     nodes = [{"CPU": 2.0, "memory": 1e9, "node:127.0.0.1": 1.0}, {"CPU": 1.0, "extra_node": 2.0}]
     assert resource_problems(Resources(workers=3), nodes) == []
@@ -690,7 +692,7 @@ def test_resolved_spec_is_plain_data():
 
 
 def test_spec_diff_names_each_changed_field():
-    from study.spec import spec_diff
+    from study.storage import spec_diff
 
     old = load_spec(QUICKSTART).resolved()
     new = load_spec(QUICKSTART, ["base.train.epochs=3", "resources.custom.fast=1"]).resolved()
@@ -712,21 +714,21 @@ def test_shipped_full_size_specs_validate_without_data_or_weights(name, tmp_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
     spec = load_spec(REPO / "search_spaces" / f"{name}.yaml", check_data=False)
     assert spec.warnings and all("does not exist" in w or "torch hub cache" in w for w in spec.warnings)
-    assert spec.base["data"]["dataset"] in ("isbi2015", "300w")
+    assert spec.base.data.dataset in ("isbi2015", "300w")
 
 
 def test_shipped_specs_express_the_papers_comparisons():
     farnet = load_spec(REPO / "search_spaces" / "farnet.yaml", check_data=False)
-    assert farnet.base["data"]["input_size"] == [800, 640]
+    assert farnet.base.data.input_size == (800, 640)
     assert [o.metric for o in farnet.study.objectives] == ["val/mre_mm", "val/sdr_2mm", "cost/gflops"]
     assert farnet.space["target.sigma"].when == {"target.schedule": ["fixed"]}
     assert farnet.space["loss.alpha"].when == {"loss.type": ["ewc"]}
     adaloss = load_spec(REPO / "search_spaces" / "adaloss.yaml", check_data=False)
-    assert adaloss.base["model"]["name"] == "unet" and adaloss.study.sampler == "grid"
+    assert adaloss.base.model.name == "unet" and adaloss.study.sampler == "grid"
     assert adaloss.space["optim.lr"].args == [1e-3, 1e-4]
     assert {p.get("target.schedule") for p in adaloss.grid()} == {"fixed", "adaloss"}
     crosstask = load_spec(REPO / "search_spaces" / "crosstask.yaml", check_data=False)
-    assert (crosstask.base["model"]["name"], crosstask.base["model"]["backbone"]) == ("simple_baseline", "resnet50")
+    assert (crosstask.base.model.name, crosstask.base.model.backbone) == ("simple_baseline", "resnet50")
     assert crosstask.space["distill.type"].args == ["none", "cd", "ed", "both"]
     assert crosstask.space["distill.mu"].when == {"distill.type": ["cd", "both"]}
 

@@ -3,7 +3,7 @@
 import textwrap
 
 from study.spec import load_spec
-from study.tuner import StudyStorage
+from study.storage import StudyStorage
 
 
 def _spec(tmp_path, storage):

@@ -9,7 +9,7 @@ import torch
 
 from trainables import ConfigError, TrialConfig, fit
 from trainables.config import apply_overrides
-from trainables.trainer import CHECKPOINT_FILE, PREVIEW_FILE
+from trainables.checkpoint import CHECKPOINT_FILE, PREVIEW_FILE
 from trainables.metrics import reported_metrics
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from trainables.data import face300w, hand, isbi2015, phantom
 from trainables.data.record import Record, read_image
+from trainables.problems import Problem
 
 # Where phantom data is generated when data.root is empty; on a cluster each node makes its
 # own (identical, seeded) copy.
@@ -50,6 +51,11 @@ def _root(cfg) -> Path:
     return Path(cfg.root).expanduser()
 
 
+def _under(key: str, problems: list) -> list[Problem]:
+    """A loader's problems reported under a config key, keeping their kind (a missing root stays MISSING)."""
+    return [Problem.of(p).under(key) if isinstance(p, Problem) else Problem(key, p) for p in problems]
+
+
 def _root_problem(cfg, holds: str) -> list[str]:
     return [] if cfg.root else [f"data.root: {cfg.dataset} needs the dataset folder (holding {holds})"]
 
@@ -71,11 +77,11 @@ def _isbi_problems(cfg) -> list[str]:
             out.append(f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
                        f"{cfg.phantom.num_landmarks}; set them equal")
         if cfg.root and _root(cfg).exists():
-            out += [f"data.root: {p}" for p in isbi2015.layout_problems(_root(cfg))]
+            out += _under("data.root", isbi2015.layout_problems(_root(cfg)))
         return out
     if not cfg.root:
         return out + _root_problem(cfg, "RawImage/ and AnnotationsByMD/")
-    return out + [f"data.root: {p}" for p in isbi2015.layout_problems(_root(cfg))]
+    return out + _under("data.root", isbi2015.layout_problems(_root(cfg)))
 
 
 def _isbi_records(cfg, split: str) -> list[Record]:
@@ -95,7 +101,7 @@ def _hand_problems(cfg) -> list[str]:
     out = _root_problem(cfg, "all.csv, images/ and splits/")
     if out:
         return out
-    layout = [f"data.root: {p}" for p in hand.layout_problems(_root(cfg))]
+    layout = _under("data.root", hand.layout_problems(_root(cfg)))
     if layout:
         return layout
     a, b = cfg.hand.ruler
@@ -126,10 +132,10 @@ def _face_problems(cfg) -> list[str]:
         out.append(f"data.face.crop_scale: must be > 0, got {cfg.face.crop_scale}")
     if not cfg.root:
         return out + _root_problem(cfg, "afw/, helen/, lfpw/ and ibug/")
-    out += [f"data.root: {p}" for p in face300w.layout_problems(_root(cfg))]
+    out += _under("data.root", face300w.layout_problems(_root(cfg)))
     for key in ("train_split", "val_split"):
         if getattr(cfg, key) == "test":
-            out += [f"data.{key}: {p}" for p in face300w.split_problems(_root(cfg), "test")]
+            out += _under(f"data.{key}", face300w.split_problems(_root(cfg), "test"))
     return out
 
 
@@ -160,5 +166,5 @@ def problems(cfg) -> list[str]:
 
 def split_problems(cfg, split: str, key: str) -> list[str]:
     """Problems of one more split name (e.g. eval.split) under config key `key`."""
-    return [p.replace("data.train_split", key, 1)
-            for p in problems(dataclasses.replace(cfg, train_split=split)) if p.startswith("data.train_split")]
+    return [Problem.of(p).renamed(key) for p in problems(dataclasses.replace(cfg, train_split=split))
+            if Problem.of(p).path == "data.train_split"]

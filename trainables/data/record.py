@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainables.problems import Problem
+
 
 class DatasetFormatError(ValueError):
     """The dataset on disk does not match the expected layout or file format.
@@ -51,7 +53,7 @@ def read_image(path: Path) -> np.ndarray:
 def root_problems(root: Path) -> list[str]:
     """[] when a dataset root is an existing folder, else the one problem (every loader's first check)."""
     if not root.exists():
-        return [f"{root}: dataset root does not exist"]
+        return [Problem(str(root), "dataset root does not exist", Problem.MISSING)]
     if not root.is_dir():
         return [f"{root}: dataset root is not a folder"]
     return []

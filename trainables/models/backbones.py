@@ -43,6 +43,7 @@ from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD
+from trainables.problems import Problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -208,7 +209,11 @@ def build_backbone(name: str, weights: str = "none") -> Backbone:
     return backbone
 
 
-def weights_problem(name: str, weights: str) -> str | None:
+class MissingWeights(ValueError):
+    """The weights file is not on this machine (a dry run tolerates that; a real run does not)."""
+
+
+def weights_problem(name: str, weights: str) -> Problem | None:
     """None when build_backbone(name, weights) can load the weights, else a one-line fix."""
     try:
         spec = _spec(name)
@@ -217,10 +222,13 @@ def weights_problem(name: str, weights: str) -> str | None:
         state = _read_weights(name, weights)
         with torch.device("meta"):  # the expected keys and shapes, without allocating a model
             expected = spec.build(weights=None).state_dict()
+    except MissingWeights as err:
+        found = Problem.of(str(err))
+        return Problem(found.path, found.message, Problem.MISSING)
     except ValueError as err:
-        return str(err)
+        return Problem.of(str(err))
     problem = _mismatch(expected, state)
-    return _path_problem(name, weights, problem, next(iter(expected))) if problem else None
+    return Problem.of(_path_problem(name, weights, problem, next(iter(expected)))) if problem else None
 
 
 def imagenet_file(name: str) -> Path:
@@ -241,13 +249,13 @@ def _read_weights(name: str, weights: str) -> dict[str, Tensor]:
         path = imagenet_file(name)
         if not path.is_file():
             enum = _spec(name).imagenet
-            raise ValueError(f"model.weights: imagenet weights for {name} are not in the torch hub cache; "
+            raise MissingWeights(f"model.weights: imagenet weights for {name} are not in the torch hub cache; "
                              f"put {path.name} in {path.parent}/ (torchvision's {type(enum).__name__}."
                              f"{enum.name}, {enum.url})")
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ValueError(f"model.weights: {weights} does not exist; expected 'none', 'imagenet' or the "
+            raise MissingWeights(f"model.weights: {weights} does not exist; expected 'none', 'imagenet' or the "
                              f"path of a state dict of a torchvision {name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

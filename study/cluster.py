@@ -1,0 +1,124 @@
+"""The Ray side of a study before any trial: joining or starting Ray, what the cluster holds,
+and the plan (trials at once, trials in all) that follows from the spec's resources.
+
+    init_ray(address=None, verbose=False, dashboard=True)   # a local Ray, or join --address
+    concurrency, trials = plan(spec)                         # SpecError if no trial can ever be placed
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+import ray
+
+from study.spec import Resources, Spec, SpecError, StudyError
+
+
+def resource_problems(res: Resources, nodes: list[dict[str, float]]) -> list[str]:
+    """What stops one trial from ever being placed, given each alive node's total resources.
+
+    Every Train worker must fit on one node; the cluster is asked once, before any trial starts.
+    """
+    need = res.per_worker()
+    out = []
+    for key, amount in need.items():
+        path = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}.get(key, f"resources.custom.{key}")
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        total = sum(n.get(key, 0.0) for n in nodes)
+        if most == 0 and key not in ("CPU", "GPU"):
+            have = sorted({k for n in nodes for k in n if not k.startswith(("node:", "accelerator_type"))})
+            out.append(f"{path}: no node of the cluster has a {key!r} resource; it has {', '.join(have)}")
+        elif amount > most:
+            out.append(f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
+                       f"({len(nodes)} node(s), {total:g} {key} in all)")
+    if not out:
+        fits = workers_that_fit(res, nodes)
+        if res.workers > fits:
+            out.append(f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
+                       f"holds only {fits} at once")
+    return out
+
+
+def workers_that_fit(res: Resources, nodes: list[dict[str, float]]) -> int:
+    """How many Train workers of this request the nodes hold at once (each on one node)."""
+    need = res.per_worker()
+    return sum(min(int(n.get(k, 0.0) // a) for k, a in need.items() if a > 0) for n in nodes)
+
+
+def _fmt_request(need: dict[str, float]) -> str:
+    return " + ".join(f"{v:g} {k}" for k, v in need.items())
+
+
+def init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Worker output (Train's per-report lines, placement-group notices) would bury the progress
+    # lines; it stays in Ray's session logs, and a failed trial's traceback is in its error.txt.
+    kwargs = dict(logging_level="WARNING", log_to_driver=verbose)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as e:
+            raise StudyError(f"cannot join the Ray cluster at {address}: {e}") from None
+        print(f"joined Ray cluster at {address}: {describe_resources(ray.cluster_resources())} "
+              f"on {len(alive_nodes())} node(s)", flush=True)
+    else:
+        # When ASHA stops a trial, Tune kills its driver ungracefully, and Train V2 frees that
+        # trial's placement group only through the state API, which the dashboard serves: without
+        # it each stopped trial keeps its CPUs and the study stalls. The dashboard costs ~10 s to
+        # start, so it runs only when trials can be stopped. Clusters started by `ray start` have it.
+        # address="local": a new Ray of our own, even when a `ray start` cluster runs on this machine
+        # (ray.init() would silently join it); joining one is what --address auto is for.
+        if dashboard:
+            # Ray's state API, run inside workers, finds the dashboard through the machine's most
+            # recently started Ray (/tmp/ray/ray_current_cluster), which need not be this one: name
+            # ours to every worker explicitly.
+            port = _free_port()
+            kwargs.update(dashboard_port=port,
+                          runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        print(f"started a local Ray: {describe_resources(ray.cluster_resources())}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def plan(spec: Spec) -> tuple[int, int]:
+    """(trials at once, trials in all). Fails, naming the resources: key, if no trial can be placed."""
+    nodes = alive_nodes()
+    problems = resource_problems(spec.resources, nodes)
+    if problems:
+        raise SpecError(spec.source, problems + [f"(the cluster: {describe_resources(ray.cluster_resources())} "
+                                                 f"on {len(nodes)} node(s))"])
+    trials = spec.study.trials
+    if spec.study.sampler == "grid":
+        points = len(spec.grid())
+        if trials != points:
+            print(f"note: the grid has {points} points; running {min(trials, points)} of them"
+                  + (" (in a seeded random order)" if trials < points else f", not study.trials {trials}"), flush=True)
+        trials = min(trials, points)
+    need = spec.resources.per_worker()
+    fits = max(1, workers_that_fit(spec.resources, nodes) // spec.resources.workers)
+    if spec.study.concurrency > fits:
+        print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
+              f"of {spec.resources.workers} × {describe_resources(need)}); the extra trials will wait", flush=True)
+    return max(1, min(spec.study.concurrency or fits, trials)), trials
+
+
+def describe_resources(resources: dict) -> str:
+    """'2 CPU, 1 GPU, 1 worker_node': CPU and GPU first, then custom resources by name (Ray's order varies)."""
+    shown = [k for k in resources if k in ("CPU", "GPU") or not k.startswith(
+        ("node:", "memory", "object_store_memory", "accelerator_type"))]
+    shown.sort(key=lambda k: (k not in ("CPU", "GPU"), k))
+    return ", ".join(f"{resources[k]:g} {k}" for k in shown) or "no resources"

@@ -1,0 +1,90 @@
+"""The study's console: one line per trial start, per epoch and per trial end, with the best value
+of each objective so far.
+
+    [00:42] start  1b312452  target.schedule=adaloss, optim.lr=0.0003
+    [00:51] epoch  1b312452  3/10  train/loss=0.0123  val/mre_mm=4.1  | best val/mre_mm=4.1 (1b312452)
+    [01:30] finished  1b312452  (2/4 trials done, 1 running)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from ray import tune
+
+from study.schema import Status, error_outcome
+from study.spec import Spec
+from study.trial import stopped_early
+
+
+class Progress(tune.Callback):
+    """Tune callback that prints the study's progress (see the module docstring)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.objectives = [(o.metric, o.mode) for o in spec.study.objectives]
+        self.trials = spec.study.trials
+        self.best: dict[str, tuple[float, str]] = {}
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def __setstate__(self, state):  # restored with the experiment on --resume: restart the clock
+        self.__dict__.update(state)
+        self.t0 = time.monotonic()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        params = ", ".join(f"{k}={fmt(trial.config[k])}" for k in self.spec.space if k in trial.config)
+        print(f"[{self._clock()}] start  {trial.trial_id}  {params}", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        values = []
+        for metric, mode in self.objectives:
+            v = result.get(metric)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                old = self.best.get(metric)
+                if old is None or (v < old[0] if mode == "min" else v > old[0]):
+                    self.best[metric] = (v, trial.trial_id)
+            values.append(f"{metric}={fmt(v)}")
+        best = "  ".join(f"{m}={self.best[m][0]:.4g} ({self.best[m][1]})" for m, _ in self.objectives if m in self.best)
+        epochs = self.spec.trial_config(trial.config).train.epochs
+        print(
+            f"[{self._clock()}] epoch  {trial.trial_id}  {result.get('epoch')}/{epochs}  "
+            f"train/loss={fmt(result.get('train/loss'))}  {'  '.join(values)}  | best {best or '-'}",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done = _ended(trials, trial)
+        early = stopped_early(trial, self.spec)
+        outcome = f"stopped early at epoch {trial.last_result.get('epoch')}" if early else "finished"
+        print(f"[{self._clock()}] {outcome}  {trial.trial_id}  ({self.done}/{self.trials} trials done, "
+              f"{_running(trials, trial)})", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done = _ended(trials, trial)
+        if error_outcome(trial) == Status.DIVERGED:
+            epoch = (trial.last_result or {}).get("epoch", 0) + 1
+            print(f"[{self._clock()}] diverged {trial.trial_id} at epoch {epoch} (NaN/inf train/loss)  "
+                  f"({self.done}/{self.trials} trials done)", flush=True)
+            return
+        print(f"[{self._clock()}] FAILED {trial.trial_id}  ({self.done}/{self.trials}); "
+              f"see {trial.local_path}/error.txt", flush=True)
+
+    def _clock(self) -> str:
+        s = int(time.monotonic() - self.t0)
+        return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _ended(trials, ending) -> int:
+    """Trials done, counting those a resumed study finished before (Tune has not yet marked `ending`)."""
+    return sum(t.status in ("TERMINATED", "ERROR") and t is not ending for t in trials) + 1
+
+
+def _running(trials, ending) -> str:
+    # Tune still counts the ending trial as RUNNING when it calls the callbacks.
+    return f"{sum(t.status == 'RUNNING' and t is not ending for t in trials)} running"
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

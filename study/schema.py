@@ -1,0 +1,70 @@
+"""The contract between the study driver and the dashboards: MLflow tag names, trial statuses,
+and how a trial's outcome is read. Both sides import this module; it imports neither.
+
+    from study.schema import TAG_STATUS, Status
+    client.set_tag(run_id, TAG_STATUS, Status.DIVERGED)      # a StrEnum: stored as "diverged"
+    Status.FINISHED in RANKED                                 # True
+
+A run's tags find it again after a restart (`tune.trial_id`, `study.name`); the Pareto tags are
+written by dashboards/ and read by anyone comparing trials in MLflow.
+"""
+
+from __future__ import annotations
+
+import pickle
+from enum import StrEnum
+from pathlib import Path
+
+from trainables.config import Diverged
+
+# Tags that find runs again after a restart.
+TAG_STUDY = "study.name"
+TAG_ROLE = "study.role"  # ROLE_STUDY on the parent run, ROLE_TRIAL on each child
+ROLE_STUDY, ROLE_TRIAL = "study", "trial"
+TAG_TRIAL = "tune.trial_id"
+TAG_STATUS = "trial.status"  # a Status
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests trial runs under the study run
+TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
+TAG_NODE_IP = "ray.node_ip"
+TAG_COMMIT = "mlflow.source.git.commit"  # MLflow's own name: its UI shows it on the run page
+# Written by dashboards/ (the comparison) on every trial run.
+TAG_FRONT, TAG_RANK = "pareto.front", "pareto.rank"
+RESOLVED_ARTIFACT = "study.json"  # on the study run: the resolved spec (objectives, space)
+
+
+class Status(StrEnum):
+    """Where a trial stands, as its MLflow run's `trial.status` tag says."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED_EARLY = "stopped early"  # ASHA ended it; Optuna got its last, partly trained value
+    DIVERGED = "diverged"  # the training loss became NaN or infinite (the trainer's `Diverged`)
+    FAILED = "failed"  # any other error
+    INTERRUPTED = "interrupted"  # Ctrl-C or a lost driver; --resume continues it
+
+
+FINAL = frozenset({Status.FINISHED, Status.STOPPED_EARLY, Status.DIVERGED, Status.FAILED})  # kept on --resume
+RANKED = (Status.FINISHED, Status.STOPPED_EARLY)  # ended with values Optuna was told: the comparison ranks them
+
+
+def is_diverged(error: BaseException | None) -> bool:
+    """Whether an error is the trainer's `Diverged`, also when Ray wrapped it (RayTaskError
+    subclasses the cause's type; Train's WorkerGroupError keeps each worker's error)."""
+    if error is None:
+        return False
+    if isinstance(error, Diverged):
+        return True
+    workers = getattr(error, "worker_failures", None) or {}
+    cause = getattr(error, "cause", None) or error.__cause__  # RayTaskError keeps the original as .cause
+    return any(is_diverged(e) for e in workers.values()) or (cause is not error and is_diverged(cause))
+
+
+def error_outcome(trial) -> Status:
+    """DIVERGED or FAILED for a Tune trial that errored, from the exception Tune pickled beside the
+    trial (its driver's local copy: the copy in the study storage is synced only later)."""
+    path = getattr(trial, "pickled_error_file", None)
+    try:
+        error = pickle.loads(Path(path).read_bytes()) if path else None
+    except Exception:  # noqa: BLE001 - an error we cannot load is an error, not a divergence
+        error = None
+    return Status.DIVERGED if is_diverged(error) else Status.FAILED

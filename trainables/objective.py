@@ -1,0 +1,110 @@
+"""What a trial optimises and how it is scored: the regression loss over heads, and the
+evaluation of a split (decode, flip test, errors in mm or NME, the preview arrays for pictures).
+
+    objective = Objective(LOSSES["ewc"], cfg, strides=(2, 1))
+    per_landmark = objective(heads, coords, sigma)        # (K,)
+    metrics, errors = Scorer(cfg, spec, flip_index, device)(model, val_ds, sigma, objective, "val")
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trainables.config import TrialConfig
+from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, to_original
+from trainables.heatmaps import DECODERS, TargetRenderer
+from trainables.metrics import NME_AUC_PERCENT, NME_FR_PERCENT, normalized_errors, radial_errors_mm, summarize
+
+
+class Objective:
+    """The regression loss L_R: each head against a target rendered at its own stride, summed over heads.
+
+    heads: [(B, K, H/s, W/s) for s in strides], coords (B, K, 2) (NaN rows = not annotated),
+    sigma (K,) -> (K,) per-landmark loss. Targets are rendered on the heads' device into buffers
+    reused every step (`TargetRenderer`).
+    """
+
+    def __init__(self, loss_fn, cfg: TrialConfig, strides: tuple[int, ...]):
+        self.loss_fn, self.loss_cfg, self.strides = loss_fn, cfg.loss, strides
+        self.render = TargetRenderer(normalize=cfg.target.normalize)
+
+    def __call__(self, heads: list, coords, sigma):
+        valid = ~coords.isnan().any(dim=-1)  # (B, K)
+        total = 0
+        for slot, (heatmaps, stride) in enumerate(zip(heads, self.strides)):
+            target = self.render(coords, sigma, tuple(heatmaps.shape[-2:]), stride, slot)
+            total = total + self.loss_fn(heatmaps.float(), target, self.loss_cfg, valid)
+        return total
+
+
+class Scorer:
+    """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
+
+    Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
+    (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
+    in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
+    """
+
+    def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
+        self.decode, self.flip_test = DECODERS[cfg.eval.decode], cfg.eval.flip_test
+        self.flip_index, self.unit, self.nme_pair = flip_index, spec.unit, spec.nme_pair
+        self.batch_size, self.device = cfg.train.batch_size, device
+        default_fr, default_auc = (NME_FR_PERCENT, NME_AUC_PERCENT) if spec.unit == "nme" else (4.0, 4.0)
+        self.fr = cfg.eval.fr_threshold or default_fr
+        self.auc = cfg.eval.auc_threshold or default_auc
+
+    def _predict(self, model, images):
+        """(B, 1, H, W) -> finest heatmaps (B, K, h, w) (flip-averaged if eval.flip_test), and the heads."""
+        heads = model(images)
+        heatmaps = heads[-1].float()
+        if self.flip_test:
+            # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
+            mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
+            heatmaps = (heatmaps + mirrored) / 2
+        return heatmaps, heads
+
+    @torch.no_grad()
+    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, torch.Tensor]:
+        """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
+        model.eval()
+        stride = objective.strides[-1]
+        errors, loss_sum, n = [], 0.0, 0
+        for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size):
+            images, coords = images.to(self.device), coords.to(self.device)
+            heatmaps, heads = self._predict(model, images)
+            loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
+            n += len(images)
+            pred = to_original(self.decode(heatmaps, stride).cpu(), frames)
+            gt = to_original(coords.cpu(), frames)
+            if self.unit == "nme":
+                errors.append(normalized_errors(pred, gt, self.nme_pair))
+            else:
+                errors.append(radial_errors_mm(pred, gt, spacing))
+        errors = torch.cat(errors)
+        metrics = {f"{split}/loss": loss_sum / n,
+                   **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc)}
+        return metrics, errors
+
+    @torch.no_grad()
+    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, stride: int) -> dict:
+        """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
+        images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
+        landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
+        whole split (for the CED); unit, ced_threshold and stride as 0-d arrays."""
+        out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
+               "stride": np.array(stride)}
+        count = min(count, len(ds))
+        if count > 0:
+            model.eval()
+            images, coords, _, _ = next(iter(DataLoader(ds, batch_size=count)))
+            heatmaps, _ = self._predict(model, images.to(self.device))
+            pred = self.decode(heatmaps, stride).cpu()
+            peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
+            out |= {
+                "images": ((images[:, 0] * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                "gt": coords.numpy(), "pred": pred.numpy(),
+                "heatmaps": (heatmaps.clamp(min=0) / peak).amax(1).cpu().half().numpy(),
+            }
+        return out
