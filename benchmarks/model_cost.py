@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from trainables.config import ModelConfig
+from trainables.config import LossConfig, ModelConfig
 from trainables.cost import forward_gflops, latency_ms, params_m
 from trainables.heatmaps import render_gaussians
 from trainables.losses import mse
@@ -34,7 +34,7 @@ def train_img_per_s(model, size, batch: int, device, steps: int, warmup: int = 2
             sync()
             t0 = time.perf_counter()
         heads = model(x)
-        loss = sum(mse(h, render_gaussians(coords, sigma, tuple(h.shape[-2:]), s)).mean()
+        loss = sum(mse(h, render_gaussians(coords, sigma, tuple(h.shape[-2:]), s), LossConfig()).mean()
                    for h, s in zip(heads, model.strides))
         opt.zero_grad(set_to_none=True)
         loss.backward()

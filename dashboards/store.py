@@ -9,7 +9,9 @@ objectives and space, and one table row per trial run.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -20,7 +22,7 @@ import pandas as pd
 
 from dashboards.ranking import rank_table
 from study.schema import (RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_FRONT, TAG_RANK, TAG_ROLE, TAG_STATUS,
-                          TAG_STUDY, TAG_TRIAL, Status)
+                          TAG_STUDY, TAG_TRIAL, Status, tag_filter)
 from study.space import Param, active
 
 
@@ -28,8 +30,13 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, before any trial, when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user is not None:  # MLflow's own variables for a server behind basic auth
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
             if r.status == 200:
                 return
             problem = f"HTTP {r.status}"
@@ -56,9 +63,13 @@ class StudyInfo:
     def from_mlflow(cls, client, study: str) -> "StudyInfo":
         """Find the study's run by tag in any experiment and read the resolved spec logged on it."""
         exps = [e.experiment_id for e in client.search_experiments()]
-        runs = _search_all(client, exps, f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}' and tags.`{TAG_STUDY}` = '{study}'")
+        try:
+            wanted = tag_filter(**{TAG_ROLE: ROLE_STUDY, TAG_STUDY: study})
+        except ValueError as e:
+            raise StudyNotFound(str(e)) from None
+        runs = _search_all(client, exps, wanted)
         if not runs:
-            known = sorted({r.data.tags.get(TAG_STUDY) for r in _search_all(client, exps, f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}'")})
+            known = sorted({r.data.tags.get(TAG_STUDY) for r in _search_all(client, exps, tag_filter(**{TAG_ROLE: ROLE_STUDY}))})
             raise StudyNotFound(f"no study {study!r} in {client.tracking_uri}; studies there: {known or 'none'}")
         if len(runs) > 1:
             raise StudyNotFound(f"{len(runs)} runs of study {study!r} in {client.tracking_uri} "
@@ -100,7 +111,7 @@ def _param(p, raw: str | None):
 
 def trial_runs(client, info: StudyInfo) -> list:
     return _search_all(client, [info.experiment_id],
-                       f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' and tags.`{TAG_STUDY}` = '{info.name}'")
+                       tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_STUDY: info.name}))
 
 
 def trial_table(info: StudyInfo, runs: list) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 
+from study.preflight import preflight, redact, use_tracking_credentials
 from study.spec import Spec, SpecError, StudyError, load_spec
 from trainables.config import flatten
 
@@ -53,7 +54,7 @@ def describe(spec: Spec) -> str:
              f"  search: {s.trials} trials, sampler {s.sampler} (seed {s.seed}), "
              f"early stopping {spec.describe_scheduler()}{grid}",
              f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
-             f"  storage: {spec.location}",
+             f"  storage: {redact(spec.location)}",
              "  space (in sampling order):"]
     lines += [f"    {p.path:<26} {p.describe()}" for p in spec.space.values()] or ["    (empty: one config)"]
     lines.append("  base config:")
@@ -103,13 +104,25 @@ def main(argv: list[str] | None = None) -> int:
         print(preview(spec))
         print("dry run: the spec is valid; nothing was started")
         return 0
+    # user:password in a tracking URI go to MLflow's own variables: nothing prints or saves them.
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        tracking_uri = use_tracking_credentials(tracking_uri)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # the bare URI is passed on explicitly
+    problems = preflight(spec, tracking_uri, args.address)
+    if problems:
+        print(f"error: {len(problems)} problem(s) with where the study would run; nothing was started:",
+              file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from study.tuner import run_study  # lazy: imports Ray (seconds), only once the spec is known to be good
 
     t0 = time.monotonic()
     try:
-        result = run_study(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
+        result = run_study(spec, address=args.address, tracking_uri=tracking_uri, resume=args.resume,
                            force=args.force, verbose=args.verbose)
     except SpecError as e:  # resources the cluster cannot provide
         return _spec_problems(e)
@@ -118,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     wall = time.monotonic() - t0
 
-    import pandas as pd
+    import pandas as pd  # lazy: needed only once the study ran, as dashboards.publish (MLflow)
 
     from dashboards.publish import python_command, ui_command
     from study.tracking import experiment_name

@@ -32,6 +32,20 @@ TAG_FRONT, TAG_RANK = "pareto.front", "pareto.rank"
 RESOLVED_ARTIFACT = "study.json"  # on the study run: the resolved spec (objectives, space)
 
 
+def tag_filter(**tags: str) -> str:
+    """An MLflow filter string for runs whose tags equal these values exactly:
+    tag_filter(**{TAG_ROLE: ROLE_STUDY, TAG_STUDY: "quickstart"}).
+
+    A value that could change the filter's meaning (a quote, a backslash, a backtick) is refused,
+    never interpolated: spec names are validated to a safe set and trial ids are Tune's hex.
+    """
+    for key, value in tags.items():
+        if any(c in str(value) for c in "'\\`\"") or "`" in key:
+            raise ValueError(f"tag {key}: {value!r} cannot be used in an MLflow filter (quotes, backslashes and "
+                             f"backticks are not allowed in study names)")
+    return " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+
+
 class Status(StrEnum):
     """Where a trial stands, as its MLflow run's `trial.status` tag says."""
 

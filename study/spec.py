@@ -52,7 +52,27 @@ MODES = ("min", "max")
 
 
 class SpecLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that also reads YAML 1.2 floats such as 1e-3 (YAML 1.1 makes them strings)."""
+    """yaml.SafeLoader that also reads YAML 1.2 floats such as 1e-3 (YAML 1.1 makes them strings)
+    and records duplicate keys (YAML keeps the last silently; a spec must not)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except (yaml.YAMLError, TypeError):
+                continue  # the base class reports unhashable keys
+            if key in first:
+                self.duplicates.append(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
+                                       f"{first[key] + 1}); YAML would keep only the last: give it once")
+            else:
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 SpecLoader.add_implicit_resolver(
@@ -62,8 +82,24 @@ SpecLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 — a SafeLoader subclass
+def parse_yaml(text: str, duplicates: list[str] | None = None):
+    """YAML text -> data, through the safe loader; duplicate keys are appended to `duplicates`."""
+    loader = SpecLoader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if duplicates is not None:
+        duplicates += loader.duplicates
+    return data
+
+
+# Upper bounds where a larger number can only be a typo (a stray digit); the message says so.
+LIMITS = {"study.trials": 100_000, "study.concurrency": 10_000, "resources.workers": 1024}
+# study.name and study.experiment name a folder, an MLflow experiment and tag values in MLflow
+# filter strings: a small safe set keeps them valid everywhere (no quotes, no path tricks).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class SpecError(ValueError):
@@ -197,9 +233,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
     p = Path(path)
     if not p.is_file():
         raise SpecError(source, ["no such spec file" + (" (it is a folder)" if p.is_dir() else "")])
-    text = p.read_text()
+    data = p.read_bytes()
     try:
-        raw = parse_yaml(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SpecError(source, [f"line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the spec as UTF-8"]) from None
+    if "\x00" in text:
+        raise SpecError(source, ["not a text file (it holds NUL bytes); a spec is YAML text"])
+    duplicates: list[str] = []
+    try:
+        raw = parse_yaml(text, duplicates)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -208,7 +252,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError(source, [f"expected a mapping with sections {list(SECTIONS)}, got {type(raw).__name__}"])
-    problems: list[str] = []
+    problems: list[str] = sorted(duplicates, key=lambda d: int(d.split(":")[0].split()[1]))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -218,6 +262,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
             raw = apply_overrides(raw, {key.strip(): parse_yaml(value)})
         except ConfigError as e:
             problems += [f"--set {p}" for p in e.problems]
+        except yaml.YAMLError as e:  # a tag (!!python/...) or broken YAML: never constructed
+            why = (getattr(e, "problem", None) or str(e)).splitlines()[0]
+            problems.append(f"--set {key.strip()}: {value!r} is not a plain YAML value ({why})")
     spec = _validate(raw, problems)
     if not check_data:
         spec.warnings = [p for p in problems if Problem.of(p).kind == Problem.MISSING]
@@ -285,8 +332,16 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         if "name" not in d:
             problems.append("study.name: missing; the name keys the study's storage and MLflow experiment")
         values["name"] = "study"
-    elif not values["name"] or "/" in values["name"] or values["name"].startswith("."):
-        problems.append(f"study.name: {values['name']!r} must be a non-empty folder name without '/'")
+    elif not NAME.fullmatch(values["name"]):
+        problems.append(f"study.name: {_shown(values['name'])} must be {NAME_RULE} (it names the study's folder "
+                        f"and MLflow runs)")
+        values["name"] = "study"
+    if values.get("experiment") and not NAME.fullmatch(values["experiment"]):
+        problems.append(f"study.experiment: {_shown(values['experiment'])} must be {NAME_RULE}, or empty for the "
+                        f"study's name")
+        values["experiment"] = ""
+    for key in ("trials", "concurrency"):
+        _check_limit(f"study.{key}", values.get(key, 0), problems)
     if values.get("trials", 1) < 1:
         problems.append(f"study.trials: must be at least 1, got {values['trials']}")
     if values.get("concurrency", 0) < 0:
@@ -297,6 +352,17 @@ def _study(d: Any, problems: list[str]) -> StudySection:
     study = StudySection(**values)
     study.scheduler = _scheduler(d.get("scheduler", "auto"), problems)
     return study
+
+
+def _shown(name: str) -> str:
+    """A user's bad name, quoted and cut to a readable length."""
+    return repr(name if len(name) <= 60 else name[:40] + "…" + name[-10:]) + (f" ({len(name)} characters)"
+                                                                              if len(name) > 60 else "")
+
+
+def _check_limit(path: str, value: Any, problems: list[str]) -> None:
+    if isinstance(value, (int, float)) and value > LIMITS[path]:
+        problems.append(f"{path}: {value} is more than {LIMITS[path]:,}, which can only be a typo")
 
 
 def _scheduler(raw: Any, problems: list[str]) -> Scheduler:
@@ -401,6 +467,7 @@ def _resources(d: Any, problems: list[str]) -> Resources:
         else:
             custom[str(name)] = amount
     r = Resources(**values, custom=custom)
+    _check_limit("resources.workers", r.workers, problems)
     if r.workers < 1:
         problems.append(f"resources.workers: must be at least 1, got {r.workers}")
     if r.cpus_per_worker < 0 or r.gpus_per_worker < 0:

@@ -29,7 +29,8 @@ from ray.tune import Callback
 
 from dashboards.publish import StudyInfo, publish_study, publish_trial
 from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_NODE, TAG_NODE_IP,
-                          TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome)
+                          TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome,
+                          tag_filter)
 from study.spec import Spec
 from study.trial import completed_outcome, train_run_name
 from trainables.config import flatten
@@ -73,7 +74,7 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
     else:
         exp_id = exp.experiment_id
     found = client.search_runs(
-        [exp_id], filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}' and tags.`{TAG_STUDY}` = '{spec.study.name}'"
+        [exp_id], filter_string=tag_filter(**{TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.study.name})
     )
     if found:
         run_id = found[0].info.run_id
@@ -153,7 +154,7 @@ class MlflowTracking(Callback):
             return self._runs[tid]
         found = self.client.search_runs(
             [self.study_run.experiment_id],
-            filter_string=f"tags.`{TAG_TRIAL}` = '{tid}' and tags.`{TAG_STUDY}` = '{self.study_name}'",
+            filter_string=tag_filter(**{TAG_TRIAL: tid, TAG_STUDY: self.study_name}),
         )
         if not found:
             return None

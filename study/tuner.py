@@ -13,6 +13,7 @@ study.progress on every result -> the final table and the Pareto front.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,23 @@ from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
 from study.progress import Progress  # noqa: E402
-from study.schema import TAG_RANK, Status  # noqa: E402
+from study.schema import TAG_RANK, Status, is_diverged  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
 from study.spec import Spec, StudyError  # noqa: E402
 from study.storage import SNAPSHOT, StudyStorage, check_unchanged  # noqa: E402
 from study.trial import DRIVER_RESOURCES, TrialPayload, trial_driver  # noqa: E402
+
+
+class _QuietDivergence(logging.Filter):
+    """Drop Tune's traceback for a trial that diverged: a NaN loss is an outcome, which
+    study.progress prints in one line; the traceback stays in the trial's error.txt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Trial task failed") and is_diverged(error))
+
+
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_QuietDivergence())
 
 
 @dataclass

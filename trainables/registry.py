@@ -53,9 +53,11 @@ def config_problems(cfg: TrialConfig) -> list[Problem]:
     out += loss_problems(cfg.loss, cfg.target.normalize)
     if cfg.distill.type in DISTILL_TERMS and cfg.model.name in MODELS:
         out += distill_problems(cfg.distill, cfg.model)
-    for path, value in [("train.epochs", cfg.train.epochs), ("train.batch_size", cfg.train.batch_size)]:
+    for path, value, most in [("train.epochs", cfg.train.epochs, 100_000), ("train.batch_size", cfg.train.batch_size, 65_536)]:
         if value < 1:
             out.append(f"{path}: must be at least 1, got {value}")
+        elif value > most:  # a stray digit: caught here rather than after days of training
+            out.append(f"{path}: {value} is more than {most:,}, which can only be a typo")
     if not 0 <= cfg.eval.preview <= 8:
         out.append(f"eval.preview: must be 0 to 8 images (0 = no pictures), got {cfg.eval.preview}")
     if not cfg.optim.lr > 0:

@@ -172,6 +172,8 @@ def test_a_diverging_trial_is_recorded_as_diverged(tmp_path, tiny_phantom):
     proc = run_cli(str(path), cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(NaN/inf train/loss)" in proc.stdout and "1 trials (1 failed or diverged)" in proc.stdout
+    # one line on the console, no traceback: that stays in the trial's error.txt
+    assert "Traceback" not in proc.stdout + proc.stderr and "Trial task failed" not in proc.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["diverge"])
     trial = runs[runs["tags.study.role"] == "trial"]

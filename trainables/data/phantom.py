@@ -382,13 +382,10 @@ def generate(root: Path, cfg: PhantomConfig = PhantomConfig()) -> Path:
 
 
 def ensure(root: Path, cfg: PhantomConfig = PhantomConfig()) -> Path:
-    """Return root if it holds a phantom of exactly cfg; generate it if absent; ValueError if it differs."""
-    root = Path(root)
-    if _occupied(root):
-        problem = _mismatch(root, cfg)
-        if problem:
-            raise ValueError(problem)
-        return root
+    """Return root if it holds a phantom of exactly cfg; generate it if absent; ValueError if it differs.
+
+    The same as `generate`, which already keeps an existing phantom of the same config: the name
+    says what a loader wants."""
     return generate(root, cfg)
 
 
