@@ -3,11 +3,13 @@ of all trials, the front's pictures and parameter importance.
 
     python -m dashboards.pareto quickstart                         # the default store, studies/mlflow.db
     python -m dashboards.pareto farnet --tracking-uri http://127.0.0.1:5000
+    python -m dashboards.pareto farnet --write                     # also rewrite what the driver logged
 
-It tags every trial run `pareto.front=true|false` and `pareto.rank` (1 = non-dominated), writes
-`pareto/trials.{csv,parquet}`, `pareto/front.{html,png}` and `importance/*` on the study's run,
-and prints the front. The study driver does the same after each trial ends (importance only at
-the end), through dashboards.publish.
+By default it only reads: it prints the parameter importance and the front. The study driver
+(through dashboards.publish), and this command with --write, also tag every trial run
+`pareto.front=true|false` and `pareto.rank` (1 = non-dominated) and write
+`pareto/trials.{csv,parquet}`, `pareto/front.{html,png}` and `importance/*` on the study's run
+(the driver after each trial ends, importance only at the end).
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ import pandas as pd
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from dashboards.importance import log_importance
+from dashboards.importance import importances, log_importance
 from dashboards.ranking import describe_excluded
 from dashboards.store import StudyInfo, StudyNotFound, check_reachable, trial_runs, trial_table
 from dashboards.study_plots import pareto_html, pareto_png
 from dashboards.ui import default_tracking_uri, missing_store
 from study.schema import TAG_FRONT, TAG_RANK
+
+
+def compare(client, info: StudyInfo) -> pd.DataFrame:
+    """The study's trials from MLflow, ranked (dashboards.store.trial_table). Reads only."""
+    return trial_table(info, trial_runs(client, info))
 
 
 def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
@@ -91,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", help="the study's name (study.name in its spec)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
+    p.add_argument("--write", action="store_true",
+                   help="also re-tag the trial runs and rewrite the study run's pareto/ and importance/ "
+                        "artefacts (the study driver does this by itself; use it after editing runs)")
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     uri = args.tracking_uri or default_tracking_uri()
@@ -104,11 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectionError, StudyNotFound) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.write:  # a query: read, compute, print; nothing is written to the store
+        table = compare(client, info)
+        values, how = importances(table, info)
+        if values:
+            ranked = sorted(values.items(), key=lambda kv: -kv[1])
+            print(f"parameter importance ({how}): " + ", ".join(f"{p} {v:.2f}" for p, v in ranked))
+        else:
+            print(f"parameter importance: skipped ({how})")
+        print(front_text(table, info))
+        print(f"\n(read only: nothing was written to {uri}; --write re-tags the runs and rewrites the study "
+              f"run's pareto/ and importance/)")
+        return 0
     table = refresh(client, info, importance=True)
     print(front_text(table, info))
     done = "pareto/ and importance/" if client.get_run(info.run_id).data.tags.get("importance.method", "").startswith(
         "fANOVA") else "pareto/ (importance skipped, as said above)"
-    print(f"\nlogged {done} on run {info.run_id} (experiment {info.experiment_id}) in {uri}")
+    print(f"\nwrote {done} and the trial runs' pareto.* tags on run {info.run_id} (experiment "
+          f"{info.experiment_id}) in {uri}")
     return 0
 
 

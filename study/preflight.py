@@ -55,7 +55,26 @@ def strip_credentials(uri: str) -> tuple[str, str | None, str | None]:
 
 def preflight(spec: Spec, tracking_uri: str | None, address: str | None) -> list[str]:
     """What stops the study from running here, one line each (empty: go ahead)."""
-    return storage_problems(spec) + tracking_problems(tracking_uri) + address_problems(address)
+    return (storage_problems(spec) + tracking_problems(tracking_uri) + optuna_storage_problems(spec)
+            + address_problems(address))
+
+
+def optuna_storage_problems(spec: Spec) -> list[str]:
+    url = spec.study.optuna_storage
+    if url in ("", "none"):
+        return []
+    shown = f"study.optuna_storage {redact(url)}"
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        return [f"{shown}: expected '' (a journal file in the study folder), 'none' or a database URL "
+                f"(sqlite:///PATH, postgresql://..., mysql://...)"]
+    if scheme in DB_DRIVERS and importlib.util.find_spec(DB_DRIVERS[scheme][0]) is None:
+        return [f"{shown}: the database driver {DB_DRIVERS[scheme][0]!r} is not installed; "
+                f"pip install '{DB_DRIVERS[scheme][1]}'"]
+    if "@" in urlsplit(url).netloc and urlsplit(url).password:
+        return [f"{shown}: a password in the spec would be saved with it; use a URL without one (e.g. a "
+                f"~/.pgpass file or PGPASSWORD)"]
+    return []
 
 
 def storage_problems(spec: Spec) -> list[str]:

@@ -15,7 +15,8 @@ from ray import tune
 
 from study.schema import Status, error_outcome
 from study.spec import Spec
-from study.trial import stopped_early
+from study.trial import RESTARTS, RESUMED_FROM, stopped_early
+from trainables.ray_adapter import DIVERGED
 
 
 class Progress(tune.Callback):
@@ -26,6 +27,7 @@ class Progress(tune.Callback):
         self.objectives = [(o.metric, o.mode) for o in spec.study.objectives]
         self.trials = spec.study.trials
         self.best: dict[str, tuple[float, str]] = {}
+        self.restarts: dict[str, int] = {}  # trial id -> worker-group restarts seen in this session
         self.done = 0
         self.t0 = time.monotonic()
 
@@ -38,6 +40,12 @@ class Progress(tune.Callback):
         print(f"[{self._clock()}] start  {trial.trial_id}  {params}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if DIVERGED in result:  # the diverged trial's last word; on_trial_error prints its line
+            return
+        restarts = result.get(RESTARTS, 0)
+        if restarts > self.restarts.get(trial.trial_id, 0):
+            self.restarts[trial.trial_id] = restarts
+            self._restarted(trial, result.get(RESUMED_FROM, 0), restarts)
         values = []
         for metric, mode in self.objectives:
             v = result.get(metric)
@@ -53,6 +61,17 @@ class Progress(tune.Callback):
             f"train/loss={fmt(result.get('train/loss'))}  {'  '.join(values)}  | best {best or '-'}",
             flush=True,
         )
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune retries the trial (its process or node was lost): it resumes from its checkpoint.
+        self.restarts[trial.trial_id] = 0  # a new Train controller counts from 0 again
+        print(f"[{self._clock()}] restarted {trial.trial_id} (its process was lost; it resumes from its latest "
+              f"checkpoint)", flush=True)
+
+    def _restarted(self, trial, epoch: int, restarts: int) -> None:
+        most = self.spec.resources.max_failures
+        print(f"[{self._clock()}] restarted {trial.trial_id} from epoch {epoch} ({restarts}/"
+              f"{'∞' if most < 0 else most})", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done = _ended(trials, trial)

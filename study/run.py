@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true",
                    help="with --resume: continue even though the spec changed (base: and resources: edits apply "
                         "to the trials still to run)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the study's lock from a driver on another host that is gone for good")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec field, e.g. --set study.trials=8 --set base.train.epochs=3")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         result = run_study(spec, address=args.address, tracking_uri=tracking_uri, resume=args.resume,
-                           force=args.force, verbose=args.verbose)
+                           force=args.force, verbose=args.verbose, break_lock=args.break_lock)
     except SpecError as e:  # resources the cluster cannot provide
         return _spec_problems(e)
     except (StudyError, ConnectionError) as e:

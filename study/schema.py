@@ -26,6 +26,7 @@ TAG_STATUS = "trial.status"  # a Status
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests trial runs under the study run
 TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
 TAG_NODE_IP = "ray.node_ip"
+TAG_RESTARTS = "trial.restarts"  # times the trial resumed from its checkpoint after a lost worker, node or process
 TAG_COMMIT = "mlflow.source.git.commit"  # MLflow's own name: its UI shows it on the run page
 # Written by dashboards/ (the comparison) on every trial run.
 TAG_FRONT, TAG_RANK = "pareto.front", "pareto.rank"

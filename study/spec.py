@@ -145,6 +145,9 @@ class StudySection:
     seed: int = 0  # sampler seed
     storage: str = "studies"  # folder or URI for Tune/Train state (and the default MLflow store)
     experiment: str = ""  # MLflow experiment; "" = the study's name (several studies may share one)
+    # Optuna's own record of the trials, for optuna-dashboard: "" = a journal file in the study folder
+    # (local or NFS storage), an RDB URL (sqlite:///x.db, postgresql://...), or "none".
+    optuna_storage: str = ""
 
 
 @dataclass
@@ -153,6 +156,9 @@ class Resources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # a fraction (0.5: two trials share a GPU) only with workers: 1
     custom: dict[str, float] = field(default_factory=dict)  # extra Ray resources per worker
+    # A trial whose worker or node dies restarts from its latest checkpoint this many times
+    # (then it is `failed`); -1 = without limit. Preempted nodes and OOM kills are ordinary on clusters.
+    max_failures: int = 3
 
     def per_worker(self) -> dict[str, float]:
         """The Ray resource request of one Train worker."""
@@ -325,7 +331,7 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         return StudySection(name="study")
     d = _section(d, "study", problems)
     scalar = {"name": str, "trials": int, "concurrency": int, "sampler": str, "seed": int, "storage": str,
-              "experiment": str}
+              "experiment": str, "optuna_storage": str}
     values = _fields({k: v for k, v in d.items() if k not in ("objectives", "scheduler")}, "study",
                      {**scalar, "objectives": list, "scheduler": dict}, problems)  # those two: below
     if "name" not in values:
@@ -454,7 +460,7 @@ def _check_sampler(study: StudySection, space: dict[str, Param], problems: list[
 def _resources(d: Any, problems: list[str]) -> Resources:
     d = _section(d, "resources", problems)
     values = _fields(d, "resources", {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float,
-                                      "custom": dict}, problems)
+                                      "custom": dict, "max_failures": int}, problems)
     custom = {}
     for name, amount in (values.pop("custom", None) or {}).items():
         amount, err = check_value(f"resources.custom.{name}", amount, float)
@@ -468,6 +474,8 @@ def _resources(d: Any, problems: list[str]) -> Resources:
             custom[str(name)] = amount
     r = Resources(**values, custom=custom)
     _check_limit("resources.workers", r.workers, problems)
+    if r.max_failures < -1:
+        problems.append(f"resources.max_failures: -1 (no limit), 0 (no restart) or more, got {r.max_failures}")
     if r.workers < 1:
         problems.append(f"resources.workers: must be at least 1, got {r.workers}")
     if r.cpus_per_worker < 0 or r.gpus_per_worker < 0:

@@ -29,10 +29,10 @@ from ray.tune import Callback
 
 from dashboards.publish import StudyInfo, publish_study, publish_trial
 from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_NODE, TAG_NODE_IP,
-                          TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome,
+                          TAG_PARENT, TAG_RESTARTS, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome,
                           tag_filter)
 from study.spec import Spec
-from study.trial import completed_outcome, train_run_name
+from study.trial import RESTARTS, completed_outcome, train_run_name
 from trainables.config import flatten
 
 # Recorded on the study run (environment.json, and version.* tags for the first few).
@@ -136,6 +136,7 @@ class MlflowTracking(Callback):
         self._logged_epochs: dict[str, set[int]] = {}
         self.outcomes: dict[str, Status] = {}  # trial id -> one of FINAL, once the trial has ended
         self._placed: set[str] = set()  # trials whose node is tagged
+        self._restarts: dict[str, tuple[int, int]] = {}  # trial id -> (restarts before this session, seen now)
 
     def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
         state = dict(self.__dict__)
@@ -198,20 +199,43 @@ class MlflowTracking(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_for(trial)
         epoch = result.get("epoch")
+        tags = self._restart_tags(trial.trial_id, run_id, result.get(RESTARTS, 0))
+        if tags:
+            self._placed.discard(trial.trial_id)  # a restarted trial may run on another node
+        if trial.trial_id not in self._placed and "worker_node_id" in result:  # once per driver session:
+            self._placed.add(trial.trial_id)  # a resumed trial may land on another node
+            tags += [RunTag(TAG_NODE, str(result["worker_node_id"])), RunTag(TAG_NODE_IP, str(result.get("worker_node_ip")))]
         if epoch is None or epoch in self._logged_epochs[trial.trial_id]:
-            return  # a resumed trial may re-report an epoch: log each (trial, epoch) once
+            if tags:  # a resumed trial re-reports its checkpoint's epoch: log each (trial, epoch) once
+                self.client.log_batch(run_id, tags=tags)
+            return
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, int(epoch))
             for k, v in result.items()
             if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
-        tags = []
-        if trial.trial_id not in self._placed and "worker_node_id" in result:  # once per driver session:
-            self._placed.add(trial.trial_id)  # a resumed trial may land on another node
-            tags = [RunTag(TAG_NODE, str(result["worker_node_id"])), RunTag(TAG_NODE_IP, str(result.get("worker_node_ip")))]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._logged_epochs[trial.trial_id].add(epoch)
+
+    def _restart_tags(self, tid: str, run_id: str, seen: int) -> list[RunTag]:
+        """`trial.restarts`: the trial's worker-group restarts over all driver sessions."""
+        if tid not in self._restarts:
+            before = int(self.client.get_run(run_id).data.tags.get(TAG_RESTARTS, 0))
+            self._restarts[tid] = (before, 0)
+        before, now = self._restarts[tid]
+        if seen <= now:
+            return []
+        self._restarts[tid] = (before, seen)
+        return [RunTag(TAG_RESTARTS, str(before + seen))]
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune retries a trial whose process was lost: one more restart; its new controller counts from 0.
+        run_id = self.run_for(trial)
+        before, now = self._restarts.get(trial.trial_id, (int(self.client.get_run(run_id).data.tags.get(
+            TAG_RESTARTS, 0)), 0))
+        self._restarts[trial.trial_id] = (before + now + 1, 0)
+        self.client.set_tag(run_id, TAG_RESTARTS, str(before + now + 1))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # Tune calls this before it marks the trial TERMINATED: the epoch count decides.

@@ -10,18 +10,23 @@ callbacks (study.tracking, study.progress) log and print them on the driver.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs
 
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.train.v2._internal.execution.context import TrainRunContext
 
 from study.schema import Status, is_diverged
 from study.spec import Spec
 from trainables.config import Diverged, TrialConfig
-from trainables.ray_adapter import train_loop_per_worker
+from trainables.ray_adapter import DIVERGED, RESUMED_FROM, train_loop_per_worker  # noqa: F401 (RESUMED_FROM re-exported)
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
@@ -38,11 +43,31 @@ class TrialPayload:
     per_worker: dict[str, float]  # Ray resources of one Train worker
     train_storage: str  # where the Train runs keep their checkpoints
     primary: tuple[str, str]  # (metric, mode): which checkpoints Train keeps
+    max_failures: int  # worker-group restarts from the latest checkpoint; -1 = no limit
 
     @classmethod
     def from_spec(cls, spec: Spec, train_storage: str) -> "TrialPayload":
         return cls(spec.base, spec.resources.workers, spec.resources.gpus_per_worker > 0,
-                   spec.resources.per_worker(), train_storage, (spec.primary.metric, spec.primary.mode))
+                   spec.resources.per_worker(), train_storage, (spec.primary.metric, spec.primary.mode),
+                   spec.resources.max_failures)
+
+
+RESTARTS = "restarts"  # result key: worker-group restarts of this Train run so far (no "/": not a metric)
+
+
+class ReportWithRestarts(TuneReportCallback):
+    """TuneReportCallback that also counts the worker-group failures Train restarts from (it runs
+    on the Train controller, which outlives its worker groups) and stamps each result with them."""
+
+    def __init__(self):
+        super().__init__()
+        self.restarts = 0
+
+    def after_exception(self, run_context: TrainRunContext, worker_exceptions: dict[int, Exception]):
+        self.restarts += 1
+
+    def after_report(self, run_context, metrics, checkpoint):
+        super().after_report(run_context, [{**metrics[0], RESTARTS: self.restarts}, *metrics[1:]], checkpoint)
 
 
 def train_run_name(trial_id: str) -> str:
@@ -51,8 +76,16 @@ def train_run_name(trial_id: str) -> str:
 
 
 def trial_driver(config: dict, payload: TrialPayload) -> None:
-    """One Tune trial: fit a TorchTrainer on the base config with the sampled dotted values."""
+    """One Tune trial: fit a TorchTrainer on the base config with the sampled dotted values.
+
+    Tune retries this function when its process is lost (a node died: resources.max_failures);
+    Train restarts the worker group when a worker dies. An outcome that a retry cannot change (a
+    NaN loss, or Train's restarts used up) is written beside the Train run, so that a retry ends
+    at once with the same error instead of training again.
+    """
     trial_id = tune.get_context().get_trial_id()
+    outcome = _Outcome(payload.train_storage, train_run_name(trial_id))
+    outcome.raise_if_final()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=payload.base.with_values(config).to_dict(),
@@ -61,23 +94,62 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
         run_config=RunConfig(
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
-            callbacks=[TuneReportCallback()],
+            callbacks=[ReportWithRestarts()],
             # The two best epochs by the primary objective (their pictures and weights are what the
             # trial's MLflow run keeps); Train always keeps the latest too, which resumes.
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=payload.primary[0],
                                                checkpoint_score_order=payload.primary[1]),
-            failure_config=FailureConfig(max_failures=0),
+            # A dead worker or node (SIGKILL, OOM, preemption) restarts the worker group from the
+            # latest checkpoint; a NaN loss is not retried (see the except below).
+            failure_config=FailureConfig(max_failures=payload.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown the progress
         ),
     )
     try:
-        trainer.fit()
+        result = trainer.fit()
     except WorkerGroupError as e:
         # A NaN loss is an outcome of the recipe, not a crash: say so in one line (tracked as "diverged").
         for failure in e.worker_failures.values():
             if is_diverged(failure):
+                outcome.save(DIVERGED, str(failure).strip().splitlines()[-1])
                 raise Diverged(str(failure).strip().splitlines()[-1]) from None
+        outcome.save(FAILED, f"the workers failed {payload.max_failures + 1} time(s): {str(e).strip()[:2000]}")
         raise
+    if DIVERGED in (result.metrics or {}):  # an outcome of the recipe: tracked as "diverged", one line
+        outcome.save(DIVERGED, result.metrics[DIVERGED])
+        raise Diverged(result.metrics[DIVERGED])
+
+
+FAILED = "failed"
+
+
+class TrialFailed(RuntimeError):
+    """The trial's workers failed more often than resources.max_failures allows (on a retry by Tune)."""
+
+
+class _Outcome:
+    """`outcome.json` beside a Train run: a final outcome that a retry of the trial must not redo."""
+
+    def __init__(self, train_storage: str, run_name: str):
+        uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
+        self.fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        self.folder = f"{root}/{run_name}"
+        self.path = f"{self.folder}/outcome.json"
+
+    def save(self, kind: str, message: str) -> None:
+        self.fs.create_dir(self.folder, recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(json.dumps({"outcome": kind, "message": message}).encode())
+
+    def raise_if_final(self) -> None:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                saved = json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return
+        if saved.get("outcome") == DIVERGED:
+            raise Diverged(saved["message"])
+        raise TrialFailed(saved.get("message", "failed before"))
 
 
 def stopped_early(trial, spec: Spec) -> bool:

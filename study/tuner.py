@@ -21,7 +21,9 @@ from pathlib import Path
 # Tune's rich console output would interleave with our one-line-per-epoch progress.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from optuna.storages.journal import JournalFileBackend  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
@@ -32,8 +34,8 @@ from study.cluster import init_ray, plan  # noqa: E402
 from study.progress import Progress  # noqa: E402
 from study.schema import TAG_RANK, Status, is_diverged  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
-from study.spec import Spec, StudyError  # noqa: E402
-from study.storage import SNAPSHOT, StudyStorage, check_unchanged  # noqa: E402
+from study.spec import Spec, SpecError, StudyError  # noqa: E402
+from study.storage import SNAPSHOT, StudyLock, StudyStorage, check_unchanged  # noqa: E402
 from study.trial import DRIVER_RESOURCES, TrialPayload, trial_driver  # noqa: E402
 
 
@@ -68,8 +70,36 @@ def run_study(
     resume: bool = False,
     force: bool = False,
     verbose: bool = False,
+    break_lock: bool = False,
 ) -> StudyResult:
+    """Run (or with resume, continue) the study; one driver at a time (StudyLock). Raises
+    StudyError, SpecError or ConnectionError before any trial starts when it cannot run."""
     storage = StudyStorage(spec)
+    if storage.local is None and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise StudyError(f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
+                         f"the default SQLite store needs a local folder")
+    fresh = storage.local is not None and not storage.local.exists()
+    lock = StudyLock(storage, break_lock)
+    lock.acquire()  # before looking at the state: a second driver started a second later must not pass
+    try:
+        return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
+    except (StudyError, SpecError, ConnectionError):
+        if fresh:  # refused before anything ran: leave no folder behind
+            lock.release()
+            _remove_if_empty(storage.local)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (or gone): keep it
+
+
+def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume, force, verbose) -> StudyResult:
     exists = tune.Tuner.can_restore(storage.tune)
     if resume and not exists:
         raise StudyError(f"--resume: nothing to resume at {storage.tune}; run without --resume to start the study")
@@ -80,9 +110,6 @@ def run_study(
         )
     if resume:
         check_unchanged(spec, storage, force)
-    if storage.local is None and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        raise StudyError(f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
-                         f"the default SQLite store needs a local folder")
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
@@ -107,10 +134,12 @@ def run_study(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec), scheduler=_scheduler(spec), num_samples=num_samples,
+                search_alg=_searcher(spec, storage), scheduler=_scheduler(spec), num_samples=num_samples,
                 max_concurrent_trials=concurrency,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0),
+            run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0,
+                                      # a trial whose process or node is lost is retried (from its checkpoint)
+                                      failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
         )
     grid = tuner.fit()
     # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
@@ -137,7 +166,22 @@ def run_study(
                        interrupted, front)
 
 
-def _searcher(spec: Spec) -> OptunaSearch:
+OPTUNA_JOURNAL = "optuna.journal"  # in the study folder: what optuna-dashboard opens
+
+
+def optuna_storage(spec: Spec, storage: StudyStorage):
+    """Where Optuna records the study besides Tune's pickled searcher (for optuna-dashboard): a
+    journal file in a local/NFS study folder, the spec's RDB URL, or None (kept in memory only)."""
+    url = spec.study.optuna_storage
+    if url == "none" or (not url and storage.local is None):  # an object store holds no journal file
+        return None
+    if url:
+        return optuna.storages.RDBStorage(url)
+    storage.local.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(storage.local / OPTUNA_JOURNAL)))
+
+
+def _searcher(spec: Spec, storage: StudyStorage) -> OptunaSearch:
     metrics = [o.metric for o in spec.study.objectives]
     modes = [o.mode for o in spec.study.objectives]
     return OptunaSearch(
@@ -145,6 +189,8 @@ def _searcher(spec: Spec) -> OptunaSearch:
         metric=metrics if spec.multi_objective else metrics[0],
         mode=modes if spec.multi_objective else modes[0],
         sampler=make_sampler(spec),
+        study_name=spec.study.name,
+        storage=optuna_storage(spec, storage),
     )
 
 

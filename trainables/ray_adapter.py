@@ -16,12 +16,26 @@ import ray.train
 import ray.train.torch
 import ray.util
 
-from trainables.config import TrialConfig
+from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import METRICS_FILE
 from trainables.trainer import fit
 
 
+DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
+RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Run `fit` as one Train worker. A NaN loss ends the Train run normally with a `diverged`
+    result, so that Train does not restart it (restarts are for dead workers and nodes); the Tune
+    trial then raises `Diverged` (study.trial)."""
+    try:
+        _fit_in_worker(config)
+    except Diverged as e:  # every rank diverges at the same epoch: the loss is all-reduced first
+        ray.train.report({DIVERGED: str(e)})
+
+
+def _fit_in_worker(config: dict) -> None:
     cfg = TrialConfig.from_dict(config)
 
     # Where the trial ran, for the MLflow run's tags (not metrics: no "/" in the names).
@@ -40,6 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
             # Ctrl-C can land after an epoch's checkpoint was saved but before its metrics reached
             # Tune: report them again (the tracking logs each epoch once), then continue.
             saved = Path(folder) / METRICS_FILE
-            if saved.exists() and ray.train.get_context().get_world_rank() == 0:
-                ray.train.report({**json.loads(saved.read_text()), **node})
+            metrics = json.loads(saved.read_text()) if saved.exists() else {}
+            node[RESUMED_FROM] = metrics.get("epoch", 0)  # what a restart's progress line names
+            if metrics and ray.train.get_context().get_world_rank() == 0:
+                ray.train.report({**metrics, **node})
             fit(cfg, report, resume_from=Path(folder), device=device)

@@ -82,7 +82,7 @@ def store(tmp_path_factory):
         metrics = [Metric(k, v, now, 10) for k, v in (("val/mre_mm", mre), ("val/sdr_2mm", sdr)) if v is not None]
         metrics.append(Metric("target/sigma_0", 2.0, now, 10))  # per-landmark series stay out of the table
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
-    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", uri],
+    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", uri, "--write"],
                           cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"uri": uri, "client": client, "run_id": study_run.run_id, "proc": proc, "tmp": tmp}
@@ -175,7 +175,7 @@ def test_the_study_run_carries_the_spec_the_environment_and_the_commit(store):
 def test_a_second_pass_changes_no_tag_and_logs_no_second_copy(store):
     before = {r.info.run_id: r.data.tags for r in store["client"].search_runs([store["client"].get_run(
         store["run_id"]).info.experiment_id])}
-    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"]],
+    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"], "--write"],
                           env=clean_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0
     after = {r.info.run_id: r.data.tags for r in store["client"].search_runs([store["client"].get_run(
@@ -184,6 +184,23 @@ def test_a_second_pass_changes_no_tag_and_logs_no_second_copy(store):
         {k: {t: v for t, v in tags.items() if t.startswith("pareto.")} for k, tags in after.items()}
     names = [a.path for a in store["client"].list_artifacts(store["run_id"], "pareto")]
     assert sorted(names) == ["pareto/front.html", "pareto/front.png", "pareto/trials.csv", "pareto/trials.parquet"]
+
+
+def test_without_write_the_cli_is_a_query_and_writes_nothing(store):
+    client, exp = store["client"], store["client"].get_run(store["run_id"]).info.experiment_id
+
+    def snapshot():
+        runs = client.search_runs([exp])
+        return ({r.info.run_id: (r.data.tags, r.data.metrics) for r in runs},
+                sorted(a.path for a in client.list_artifacts(store["run_id"], "pareto")))
+
+    before = snapshot()
+    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"]],
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Pareto front of 3" in proc.stdout and "parameter importance" in proc.stdout
+    assert "read only: nothing was written" in proc.stdout
+    assert snapshot() == before
 
 
 def test_unknown_study_and_missing_store_fail_with_one_clear_line(store, tmp_path):

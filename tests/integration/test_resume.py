@@ -385,6 +385,12 @@ def test_optuna_history_holds_both_trials_complete(study):
     for t in ot_trials:
         assert t.values is not None and len(t.values) == 1
         assert t.values[0] == pytest.approx(final[t.params["optim.lr"]], rel=1e-9)
+    # The same history in the study's Optuna journal (what optuna-dashboard opens), across the resume.
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(study["dir"] / "store" / NAME / "optuna.journal")))
+    recorded = optuna.load_study(study_name=NAME, storage=journal).get_trials(deepcopy=False)
+    assert [(t.state, t.params, t.values) for t in recorded] == [(t.state, t.params, t.values) for t in ot_trials]
 
 
 def test_resume_with_an_edited_spec_needs_force(study):

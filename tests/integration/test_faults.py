@@ -1,0 +1,106 @@
+"""Faults a real cluster has: a Train worker killed mid-trial, and a second driver started on a
+running study. The real CLI, a real local Ray, a real MLflow SQLite store.
+
+One study (1 trial of 4 epochs). When the trial has printed `epoch ... 2/4`:
+- a second `study.run` of the same spec is started: it must be refused (exit 2), naming the driver
+  that holds the study;
+- then the trial's RayTrainWorker process is SIGKILLed (what an OOM kill or a lost node does to
+  it): Train restarts the worker group from the latest checkpoint, the trial finishes, every epoch
+  is in MLflow exactly once, and the run says it took 1 restart.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from study_cli import clean_env
+from test_resume import EPOCH, START, Runs, histories, kill_session, session_pids, trial_runs, write_spec
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 4
+
+
+def _train_worker(sid: int) -> int | None:
+    """The pid of the Ray Train worker in the CLI's session (Ray names its process after the actor)."""
+    for pid, cmd in session_pids(sid).items():
+        if "RayTrainWorker" in cmd:
+            return pid
+    return None
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory, tiny_phantom):
+    tmp = tmp_path_factory.mktemp("faults")
+    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
+    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1"))
+    runs = Runs()
+    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs.sids.append(p.pid)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: ([lines.put(line) for line in p.stdout], lines.put(None)), daemon=True).start()
+    seen: list[str] = []
+    out: dict = {"dir": tmp, "uri": f"sqlite:///{tmp / 'store' / 'mlflow.db'}", "driver_pid": p.pid}
+    try:
+        deadline = time.monotonic() + 400
+        trial = None
+        while True:  # until the trial printed epoch 2
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
+            seen.append(line)
+            if m := START.match(line):
+                trial = m[1]
+            if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == 2:
+                break
+        out["trial"] = trial
+        out["second"] = runs.run("second", str(spec), cwd=tmp, timeout=120)  # while the first one runs
+        worker = _train_worker(p.pid)
+        assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
+        os.kill(worker, signal.SIGKILL)
+        out["killed_at"] = time.monotonic()
+        out["rc"] = p.wait(timeout=400)
+        while (line := lines.get(timeout=30)) is not None:
+            seen.append(line)
+        out["output"] = "".join(seen)
+        (tmp / "first.log").write_text(out["output"])
+        yield out
+    finally:
+        runs.cleanup()
+
+
+def test_a_second_driver_on_a_running_study_is_refused_and_names_the_holder(faulted):
+    second = faulted["second"]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "is being run by another driver" in second.stderr
+    assert f"pid {faulted['driver_pid']}" in second.stderr and "--break-lock" in second.stderr
+    assert not START.search(second.stdout)  # it started nothing
+
+
+def test_a_killed_worker_restarts_from_its_checkpoint_and_the_trial_finishes(faulted):
+    out, trial = faulted["output"], faulted["trial"]
+    assert faulted["rc"] == 0, out[-4000:]
+    assert f"restarted {trial} from epoch " in out and "(1/3)" in out, out[-4000:]
+    assert f"finished  {trial}" in out and "1 trials (0 failed or diverged)" in out
+
+
+def test_every_epoch_is_in_mlflow_once_and_the_run_counts_the_restart(faulted):
+    from mlflow.tracking import MlflowClient
+
+    trials, parents, n = trial_runs(faulted["uri"])
+    assert parents == 1 and n == 1
+    (t,) = trials.values()
+    assert t["outcome"] == "finished" and t["status"] == "FINISHED"
+    steps = list(range(1, EPOCHS + 1))
+    assert histories(faulted["uri"], trials) == {faulted["trial"]: {"train/loss": steps, "val/mre_mm": steps}}
+    tags = MlflowClient(faulted["uri"]).get_run(t["run_id"]).data.tags
+    assert tags["trial.restarts"] == "1"
+    assert not (Path(faulted["dir"]) / "store" / "resumable" / "driver.lock").exists()  # released at the end
