@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"open the UI:  {ui_command(result.tracking_uri)}")
     print(f"              or: {python_command()} -m dashboards.ui --tracking-uri {result.tracking_uri}")
     print(f"the front:    {python_command()} -m dashboards.pareto {spec.study.name} --tracking-uri {result.tracking_uri}")
+    if result.undelivered:
+        print(f"\nMLflow did not answer: {result.undelivered} results are queued in {result.study_dir}/"
+              f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n"
+              f"  python -m study.run {shlex.quote(args.spec)} --resume"
+              + (f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""), file=sys.stderr)
     if result.interrupted:
         given = sys.argv[1:] if argv is None else argv
         again = " ".join(["python -m study.run", *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])

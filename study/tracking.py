@@ -13,6 +13,7 @@ are drawn by dashboards/, called through dashboards.publish.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -120,10 +121,35 @@ def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages, "git": git}
 
 
-class MlflowTracking(Callback):
-    """Tune callback: trial lifecycle and per-epoch results -> MLflow child runs."""
+# The driver's MLflow client gives up fast: results it cannot deliver wait in the outbox instead of
+# freezing the study (MLflow's default retries a call for about 2 minutes).
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+RETRY_S = 10.0  # while the server is unreachable, try again at most this often
+OUTBOX = "mlflow_outbox.jsonl"  # in a local study folder: what was not delivered yet, in order
+OUTBOX_LIMIT = 50_000  # queued events; past it, epoch results are dropped (a warning says so)
 
-    def __init__(self, uri: str, study_run: StudyRun, spec: Spec, train_storage: str):
+
+def unreachable(error: BaseException) -> bool:
+    """Whether an MLflow client error says the server could not be reached (as opposed to a refusal)."""
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or any(
+        w in text for w in ("API request to", "Max retries exceeded", "Connection refused", "ConnectionError",
+                            "Read timed out", "RemoteDisconnected", "503", "502", "504"))
+
+
+class MlflowTracking(Callback):
+    """Tune callback: trial lifecycle and per-epoch results -> MLflow child runs.
+
+    Every event goes through an outbox (in memory, and appended to `<study>/mlflow_outbox.jsonl`
+    on a local storage) and is delivered in order. When the tracking server does not answer, the
+    events wait there and the study goes on; they are delivered, in order and once (each epoch of a
+    trial is logged once, whatever is replayed), when it answers again, or by `--resume`.
+    """
+
+    def __init__(self, uri: str, study_run: StudyRun, spec: Spec, train_storage: str, outbox: Path | None = None):
+        for key, value in HTTP_SETTINGS.items():
+            os.environ.setdefault(key, value)
         self.uri = uri
         self.study_run = study_run
         self.study_name = spec.study.name
@@ -137,6 +163,11 @@ class MlflowTracking(Callback):
         self.outcomes: dict[str, Status] = {}  # trial id -> one of FINAL, once the trial has ended
         self._placed: set[str] = set()  # trials whose node is tagged
         self._restarts: dict[str, tuple[int, int]] = {}  # trial id -> (restarts before this session, seen now)
+        self.outbox_path = outbox
+        self.queue: list[dict] = _read_outbox(outbox)
+        self._down_since: float | None = None  # when a delivery last failed (None: the server answers)
+        self._last_try = 0.0
+        self._dropped = 0
 
     def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
         state = dict(self.__dict__)
@@ -148,6 +179,116 @@ class MlflowTracking(Callback):
         if self._client is None:
             self._client = MlflowClient(self.uri)
         return self._client
+
+    # --- the outbox ---------------------------------------------------------------------------
+
+    def _enqueue(self, event: dict) -> None:
+        if len(self.queue) >= OUTBOX_LIMIT and event["op"] == "result":
+            self._dropped += 1
+            if self._dropped == 1:
+                print(f"warning: MLflow has been unreachable for long: {OUTBOX_LIMIT} events are queued; epoch "
+                      f"results past that are dropped (the checkpoints keep their metrics)", flush=True)
+            return
+        self.queue.append(event)
+        if self.outbox_path is not None:
+            with open(self.outbox_path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        self.deliver()
+
+    def deliver(self, force: bool = False) -> bool:
+        """Send what is queued, in order, until the server fails to answer. -> everything delivered."""
+        if not self.queue:
+            return True
+        now = time.monotonic()
+        if self._down_since is not None and not force and now - self._last_try < RETRY_S:
+            return False
+        self._last_try = now
+        sent = 0
+        while self.queue:
+            try:
+                self._apply(self.queue[0])
+            except Exception as e:  # noqa: BLE001 - sorted below: unreachable waits, anything else is dropped
+                if not unreachable(e):
+                    print(f"warning: MLflow refused {self.queue[0]['op']} of trial {self.queue[0].get('tid')}: "
+                          f"{str(e)[:300]}; skipped", flush=True)
+                    self.queue.pop(0)
+                    continue
+                if self._down_since is None:
+                    self._down_since = now
+                print(f"MLflow unreachable ({self.uri}), {len(self.queue)} results queued; the study goes on",
+                      flush=True)
+                return False
+            self.queue.pop(0)
+            sent += 1
+        if self._down_since is not None:
+            print(f"MLflow answers again: delivered {sent} queued results "
+                  f"(unreachable for {now - self._down_since:.0f} s)", flush=True)
+            self._down_since = None
+        if self.outbox_path is not None:
+            self.outbox_path.unlink(missing_ok=True)
+        return True
+
+    def _apply(self, event: dict) -> None:
+        op, tid, config = event["op"], event.get("tid"), event.get("config", {})
+        if op == "start":
+            run_id = self.run_for(tid, config)
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
+        elif op == "result":
+            self._log_result(tid, config, event["result"])
+        elif op == "recover":
+            run_id = self.run_for(tid, config)
+            before, now = self._restarts.get(tid, (int(self.client.get_run(run_id).data.tags.get(TAG_RESTARTS, 0)), 0))
+            self._restarts[tid] = (before + now + 1, 0)
+            self.client.set_tag(run_id, TAG_RESTARTS, str(before + now + 1))
+        elif op == "end":
+            self._end(tid, config, Status(event["status"]), event["run_status"])
+        elif op == "interrupted":  # Ctrl-C: a trial that had not ended by then
+            if tid not in self.outcomes and self.find_run(tid) and self.outcome(tid) == Status.INTERRUPTED:
+                self._end(tid, config, Status.INTERRUPTED, RunStatus.KILLED)
+
+    # --- Tune's events --------------------------------------------------------------------------
+
+    def setup(self, **info):
+        if self.queue:  # left by an earlier session (the server was down when it ended)
+            print(f"delivering {len(self.queue)} MLflow results queued by an earlier session", flush=True)
+            self.deliver(force=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._enqueue({"op": "start", "tid": trial.trial_id, "config": trial.config})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        keep = {k: v for k, v in result.items() if ("/" in k or k in ("epoch", RESTARTS, "worker_node_id",
+                                                                          "worker_node_ip"))
+                and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config, "result": keep})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune retries a trial whose process was lost: one more restart; its new controller counts from 0.
+        self._enqueue({"op": "recover", "tid": trial.trial_id, "config": trial.config})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # Tune calls this before it marks the trial TERMINATED: the epoch count decides.
+        status = completed_outcome(trial, self.spec)
+        self.outcomes[trial.trial_id] = status
+        self._enqueue({"op": "end", "tid": trial.trial_id, "config": trial.config, "status": status.value,
+                       "run_status": RunStatus.FINISHED})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        status = error_outcome(trial)
+        self.outcomes[trial.trial_id] = status
+        self._enqueue({"op": "end", "tid": trial.trial_id, "config": trial.config, "status": status.value,
+                       "run_status": RunStatus.FAILED})
+
+    def on_experiment_end(self, trials, **info):
+        # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
+        # calls on_trial_complete: their runs would say "running" forever. --resume reopens them.
+        for trial in trials:
+            if trial.trial_id not in self.outcomes:
+                self._enqueue({"op": "interrupted", "tid": trial.trial_id, "config": trial.config})
+        self.deliver(force=True)
+
+    # --- MLflow ---------------------------------------------------------------------------------
 
     def find_run(self, tid: str) -> str | None:
         """The trial's MLflow run id, from memory or by tag (after a restart), or None."""
@@ -166,9 +307,8 @@ class MlflowTracking(Callback):
             self.outcomes[tid] = Status(run.data.tags[TAG_STATUS])
         return run.info.run_id
 
-    def run_for(self, trial) -> str:
+    def run_for(self, tid: str, config: dict) -> str:
         """The trial's MLflow run, found again or created with the trial's params."""
-        tid = trial.trial_id
         run_id = self.find_run(tid)
         if run_id is not None:
             return run_id
@@ -177,7 +317,7 @@ class MlflowTracking(Callback):
             run_name=f"{self.study_name}-{tid.split('_')[-1]}",
             tags={TAG_STUDY: self.study_name, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
         )
-        params = flatten(self.spec.trial_config(trial.config))
+        params = flatten(self.spec.trial_config(config))
         logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=logged[i:i + 100])
@@ -188,24 +328,23 @@ class MlflowTracking(Callback):
     def outcome(self, tid: str) -> Status:
         """The trial's final status as recorded (this run or an earlier one); else INTERRUPTED."""
         if tid not in self.outcomes:
-            self.find_run(tid)
+            try:
+                self.find_run(tid)
+            except Exception as e:  # noqa: BLE001 - the server may be down: what this session saw stands
+                if not unreachable(e):
+                    raise
         return self.outcomes.get(tid, Status.INTERRUPTED)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        run_id = self.run_for(trial)
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, TAG_STATUS, Status.RUNNING.value)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_for(trial)
+    def _log_result(self, tid: str, config: dict, result: dict) -> None:
+        run_id = self.run_for(tid, config)
         epoch = result.get("epoch")
-        tags = self._restart_tags(trial.trial_id, run_id, result.get(RESTARTS, 0))
+        tags = self._restart_tags(tid, run_id, result.get(RESTARTS, 0))
         if tags:
-            self._placed.discard(trial.trial_id)  # a restarted trial may run on another node
-        if trial.trial_id not in self._placed and "worker_node_id" in result:  # once per driver session:
-            self._placed.add(trial.trial_id)  # a resumed trial may land on another node
+            self._placed.discard(tid)  # a restarted trial may run on another node
+        if tid not in self._placed and "worker_node_id" in result:  # once per driver session:
+            self._placed.add(tid)  # a resumed trial may land on another node
             tags += [RunTag(TAG_NODE, str(result["worker_node_id"])), RunTag(TAG_NODE_IP, str(result.get("worker_node_ip")))]
-        if epoch is None or epoch in self._logged_epochs[trial.trial_id]:
+        if epoch is None or epoch in self._logged_epochs[tid]:
             if tags:  # a resumed trial re-reports its checkpoint's epoch: log each (trial, epoch) once
                 self.client.log_batch(run_id, tags=tags)
             return
@@ -216,7 +355,7 @@ class MlflowTracking(Callback):
             if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        self._logged_epochs[trial.trial_id].add(epoch)
+        self._logged_epochs[tid].add(epoch)
 
     def _restart_tags(self, tid: str, run_id: str, seen: int) -> list[RunTag]:
         """`trial.restarts`: the trial's worker-group restarts over all driver sessions."""
@@ -229,45 +368,25 @@ class MlflowTracking(Callback):
         self._restarts[tid] = (before, seen)
         return [RunTag(TAG_RESTARTS, str(before + seen))]
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        # Tune retries a trial whose process was lost: one more restart; its new controller counts from 0.
-        run_id = self.run_for(trial)
-        before, now = self._restarts.get(trial.trial_id, (int(self.client.get_run(run_id).data.tags.get(
-            TAG_RESTARTS, 0)), 0))
-        self._restarts[trial.trial_id] = (before + now + 1, 0)
-        self.client.set_tag(run_id, TAG_RESTARTS, str(before + now + 1))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        # Tune calls this before it marks the trial TERMINATED: the epoch count decides.
-        self._end(trial, completed_outcome(trial, self.spec), RunStatus.FINISHED)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, error_outcome(trial), RunStatus.FAILED)
-
-    def on_experiment_end(self, trials, **info):
-        # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
-        # calls on_trial_complete: their runs would say "running" forever. --resume reopens them.
-        for trial in trials:
-            if self.outcome(trial.trial_id) == Status.INTERRUPTED and self.find_run(trial.trial_id):
-                self._end(trial, Status.INTERRUPTED, RunStatus.KILLED)
-
-    def _end(self, trial, status: Status, run_status: int) -> None:
+    def _end(self, tid: str, config: dict, status: Status, run_status: int) -> None:
         if status in FINAL:
-            self.outcomes[trial.trial_id] = status
-        run_id = self.run_for(trial)
+            self.outcomes[tid] = status
+        run_id = self.run_for(tid, config)
         self.client.log_batch(run_id, tags=[RunTag(TAG_STATUS, status.value)])
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
         if status in FINAL:  # an interrupted trial continues on --resume: its pictures come then
-            self._pictures(trial, run_id)
+            self._pictures(tid, config, run_id)
             self.refresh()
 
-    def _pictures(self, trial, run_id: str) -> None:
-        adaloss = self.spec.trial_config(trial.config).target.schedule == "adaloss"
+    def _pictures(self, tid: str, config: dict, run_id: str) -> None:
+        adaloss = self.spec.trial_config(config).target.schedule == "adaloss"
         try:
-            publish_trial(self.client, run_id, f"{self.train_storage}/{train_run_name(trial.trial_id)}",
+            publish_trial(self.client, run_id, f"{self.train_storage}/{train_run_name(tid)}",
                           self.info.objectives[0], adaloss=adaloss)
         except Exception as e:  # a picture must never stop a study
-            print(f"warning: trial {trial.trial_id}: pictures not logged: {e!r}", flush=True)
+            if unreachable(e):
+                raise  # the end event stays queued, pictures included
+            print(f"warning: trial {tid}: pictures not logged: {e!r}", flush=True)
 
     def refresh(self, importance: bool = False):
         """Re-rank the study and rewrite its comparison (dashboards.pareto.refresh). -> the table, or None."""
@@ -275,8 +394,21 @@ class MlflowTracking(Callback):
             return publish_study(self.client, self.info, importance=importance)
         except Exception as e:
             print(f"warning: the Pareto comparison was not updated: {e!r}; "
-                  f"`python -m dashboards.pareto {self.study_name}` redoes it", flush=True)
+                  f"`python -m dashboards.pareto {self.study_name} --write` redoes it", flush=True)
             return None
+
+
+def _read_outbox(path: Path | None) -> list[dict]:
+    """The events an earlier session could not deliver (a line cut short by a kill is skipped)."""
+    if path is None or not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
 
 
 def close_study_run(uri: str, study_run: StudyRun, summary: dict[str, float], status: str = "FINISHED") -> None:

@@ -61,6 +61,7 @@ class StudyResult:
     num_errors: int
     interrupted: bool  # Ctrl-C: the state is saved and --resume continues
     front: str = ""  # the Pareto front as a table (dashboards.pareto.front_text)
+    undelivered: int = 0  # MLflow events still queued (the server did not answer): --resume delivers them
 
 
 def run_study(
@@ -120,7 +121,8 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     study_run = tracking.open_study_run(uri, spec)
     payload = TrialPayload.from_spec(spec, storage.train)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
-    recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train)
+    recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train,
+                                       outbox=storage.local / tracking.OUTBOX if storage.local else None)
     callbacks = [recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
@@ -148,7 +150,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     table = _table(grid, spec, outcomes)
     interrupted = len(outcomes) < num_samples or Status.INTERRUPTED in outcomes.values()
     front = ""
-    ranked = recorder.refresh(importance=True)  # the comparison on the study run, with importance
+    delivered = recorder.deliver(force=True)
+    # the comparison on the study run, with importance (once MLflow has every result)
+    ranked = recorder.refresh(importance=True) if delivered else None
     if ranked is not None:
         table.insert(2, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
         front = front_text(ranked, recorder.info)
@@ -161,9 +165,16 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
         if len(best):
             summary[f"best/{o.metric}"] = float(best.min() if o.mode == "min" else best.max())
     status = "KILLED" if interrupted else "FINISHED" if grid.num_errors < len(table) else "FAILED"
-    tracking.close_study_run(uri, study_run, summary, status)
+    undelivered = len(recorder.queue)
+    if delivered:
+        try:
+            tracking.close_study_run(uri, study_run, summary, status)
+        except Exception as e:  # noqa: BLE001 - the server went down at the very end
+            if not tracking.unreachable(e):
+                raise
+            undelivered += 1
     return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors,
-                       interrupted, front)
+                       interrupted, front, undelivered)
 
 
 OPTUNA_JOURNAL = "optuna.journal"  # in the study folder: what optuna-dashboard opens

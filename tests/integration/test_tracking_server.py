@@ -105,3 +105,87 @@ def test_an_unreachable_server_fails_before_anything_starts(tmp_path, tiny_phant
     assert proc.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} does not answer" in proc.stderr
     assert "started a local Ray" not in proc.stdout and not (tmp_path / "store" / "nowhere").exists()
+
+
+def _start_server(tmp: Path, port: int) -> subprocess.Popen:
+    log = open(tmp / "outage-server.log", "a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'outage.db'}",
+         "--artifacts-destination", str(tmp / "outage-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:  # readiness poll, bounded
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not come up"
+        time.sleep(0.5)
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, as when its machine goes away
+    proc.wait(timeout=30)
+
+
+OUTAGE_S = 25
+
+
+def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tiny_phantom):
+    """The server is killed after the trial's epoch 2 and comes back OUTAGE_S later; the study goes on
+    meanwhile (no gap between its console lines longer than 10 s beyond an epoch's own time), and in
+    the end MLflow has every epoch exactly once, delivered in the same session or by --resume."""
+    import threading
+
+    port = _free_port()
+    server = _start_server(tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    spec = _spec(tmp_path, tiny_phantom, "outage")
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 10"))
+    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--tracking-uri", uri], cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[tuple[float, str]] = []
+    stopped: dict = {}
+
+    def outage():
+        stopped["at"] = time.monotonic()
+        _stop_server(server)
+        time.sleep(OUTAGE_S)  # the outage itself, not a race cover: the server stays away this long
+        stopped["back"] = _start_server(tmp_path, port)
+
+    try:
+        for line in p.stdout:
+            lines.append((time.monotonic(), line))
+            if "epoch " in line and " 2/10 " in line and not stopped:
+                threading.Thread(target=outage, daemon=True).start()
+        rc = p.wait(timeout=600)
+        out = "".join(line for _, line in lines)
+        (tmp_path / "outage.log").write_text(out)
+        assert rc == 0, out[-4000:]
+        assert "MLflow unreachable" in out, out[-4000:]
+        # no stall: consecutive console lines during the outage come at most ~an epoch + 10 s apart
+        during = [t for t, _ in lines if stopped["at"] <= t <= stopped["at"] + OUTAGE_S]
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        assert not gaps or max(gaps) < 15, gaps
+        deadline = time.monotonic() + 120
+        while "back" not in stopped:  # bounded wait for the restart thread
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        if "results are queued" in out:  # the trial ended before the server came back: --resume delivers
+            again = run_cli(str(spec), "--resume", "--tracking-uri", uri, cwd=tmp_path)
+            assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        client = mlflow.tracking.MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+        trial = next(r for r in runs if r.data.tags.get("study.role") == "trial")
+        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/mre_mm")) == list(range(1, 11))
+        assert trial.data.tags["trial.status"] == "finished"
+        assert not (tmp_path / "store" / "outage" / "mlflow_outbox.jsonl").exists()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for proc in (server, stopped.get("back")):
+            if proc is not None and proc.poll() is None:
+                _stop_server(proc)

@@ -1,0 +1,67 @@
+"""The tracking outbox: events the tracking server could not take wait, in order, on disk, and are
+delivered once when it answers. A closed loopback port plays the server that is down; the server
+that comes back is a real SQLite MLflow store (nothing mocked)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+
+from mlflow.tracking import MlflowClient
+
+from study.spec import load_spec
+from study.tracking import OUTBOX, MlflowTracking, open_study_run, unreachable
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tmp_path, capsys):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(textwrap.dedent(f"""\
+        study: {{name: outbox, storage: {tmp_path / 'store'}}}
+        space:
+          optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+        """))
+    spec = load_spec(spec_file)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study_run = open_study_run(store, spec)
+    tracking = MlflowTracking(f"http://127.0.0.1:{_closed_port()}", study_run, spec, str(tmp_path / "train"),
+                              outbox=tmp_path / OUTBOX)
+    config = {"optim.lr": 0.001}
+    tracking._enqueue({"op": "start", "tid": "t1", "config": config})
+    for epoch in (1, 2):
+        tracking._enqueue({"op": "result", "tid": "t1", "config": config,
+                           "result": {"epoch": epoch, "train/loss": 1.0 / epoch, "val/mre_mm": 5.0 - epoch}})
+    assert [e["op"] for e in tracking.queue] == ["start", "result", "result"]
+    saved = [json.loads(line) for line in (tmp_path / OUTBOX).read_text().splitlines()]
+    assert saved == tracking.queue  # on disk, in order: a killed driver's --resume finds them
+    assert "MLflow unreachable" in capsys.readouterr().out
+
+    # The server is back (here: the real store). A new session reads the outbox and delivers it.
+    back = MlflowTracking(store, study_run, spec, str(tmp_path / "train"), outbox=tmp_path / OUTBOX)
+    assert len(back.queue) == 3
+    assert back.deliver(force=True)
+    assert back.queue == [] and not (tmp_path / OUTBOX).exists()
+    client = MlflowClient(store)
+    (run,) = [r for r in client.search_runs([study_run.experiment_id]) if r.data.tags.get("tune.trial_id") == "t1"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mre_mm")] == [1, 2]
+    assert run.data.params["optim.lr"] == "0.001"
+    # Replayed again (a kill between delivery and truncation): still one entry per epoch.
+    again = MlflowTracking(store, study_run, spec, str(tmp_path / "train"))
+    again.queue = saved
+    assert again.deliver(force=True)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mre_mm")] == [1, 2]
+
+
+def test_what_counts_as_unreachable():
+    from mlflow.exceptions import MlflowException
+
+    assert unreachable(ConnectionRefusedError("refused"))
+    assert unreachable(MlflowException("API request to http://x/api/2.0/mlflow/runs/create failed with exception "
+                                       "HTTPConnectionPool(host='x'): Max retries exceeded"))
+    assert not unreachable(MlflowException("INVALID_PARAMETER_VALUE: Param value too long"))
