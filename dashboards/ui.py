@@ -38,8 +38,8 @@ def python_command() -> str:
 
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dashboards.ui", description="Start the MLflow UI on a study store.")
+def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Start the MLflow UI on a study store.")
     p.add_argument("--tracking-uri", default=None,
                    help="store to browse (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
