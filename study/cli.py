@@ -23,9 +23,15 @@ EXIT_BAD_INPUT = 2
 @dataclass(frozen=True)
 class Command:
     module: str  # whose main(argv, prog) runs it
-    args: tuple[str, ...]  # put before the user's arguments
+    args: tuple[str, ...]  # put after the user's first argument (the spec)
     synopsis: str
     summary: str
+
+    def same_as(self) -> str:
+        """The `python -m` command line this one runs."""
+        first, _, rest = self.synopsis.partition(" ")
+        return " ".join(["python -m", self.module, first, *self.args, rest]) if first.isupper() else \
+            " ".join(["python -m", self.module, self.synopsis])
 
 
 COMMANDS = {
@@ -41,13 +47,11 @@ COMMANDS = {
 
 
 def usage() -> str:
-    width = max(len(f"{name} {c.synopsis}") for name, c in COMMANDS.items())
     lines = [f"usage: {PROG} COMMAND [ARGS ...]", "",
              "Hyperparameter studies for anatomical landmark detection (Ray Tune + Optuna + Ray Train, in MLflow).",
              "", "commands:"]
     for name, c in COMMANDS.items():
-        same = " ".join(["python -m", c.module, *c.args])
-        lines.append(f"  {f'{name} {c.synopsis}':<{width}}  {c.summary} (= {same})")
+        lines += [f"  {name} {c.synopsis}", f"      {c.summary}", f"      = {c.same_as()}"]
     lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
     return "\n".join(lines)
 
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(`{PROG} --help` says what each does)", file=sys.stderr)
         return EXIT_BAD_INPUT
     module = importlib.import_module(command.module)
-    return module.main([*command.args, *rest], prog=f"{PROG} {name}")
+    return module.main([*rest[:1], *command.args, *rest[1:]], prog=f"{PROG} {name}")
 
 
 if __name__ == "__main__":
