@@ -93,8 +93,8 @@ def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
     return "\n".join([head, body] + ([unranked] if unranked else []))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dashboards.pareto", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m dashboards.pareto") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="the study's name (study.name in its spec)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")

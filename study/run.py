@@ -11,7 +11,6 @@ Exit status: 0 when the study ran, 1 when every trial failed, 2 for bad input (n
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -23,10 +22,11 @@ from trainables.config import flatten
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 PREVIEW_TRIALS = 3  # sampled configs shown by --dry-run
+PROG = "python -m study.run"  # how help and messages name the command (landmark-study run passes its own)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="study spec YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved study and exit")
     p.add_argument("--resume", action="store_true", help="continue the study of this name from its storage")
@@ -85,8 +85,9 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """The command line; prog is how it was called (`landmark-study run`), for help and messages."""
+    args = parse_args(argv, prog)
     overrides = list(args.overrides)
     if args.storage:
         overrides.append(f"study.storage={args.storage}")
@@ -119,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     from study.tuner import run_study  # lazy: imports Ray (seconds), only once the spec is known to be good
 
     t0 = time.monotonic()
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""), file=sys.stderr)
     if result.interrupted:
         given = sys.argv[1:] if argv is None else argv
-        again = " ".join(["python -m study.run", *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])
+        again = " ".join([prog, *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])
         print(f"\ninterrupted: the state is saved; continue with\n  {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if n and result.num_errors == n else 0

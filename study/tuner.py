@@ -20,6 +20,9 @@ from pathlib import Path
 
 # Tune's rich console output would interleave with our one-line-per-epoch progress.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Train V2 (the default in Ray 2.60) is what study.trial is written for; set before Ray is imported,
+# here rather than in a caller, so that study.run and the Python API (study.run_study) agree.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
