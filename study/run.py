@@ -11,6 +11,7 @@ Exit status: 0 when the study ran, 1 when every trial failed, 2 for bad input (n
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from study_cli import clean_env
-from test_resume import EPOCH, START, Runs, histories, kill_session, session_pids, trial_runs, write_spec
+from test_resume import EPOCH, START, Runs, histories, session_pids, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 
