@@ -8,7 +8,7 @@ line each, `file:line: what` (or `file: what` when the problem has no line).
     with ImageHeaders(default_cache_dir()) as headers:
         info = headers.read(path)     # ImageInfo(format="BMP", width=1935, height=2400, mode="L")
                                       # or DatasetFormatError("<path>: truncated: ...")
-    outside(xy, info)                 # (K,) bool: landmarks off the image
+    outside(xy, info)                 # [k, ...]: the landmarks off the image
 
 What is read of an image: the header, plus what finding a truncated file takes, never a full decode:
   BMP (uncompressed rows): the header; the file must be as long as the rows it announces.
@@ -23,13 +23,15 @@ header or problem], so a second check of 400 ISBI images opens none of them. A f
 place with the same size within the filesystem's mtime granularity (a few ms) would be missed;
 delete the cache file to force a full check. The cache is rewritten atomically under a lock, and
 entries of files that are gone or changed are dropped then. It is also kept in memory per process,
-because spec validation checks the same data once per searched value.
+because spec validation checks the same data once per searched value; annotations are parsed
+once per process and file version too (parsed_once), not cached on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import warnings
@@ -241,12 +243,31 @@ def _unchanged(path: str, entry: list) -> bool:
     return [st.st_size, st.st_mtime_ns] == entry[:2]
 
 
-def outside(xy: np.ndarray, info: ImageInfo) -> np.ndarray:
-    """(K,) bool: which (x, y) rows (0-based pixel centres) lie off the image, whose pixels cover
-    [-0.5, W - 0.5] × [-0.5, H - 0.5]. A NaN row (not annotated) is not outside."""
-    x, y = xy[:, 0], xy[:, 1]
-    with np.errstate(invalid="ignore"):
-        return (x < -0.5) | (x > info.width - 0.5) | (y < -0.5) | (y > info.height - 0.5)
+_parsed: dict[tuple, object] = {}
+
+
+def parsed_once(path: Path, parse, *args):
+    """parse(path, *args), remembered in this process per file version (absolute path, size, mtime_ns).
+
+    Spec validation checks the same data once per searched value; annotations are parsed once.
+    The result is shared: callers must not modify it.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return parse(path, *args)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, parse, args)
+    if key not in _parsed:
+        _parsed[key] = parse(path, *args)
+    return _parsed[key]
+
+
+def outside(xy: np.ndarray, info: ImageInfo) -> list[int]:
+    """The 0-based indices of the (x, y) rows (pixel centres at integers) that lie off the image,
+    whose pixels cover [-0.5, W - 0.5] × [-0.5, H - 0.5]. A NaN row (not annotated) is not off it."""
+    right, bottom = info.width - 0.5, info.height - 0.5
+    return [k for k, (x, y) in enumerate(xy.tolist())  # plain floats: ~20 landmarks, numpy's overhead would dominate
+            if not (math.isnan(x) or math.isnan(y)) and not (-0.5 <= x <= right and -0.5 <= y <= bottom)]
 
 
 def outside_message(k: int, shown: tuple[float, float], info: ImageInfo, image: Path) -> str:

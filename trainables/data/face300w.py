@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.checks import ImageHeaders, outside, outside_message
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
 from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 NUM_LANDMARKS = 68
@@ -306,11 +306,11 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
                 if not pts.is_file():
                     problems.append(f"{pts}: .pts file not found (needed for image {image})")
                     continue
-                xy, where, bad = parse_pts(pts, num_landmarks)
+                xy, where, bad = parsed_once(pts, parse_pts, num_landmarks)
                 problems += bad
                 if xy is not None and info is not None:
                     problems += [f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}"
-                                 for k in np.flatnonzero(outside(xy, info))]  # shown 1-based, as in the file
+                                 for k in outside(xy, info)]  # shown 1-based, as in the file
     return problems
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.checks import ImageHeaders, outside, outside_message
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
 from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems
 
 NUM_LANDMARKS = 37
@@ -326,7 +326,8 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
     if problems:
         return problems
     csv_path = root / "all.csv"
-    rows, problems = _parse_csv(csv_path, num_landmarks)
+    rows, problems = parsed_once(csv_path, _parse_csv, num_landmarks)
+    problems = list(problems)
     for split_path in sorted(p for p in (root / "splits").glob("*.txt") if p.is_file()):
         problems += _split_file_ids(split_path, csv_path, rows)[1]
     image_dir = root / "images"
@@ -343,7 +344,7 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
                 continue
             if xy is not None:
                 problems += [f"{csv_path}:{line}: id {rid!r}: {outside_message(k, xy[k], info, path)}"
-                             for k in np.flatnonzero(outside(xy, info))]
+                             for k in outside(xy, info)]
     return problems
 
 

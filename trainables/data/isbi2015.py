@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.checks import ImageHeaders, outside, outside_message
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
 from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
@@ -184,11 +184,11 @@ def check(root: Path, num_landmarks: int = 19, cache_dir: Path | None = None) ->
                     ann = root / "AnnotationsByMD" / ann_dir / f"{image.stem}.txt"
                     if not ann.is_file():
                         continue  # layout_problems said so
-                    xy, bad = parse_annotation(ann, num_landmarks)
+                    xy, bad = parsed_once(ann, parse_annotation, num_landmarks)
                     problems += bad
                     if xy is not None and info is not None:
                         problems += [f"{ann}:{k + 1}: {outside_message(k, xy[k], info, image)}"
-                                     for k in np.flatnonzero(outside(xy, info))]
+                                     for k in outside(xy, info)]
     return problems
 
 
