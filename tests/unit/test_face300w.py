@@ -142,32 +142,32 @@ def _lines() -> list[str]:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda ls: ls.__setitem__(0, "versoin 1"), r'line 1: expected "version: <number>" header, got "versoin 1"'),
-        (lambda ls: ls.__setitem__(1, "n_points: 67"), r"line 2: n_points is 67, expected 68"),
-        (lambda ls: ls.__setitem__(1, "n_points: many"), r'line 2: expected "n_points: <integer>" header'),
-        (lambda ls: ls.__setitem__(2, "["), r'line 3: expected "\{" opening the points, got "\["'),
-        (lambda ls: ls.__setitem__(3 + 5, "12.O 4"), r'line 9: expected "x y" numbers, got "12.O 4"'),
-        (lambda ls: ls.__setitem__(3 + 5, "12 4 7"), r'line 9: expected "x y" numbers, got "12 4 7"'),
-        (lambda ls: ls.__delitem__(slice(3 + 60, 3 + 68)), r"line 64: too few points, found 60, expected 68"),
-        (lambda ls: ls.__delitem__(slice(3 + 68, None)), r'line 72: expected "\}" after 68 points, got the end'),
-        (lambda ls: ls.insert(3 + 68, "1 2"), r'line 72: expected "\}" after 68 points, got "1 2"'),
-        (lambda ls: ls.append("junk"), r'line 75: unexpected text after the closing "\}": "junk"'),
+        (lambda ls: ls.__setitem__(0, "versoin 1"), r':1: expected "version: <number>" header, got "versoin 1"'),
+        (lambda ls: ls.__setitem__(1, "n_points: 67"), r":2: n_points is 67, expected 68"),
+        (lambda ls: ls.__setitem__(1, "n_points: many"), r':2: expected "n_points: <integer>" header'),
+        (lambda ls: ls.__setitem__(2, "["), r':3: expected "\{" opening the points, got "\["'),
+        (lambda ls: ls.__setitem__(3 + 5, "12.O 4"), r':9: expected "x y" numbers, got "12.O 4"'),
+        (lambda ls: ls.__setitem__(3 + 5, "12 4 7"), r':9: expected "x y" numbers, got "12 4 7"'),
+        (lambda ls: ls.__delitem__(slice(3 + 60, 3 + 68)), r":64: too few points, found 60, expected 68"),
+        (lambda ls: ls.__delitem__(slice(3 + 68, None)), r':72: expected "\}" after 68 points, got the end'),
+        (lambda ls: ls.insert(3 + 68, "1 2"), r':72: expected "\}" after 68 points, got "1 2"'),
+        (lambda ls: ls.append("junk"), r':75: unexpected text after the closing "\}": "junk"'),
     ],
 )
 def test_bad_pts_names_file_and_line(tmp_path, edit, message):
     lines = _lines()
     edit(lines)
     path = _bad_pts(tmp_path, "\r\n".join(lines))
-    with pytest.raises(DatasetFormatError, match=f"^{path} {message}"):
+    with pytest.raises(DatasetFormatError, match=f"^{path}{message}"):
         face300w.read_pts(path)
 
 
 def test_file_ending_early(tmp_path):
     path = _bad_pts(tmp_path, "version: 1\r\nn_points: 68\r\n{\r\n1 2\r\n")
-    with pytest.raises(DatasetFormatError, match=r"bad\.pts line 5: too few points, found 1, expected 68"):
+    with pytest.raises(DatasetFormatError, match=r"bad\.pts:5: too few points, found 1, expected 68"):
         face300w.read_pts(path)
     path = _bad_pts(tmp_path, "version: 1\n")
-    with pytest.raises(DatasetFormatError, match=r'bad\.pts line 2: file ends before the "n_points: 68" header'):
+    with pytest.raises(DatasetFormatError, match=r'bad\.pts:2: file ends before the "n_points: 68" header'):
         face300w.read_pts(path)
 
 
@@ -177,7 +177,7 @@ def test_bad_pts_inside_a_split_names_that_file(tmp_path):
     lines = _lines()
     lines[1] = "n_points: 49"
     pts.write_bytes("\r\n".join(lines).encode())
-    with pytest.raises(DatasetFormatError, match=f"^{pts} line 2: n_points is 49, expected 68"):
+    with pytest.raises(DatasetFormatError, match=f"^{pts}:2: n_points is 49, expected 68"):
         face300w.load_split(root, "full")
 
 

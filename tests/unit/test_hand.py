@@ -100,7 +100,7 @@ def test_wrong_column_count_names_file_line_and_counts(tmp_path):
     csv.write_bytes("\r\n".join(lines).encode())
     with pytest.raises(DatasetFormatError) as e:
         hand.read_csv(csv)
-    assert str(e.value) == f"{csv} line 3: expected 75 columns (id + 37 x,y pairs), found 74"
+    assert str(e.value) == f"{csv}:3: expected 75 columns (id + 37 x,y pairs), found 74"
 
 
 def test_non_numeric_names_file_line_and_column(tmp_path):
@@ -113,23 +113,23 @@ def test_non_numeric_names_file_line_and_column(tmp_path):
     csv.write_bytes("\r\n".join(lines).encode())
     with pytest.raises(DatasetFormatError) as e:
         hand.load_split(root, "all")
-    assert str(e.value) == f'{csv} line 1 column 7: expected a number or nan, got "12O"'
+    assert str(e.value) == f'{csv}:1: column 7: expected a number or nan, got "12O"'
 
 
 def test_duplicate_csv_id(tmp_path):
     root = _make_dataset(tmp_path / "hand")
     csv = root / "all.csv"
     csv.write_bytes(csv.read_bytes() + (_row("0012", _coords("0012")) + "\r\n").encode())
-    with pytest.raises(DatasetFormatError, match=r"all\.csv line 5: id '0012' already given on line 3"):
+    with pytest.raises(DatasetFormatError, match=r"all\.csv:5: id '0012' already given on line 3"):
         hand.read_csv(csv)
 
 
 def test_split_id_not_in_csv_names_split_file_and_line(tmp_path):
     root = _make_dataset(tmp_path / "hand")
     (root / "splits" / "set2.txt").write_bytes(b"0007\r\n\r\n12\r\n")  # "12" is not "0012"
-    with pytest.raises(DatasetFormatError, match=r"set2\.txt line 3: id '12' is not in .*all\.csv"):
+    with pytest.raises(DatasetFormatError, match=r"set2\.txt:3: id '12' is not in .*all\.csv"):
         hand.load_split(root, "set2")
-    with pytest.raises(DatasetFormatError, match=r"set3\.txt line 1: id '0012' already listed at .*set1\.txt line 3"):
+    with pytest.raises(DatasetFormatError, match=r"set3\.txt:1: id '0012' already listed at .*set1\.txt:3"):
         hand.load_split(root, "set1+set3")
 
 
@@ -141,7 +141,7 @@ def test_missing_ruler_landmark_names_csv_line(tmp_path):
     lines = csv.read_bytes().decode().split("\r\n")
     lines[2] = _row("0012", xy)
     csv.write_bytes("\r\n".join(lines).encode())
-    with pytest.raises(DatasetFormatError, match=r"all\.csv line 3: id '0012' lacks ruler landmark 5"):
+    with pytest.raises(DatasetFormatError, match=r"all\.csv:3: id '0012' lacks ruler landmark 5"):
         hand.load_split(root, "set3")
     assert len(hand.load_split(root, "set2")) == 1  # only the split's own rows need a ruler
 
@@ -152,7 +152,7 @@ def test_missing_image_names_expected_path(tmp_path):
     with pytest.raises(DatasetFormatError) as e:
         hand.load_split(root, "set2")
     assert str(e.value).startswith(f"{root / 'images' / '0007.png'}: image of id '0007' not found")
-    assert "set2.txt line 1" in str(e.value)
+    assert "set2.txt:1" in str(e.value)
 
 
 def test_other_image_format_needs_simpleitk(tmp_path, monkeypatch):

@@ -109,7 +109,7 @@ def test_non_numeric_line_names_file_line_and_text(tmp_path):
     path.write_bytes(("\r\n".join(xy) + "\r\n1\r\n").encode())
     with pytest.raises(DatasetFormatError) as e:
         isbi2015.load_split(root, "train")
-    assert str(e.value) == f'{path} line 6: expected "x,y" numbers, got "12O4,880"'
+    assert str(e.value) == f'{path}:6: expected "x,y" numbers, got "12O4,880"'
 
 
 def test_unknown_split_and_annotator_list_valid_ones(tmp_path):

@@ -5,7 +5,8 @@ optional crop box); `LandmarkDataset` turns them into tensors at the input size,
 on-disk cache of the decoded, resized images.
 
     recs = records(cfg.data, "train")    # list[Record]
-    problems(cfg.data)                   # [] when the data can be read; checked before any trial
+    problems(cfg.data)                   # [] when the data can be read; checked before any trial:
+                                         # every image header and annotation (checks.py), cached per file
     DATASETS["300w"].unit                # "nme": faces are scored by NME, the others in mm
 """
 
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data import face300w, hand, isbi2015, phantom
-from trainables.data.record import Record, read_image
+from trainables.data.cache import default_cache_dir
+from trainables.data.record import DatasetFormatError, Record, read_image
 from trainables.problems import Problem
 
 # Where phantom data is generated when data.root is empty; on a cluster each node makes its
@@ -33,7 +35,7 @@ DATA_HOME = Path(os.environ.get("LANDMARK_STUDY_DATA", Path.home() / ".cache" / 
 @dataclass(frozen=True)
 class DatasetSpec:
     records: Callable  # (DataConfig, split) -> list[Record]
-    problems: Callable  # (DataConfig) -> list[str], cheap checks naming the config key
+    problems: Callable  # (DataConfig) -> list[str] naming the config key: the config, then every data file
     flip_index: Callable  # K -> K ints: the landmark a horizontally flipped landmark k becomes
     unit: str = "mm"  # "mm": radial errors through the pixel spacing; "nme": normalised by nme_pair's distance
     nme_pair: tuple[int, int] | None = None
@@ -76,12 +78,12 @@ def _isbi_problems(cfg) -> list[str]:
         if cfg.num_landmarks != cfg.phantom.num_landmarks:
             out.append(f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
                        f"{cfg.phantom.num_landmarks}; set them equal")
-        if cfg.root and _root(cfg).exists():
-            out += _under("data.root", isbi2015.layout_problems(_root(cfg)))
+        if cfg.root and _root(cfg).exists():  # a phantom this code did not just generate: check it as ISBI
+            out += _under("data.root", isbi2015.check(_root(cfg), cfg.num_landmarks, default_cache_dir()))
         return out
     if not cfg.root:
         return out + _root_problem(cfg, "RawImage/ and AnnotationsByMD/")
-    return out + _under("data.root", isbi2015.layout_problems(_root(cfg)))
+    return out + _under("data.root", isbi2015.check(_root(cfg), cfg.num_landmarks, default_cache_dir()))
 
 
 def _isbi_records(cfg, split: str) -> list[Record]:
@@ -101,9 +103,9 @@ def _hand_problems(cfg) -> list[str]:
     out = _root_problem(cfg, "all.csv, images/ and splits/")
     if out:
         return out
-    layout = _under("data.root", hand.layout_problems(_root(cfg)))
-    if layout:
-        return layout
+    files = _under("data.root", hand.check(_root(cfg), cfg.num_landmarks, default_cache_dir()))
+    if files:
+        return files
     a, b = cfg.hand.ruler
     if not (0 <= a < cfg.num_landmarks and 0 <= b < cfg.num_landmarks) or a == b:
         out.append(f"data.hand.ruler: two distinct landmark indices in 0..{cfg.num_landmarks - 1}, got {[a, b]}")
@@ -114,6 +116,13 @@ def _hand_problems(cfg) -> list[str]:
             hand.split_stems(_root(cfg), getattr(cfg, key))  # the loader's own rule: stems joined by +, no repeats
         except ValueError as err:
             out.append(f"data.{key}: {err}")
+    if out:
+        return out
+    for key in ("train_split", "val_split"):  # what depends on the split: its ruler landmarks, ids in two joined files
+        try:
+            _hand_records(cfg, getattr(cfg, key))
+        except DatasetFormatError as err:
+            out += [Problem(f"data.{key}", p) for p in err.problems]
     return out
 
 
@@ -132,7 +141,7 @@ def _face_problems(cfg) -> list[str]:
         out.append(f"data.face.crop_scale: must be > 0, got {cfg.face.crop_scale}")
     if not cfg.root:
         return out + _root_problem(cfg, "afw/, helen/, lfpw/ and ibug/")
-    out += _under("data.root", face300w.layout_problems(_root(cfg)))
+    out += _under("data.root", face300w.check(_root(cfg), face300w.NUM_LANDMARKS, default_cache_dir()))
     for key in ("train_split", "val_split"):
         if getattr(cfg, key) == "test":
             out += _under(f"data.{key}", face300w.split_problems(_root(cfg), "test"))
@@ -160,7 +169,13 @@ def records(cfg, split: str) -> list[Record]:
 
 
 def problems(cfg) -> list[str]:
-    """What stops this data config from being read, as messages naming the config key."""
+    """What stops this data config from being read, as messages naming the config key.
+
+    Reads every image header and parses every annotation of the dataset (once per file: see
+    trainables/data/checks.py); a missing root alone is Problem.MISSING, which a dry run tolerates.
+    """
+    if cfg.num_landmarks < 1:
+        return [f"data.num_landmarks: must be at least 1, got {cfg.num_landmarks}"]
     return DATASETS[cfg.dataset].problems(cfg)
 
 

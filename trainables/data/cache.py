@@ -89,7 +89,7 @@ def cached_arrays(
         if arrays is not None:
             return arrays
 
-    with _locked(cache_dir / f"{stem}.lock"):
+    with locked(cache_dir / f"{stem}.lock"):
         try:
             arrays = _load(npz)
         except _CORRUPT as e:
@@ -103,9 +103,9 @@ def cached_arrays(
         for stale in cache_dir.glob(f"{stem}.*.tmp"):
             stale.unlink(missing_ok=True)
         arrays = _checked(build(), npz)
-        _write_atomic(npz, lambda f: _write_npz(f, arrays))
+        write_atomic(npz, lambda f: _write_npz(f, arrays))
         text = json.dumps(json.loads(_key_json(key)), sort_keys=True, indent=2) + "\n"
-        _write_atomic(cache_dir / f"{stem}.json", lambda f: f.write(text.encode()))
+        write_atomic(cache_dir / f"{stem}.json", lambda f: f.write(text.encode()))
         return arrays
 
 
@@ -117,7 +117,8 @@ def _key_json(key: Mapping) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive flock on the file at path (created if absent, never deleted) for the with-block."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed, or when the process dies
@@ -161,7 +162,7 @@ def _write_npz(f, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
+def write_atomic(path: Path, write: Callable) -> None:
     """Write via a temporary file in the same folder, fsync it, and os.replace it onto path."""
     tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp", delete=False)
     try:

@@ -33,12 +33,13 @@ Usage:
     from trainables.data import face300w
     problems = face300w.layout_problems(root)          # [] when train/common/challenging look fine
     face300w.split_problems(root, "test")              # same, for one split (e.g. the private set)
+    face300w.check(root)                               # every problem with every file, `file:line: what`
     records = face300w.load_split(root, "train")       # parses every .pts, decodes no image
     image = face300w.read_image(records[0].image_path) # (H, W) uint8 grayscale, decoded on demand
 
 Quick check from a shell:
 
-    python -m trainables.data.face300w ROOT            # prints problems and per-split counts
+    python -m trainables.data.face300w ROOT            # prints check()'s problems (exit 2), or per-split counts
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 NUM_LANDMARKS = 68
 IOD_PAIR = (36, 45)  # outer eye corners, 0-based: the NME normaliser (inter-ocular distance)
@@ -83,90 +85,114 @@ LAYOUT_SPLITS = ("train", "common", "challenging", "full")  # what layout_proble
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+class _Stop(Exception):
+    """A .pts file whose structure is broken at one line: nothing after it can be read."""
+
+
 def _header(path: Path, lineno: int, line: str, key: str) -> str:
-    """The value of a "key: value" header line; DatasetFormatError when the line is anything else."""
+    """The value of a "key: value" header line; _Stop when the line is anything else."""
     k, sep, value = line.partition(":")
     if not sep or k.strip().lower() != key or not value.strip():
-        raise DatasetFormatError(f'{path} line {lineno}: expected "{key}: <number>" header, got "{line}"')
+        raise _Stop(f'{path}:{lineno}: expected "{key}: <number>" header, got "{line}"')
     return value.strip()
 
 
-def read_pts(path: Path, num_landmarks: int = NUM_LANDMARKS) -> np.ndarray:
-    """Read a .pts file -> (K, 2) float64 (x, y), 0-based pixels (the file's 1-based values - 1).
+def parse_pts(path: Path, num_landmarks: int = NUM_LANDMARKS) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
+    """A .pts file -> ((K, 2) float64 (x, y) 0-based pixels (the file's 1-based values - 1), (K,) the
+    1-based line of each point, problems). Every bad point line is reported, `file:line: what`; a
+    broken header or bracket stops the parse there. The array is None when there is any problem.
 
     Tolerates CRLF, a UTF-8 BOM, whitespace around every line and blank lines (skipped; line
     numbers in errors count them).
     """
     path = Path(path)
-    all_lines = read_text_lines(path, ".pts file")
+    try:
+        all_lines = read_text_lines(path, ".pts file")
+    except DatasetFormatError as e:
+        return None, np.zeros(0, int), [str(e)]
     lines = [(i, s.strip()) for i, s in enumerate(all_lines, start=1) if s.strip()]
     end = len(all_lines) + 1  # the "line" after the last, for errors about a file that ends early
 
     def at(j: int) -> tuple[int, str | None]:
         return lines[j] if j < len(lines) else (end, None)
 
-    lineno, line = at(0)
-    if line is None:
-        raise DatasetFormatError(f"{path}: empty .pts file")
-    version = _header(path, lineno, line, "version")
-    try:
-        float(version)
-    except ValueError:
-        raise DatasetFormatError(f'{path} line {lineno}: expected "version: <number>" header, got "{line}"') from None
-
-    lineno, line = at(1)
-    if line is None:
-        raise DatasetFormatError(f'{path} line {lineno}: file ends before the "n_points: {num_landmarks}" header')
-    n = _header(path, lineno, line, "n_points")
-    if not n.isdigit():
-        raise DatasetFormatError(f'{path} line {lineno}: expected "n_points: <integer>" header, got "{line}"')
-    if int(n) != num_landmarks:
-        raise DatasetFormatError(f"{path} line {lineno}: n_points is {int(n)}, expected {num_landmarks}")
-
-    lineno, line = at(2)
-    if line != "{":
-        got = "the end of the file" if line is None else f'"{line}"'
-        raise DatasetFormatError(f'{path} line {lineno}: expected "{{" opening the points, got {got}')
-
     out = np.empty((num_landmarks, 2), dtype=np.float64)
-    for k in range(num_landmarks):
-        lineno, line = at(3 + k)
-        if line is None or line == "}":
-            raise DatasetFormatError(
-                f"{path} line {lineno}: too few points, found {k}, expected {num_landmarks}"
-            )
-        parts = line.split()
+    where = np.zeros(num_landmarks, dtype=int)
+    problems = []
+    try:
+        lineno, line = at(0)
+        if line is None:
+            raise _Stop(f"{path}: empty .pts file")
+        version = _header(path, lineno, line, "version")
         try:
-            if len(parts) != 2:
-                raise ValueError
-            xy = [float(p) for p in parts]
-            if not all(math.isfinite(v) for v in xy):
-                raise ValueError
+            float(version)
         except ValueError:
-            raise DatasetFormatError(f'{path} line {lineno}: expected "x y" numbers, got "{line}"') from None
-        out[k] = xy
+            raise _Stop(f'{path}:{lineno}: expected "version: <number>" header, got "{line}"') from None
 
-    lineno, line = at(3 + num_landmarks)
-    if line != "}":
-        got = "the end of the file" if line is None else f'"{line}"'
-        raise DatasetFormatError(
-            f'{path} line {lineno}: expected "}}" after {num_landmarks} points, got {got}'
-        )
-    if len(lines) > 4 + num_landmarks:
-        lineno, line = lines[4 + num_landmarks]
-        raise DatasetFormatError(f'{path} line {lineno}: unexpected text after the closing "}}": "{line}"')
-    return out - 1.0  # 1-based (Matlab) -> 0-based pixel centres
+        lineno, line = at(1)
+        if line is None:
+            raise _Stop(f'{path}:{lineno}: file ends before the "n_points: {num_landmarks}" header')
+        n = _header(path, lineno, line, "n_points")
+        if not n.isdigit():
+            raise _Stop(f'{path}:{lineno}: expected "n_points: <integer>" header, got "{line}"')
+        if int(n) != num_landmarks:
+            raise _Stop(f"{path}:{lineno}: n_points is {int(n)}, expected {num_landmarks}")
+
+        lineno, line = at(2)
+        if line != "{":
+            got = "the end of the file" if line is None else f'"{line}"'
+            raise _Stop(f'{path}:{lineno}: expected "{{" opening the points, got {got}')
+
+        for k in range(num_landmarks):
+            lineno, line = at(3 + k)
+            if line is None or line == "}":
+                raise _Stop(f"{path}:{lineno}: too few points, found {k}, expected {num_landmarks}")
+            parts = line.split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                xy = [float(p) for p in parts]
+                if not all(math.isfinite(v) for v in xy):
+                    raise ValueError
+            except ValueError:
+                problems.append(f'{path}:{lineno}: expected "x y" numbers, got "{line}"')
+                continue
+            out[k], where[k] = xy, lineno
+
+        lineno, line = at(3 + num_landmarks)
+        if line != "}":
+            got = "the end of the file" if line is None else f'"{line}"'
+            raise _Stop(f'{path}:{lineno}: expected "}}" after {num_landmarks} points, got {got}')
+        if len(lines) > 4 + num_landmarks:
+            lineno, line = lines[4 + num_landmarks]
+            raise _Stop(f'{path}:{lineno}: unexpected text after the closing "}}": "{line}"')
+    except _Stop as e:
+        problems.append(str(e))
+    if not problems and num_landmarks > 1 and np.ptp(out, axis=0).max() == 0.0:
+        problems.append(f"{path}: all {num_landmarks} points coincide, no face box")
+    if problems:
+        return None, where, problems
+    return out - 1.0, where, []  # 1-based (Matlab) -> 0-based pixel centres
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """The images of one folder, sorted by stem; two images with one stem is an error."""
+def read_pts(path: Path, num_landmarks: int = NUM_LANDMARKS) -> np.ndarray:
+    """parse_pts's points -> (K, 2) float64 0-based pixels; DatasetFormatError naming the first problem."""
+    xy, _, problems = parse_pts(path, num_landmarks)
+    raise_problems(problems)
+    return xy
+
+
+def _folder_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """The images of one folder, sorted by stem; and a problem per stem that two images share."""
     by_stem: dict[str, Path] = {}
-    for p in folder.iterdir():
+    problems = []
+    for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
             if p.stem in by_stem:
-                raise DatasetFormatError(f"{p}: two images share the stem {p.stem!r} (also {by_stem[p.stem].name})")
-            by_stem[p.stem] = p
-    return [by_stem[s] for s in sorted(by_stem)]
+                problems.append(f"{p}: two images share the stem {p.stem!r} (also {by_stem[p.stem].name})")
+            else:
+                by_stem[p.stem] = p
+    return [by_stem[s] for s in sorted(by_stem)], problems
 
 
 def _check_split(split: str) -> tuple[str, ...]:
@@ -202,7 +228,8 @@ def load_split(
         d = root / folder
         if not d.is_dir():
             raise DatasetFormatError(f"{d}: image folder of split {split!r} not found")
-        images = _folder_images(d)
+        images, problems = _folder_images(d)
+        raise_problems(problems)
         if not images:
             raise DatasetFormatError(f"{d}: no .jpg/.jpeg/.png images in a folder of split {split!r}")
         for image_path in images:
@@ -210,8 +237,6 @@ def load_split(
             if not pts.is_file():
                 raise DatasetFormatError(f"{pts}: .pts file not found (needed for image {image_path})")
             xy = read_pts(pts, num_landmarks)
-            if num_landmarks > 1 and np.ptp(xy, axis=0).max() == 0.0:
-                raise DatasetFormatError(f"{pts}: all {num_landmarks} points coincide, no face box")
             records.append(
                 Record(
                     id=f"{folder}/{image_path.stem}",
@@ -253,6 +278,42 @@ def layout_problems(root: Path) -> list[str]:
     return root_problems(root) or _missing_folder_problems(root, LAYOUT_SPLITS)
 
 
+def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None = None) -> list[str]:
+    """Every problem with the dataset, `file:line: what`: the layout (train/common/challenging), then
+    every folder of every split that exists, the private test set included: each image's header
+    (through the header cache in cache_dir, see checks.py), its .pts parsed in full, and each point
+    inside the image."""
+    root = Path(root)
+    problems = layout_problems(root)
+    if root_problems(root):
+        return problems
+    folders = sorted({f for fs in SPLITS.values() for f in fs})
+    with ImageHeaders(cache_dir) as headers:
+        for folder in folders:
+            if not (root / folder).is_dir():
+                continue  # layout_problems said so, or it is the optional test set
+            images, bad = _folder_images(root / folder)
+            problems += bad
+            if not images:
+                problems.append(f"{root / folder}: no .jpg/.jpeg/.png images")
+            for image in images:
+                try:
+                    info = headers.read(image)
+                except DatasetFormatError as e:
+                    problems.append(str(e))
+                    info = None
+                pts = image.with_suffix(".pts")
+                if not pts.is_file():
+                    problems.append(f"{pts}: .pts file not found (needed for image {image})")
+                    continue
+                xy, where, bad = parsed_once(pts, parse_pts, num_landmarks)
+                problems += bad
+                if xy is not None and info is not None:
+                    problems += [f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}"
+                                 for k in outside(xy, info)]  # shown 1-based, as in the file
+    return problems
+
+
 def _describe(root: Path):
     for split in SPLITS:
         if split_problems(root, split):
@@ -260,5 +321,6 @@ def _describe(root: Path):
         else:
             yield f"{split}: {len(load_split(root, split))} faces"
 
+
 if __name__ == "__main__":
-    check_folder_cli("face300w", layout_problems, _describe)
+    check_folder_cli("face300w", check, _describe)

@@ -21,13 +21,14 @@ image gets its own spacing_mm = 50 / that distance in pixels.
 Usage:
 
     from trainables.data import hand
-    problems = hand.layout_problems(root)              # [] when the layout looks fine
+    problems = hand.layout_problems(root)              # [] when the layout looks fine (cheap)
+    problems = hand.check(root)                        # every problem with every file, `file:line: what`
     records = hand.load_split(root, "set2+set3")       # parses all.csv, decodes no image
     image = hand.read_hand_image(records[0].image_path)  # (H, W) uint8, decoded on demand
 
 Quick check from a shell:
 
-    python -m trainables.data.hand ROOT                # prints problems and per-split counts
+    python -m trainables.data.hand ROOT                # prints check()'s problems (exit 2), or per-split counts
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems
 
 NUM_LANDMARKS = 37
 # Horizontal flip: a mirrored left hand reads as a right hand, so every landmark keeps its
@@ -50,39 +52,55 @@ ALL = "all"  # the split holding every CSV row
 PIL_SUFFIXES = ("png", "jpg", "jpeg")  # tried first, in this order; read with record.read_image
 
 
-def _read_csv_rows(path: Path, num_landmarks: int) -> dict[str, tuple[int, np.ndarray]]:
-    """id -> (1-based line, (K, 2) landmarks), in file order."""
+def _parse_csv(path: Path, num_landmarks: int) -> tuple[dict[str, tuple[int, np.ndarray | None]], list[str]]:
+    """id -> (1-based line, (K, 2) landmarks, None if the line is bad), in file order; and every problem."""
     path = Path(path)
     ncols = 1 + 2 * num_landmarks
-    rows: dict[str, tuple[int, np.ndarray]] = {}
-    for lineno, line in enumerate(read_text_lines(path, "landmark CSV"), start=1):
+    try:
+        lines = read_text_lines(path, "landmark CSV")
+    except DatasetFormatError as e:
+        return {}, [str(e)]
+    rows: dict[str, tuple[int, np.ndarray | None]] = {}
+    problems = []
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) != ncols:
-            raise DatasetFormatError(
-                f"{path} line {lineno}: expected {ncols} columns (id + {num_landmarks} x,y pairs), "
-                f"found {len(fields)}"
-            )
         rid = fields[0]
         if not rid:
-            raise DatasetFormatError(f"{path} line {lineno}: empty id in column 1")
+            problems.append(f"{path}:{lineno}: empty id in column 1")
+            continue
         if rid in rows:
-            raise DatasetFormatError(f"{path} line {lineno}: id {rid!r} already given on line {rows[rid][0]}")
+            problems.append(f"{path}:{lineno}: id {rid!r} already given on line {rows[rid][0]}")
+            continue
+        if len(fields) != ncols:
+            problems.append(f"{path}:{lineno}: expected {ncols} columns (id + {num_landmarks} x,y pairs), "
+                            f"found {len(fields)}")
+            rows[rid] = (lineno, None)
+            continue
         values = np.empty(2 * num_landmarks, dtype=np.float64)
+        bad = []
         for col, text in enumerate(fields[1:], start=2):
             try:
-                v = float(text)  # accepts nan / NaN / NAN
-                if math.isinf(v):
+                values[col - 2] = float(text)  # accepts nan / NaN / NAN
+                if math.isinf(values[col - 2]):
                     raise ValueError
             except ValueError:
-                raise DatasetFormatError(
-                    f'{path} line {lineno} column {col}: expected a number or nan, got "{text}"'
-                ) from None
-            values[col - 2] = v
+                bad.append(f'{path}:{lineno}: column {col}: expected a number or nan, got "{text}"')
+        problems += bad
+        if bad:
+            rows[rid] = (lineno, None)
+            continue
         xy = values.reshape(num_landmarks, 2)
         xy[np.isnan(xy).any(axis=1)] = np.nan  # half a landmark is no landmark
         rows[rid] = (lineno, xy)
+    return rows, problems
+
+
+def _read_csv_rows(path: Path, num_landmarks: int) -> dict[str, tuple[int, np.ndarray]]:
+    """id -> (1-based line, (K, 2) landmarks), in file order; DatasetFormatError naming the first problem."""
+    rows, problems = _parse_csv(path, num_landmarks)
+    raise_problems(problems)
     return rows
 
 
@@ -117,25 +135,47 @@ def split_stems(root: Path, split: str) -> list[str] | None:
     return stems
 
 
+def _split_file_ids(split_path: Path, csv_path: Path, rows: dict) -> tuple[list[tuple[str, str]], list[str]]:
+    """(id, "file:line" where it is listed) of one split file, in order; and every problem."""
+    try:
+        lines = read_text_lines(split_path, "split file")
+    except DatasetFormatError as e:
+        return [], [str(e)]
+    out: list[tuple[str, str]] = []
+    problems = []
+    seen: dict[str, str] = {}
+    for lineno, line in enumerate(lines, start=1):
+        rid = line.strip()
+        if not rid:
+            continue
+        where = f"{split_path}:{lineno}"
+        if rid not in rows:
+            problems.append(f"{where}: id {rid!r} is not in {csv_path}")
+        elif rid in seen:
+            problems.append(f"{where}: id {rid!r} already listed at {seen[rid]}")
+        else:
+            seen[rid] = where
+            out.append((rid, where))
+    return out, problems
+
+
 def _split_ids(root: Path, stems: list[str] | None, csv_path: Path, rows: dict) -> list[tuple[str, str]]:
     """(id, where it is listed) for a split, in split-file order (CSV order for "all")."""
     if stems is None:
-        return [(rid, f"{csv_path} line {line}") for rid, (line, _) in rows.items()]
+        return [(rid, f"{csv_path}:{line}") for rid, (line, _) in rows.items()]
     out: list[tuple[str, str]] = []
+    problems = []
     seen: dict[str, str] = {}
     for stem in stems:
-        split_path = Path(root) / "splits" / f"{stem}.txt"
-        for lineno, line in enumerate(read_text_lines(split_path, "split file"), start=1):
-            rid = line.strip()
-            if not rid:
-                continue
-            where = f"{split_path} line {lineno}"
-            if rid not in rows:
-                raise DatasetFormatError(f"{where}: id {rid!r} is not in {csv_path}")
-            if rid in seen:
-                raise DatasetFormatError(f"{where}: id {rid!r} already listed at {seen[rid]}")
-            seen[rid] = where
-            out.append((rid, where))
+        ids, bad = _split_file_ids(Path(root) / "splits" / f"{stem}.txt", csv_path, rows)
+        problems += bad
+        for rid, where in ids:
+            if rid in seen:  # the same id in two joined split files
+                problems.append(f"{where}: id {rid!r} already listed at {seen[rid]}")
+            else:
+                seen[rid] = where
+                out.append((rid, where))
+    raise_problems(problems)
     return out
 
 
@@ -203,19 +243,27 @@ def load_split(
     index = _image_index(image_dir)
 
     records = []
+    problems = []
     for rid, where in ids:
         line, xy = rows[rid]
         missing = [i + 1 for i in (a, b) if np.isnan(xy[i]).any()]
         if missing:
-            raise DatasetFormatError(
-                f"{csv_path} line {line}: id {rid!r} lacks ruler landmark {missing[0]} (1-based), "
+            problems.append(
+                f"{csv_path}:{line}: id {rid!r} lacks ruler landmark {missing[0]} (1-based), "
                 f"needed for its mm scale (ruler_mm / distance of landmarks {a + 1} and {b + 1})"
             )
+            continue
         dist = float(np.hypot(*(xy[a] - xy[b])))
         if dist == 0.0:
-            raise DatasetFormatError(f"{csv_path} line {line}: ruler landmarks {a + 1} and {b + 1} coincide")
-        path = _pick_image(index, image_dir, rid, where)
+            problems.append(f"{csv_path}:{line}: ruler landmarks {a + 1} and {b + 1} coincide")
+            continue
+        try:
+            path = _pick_image(index, image_dir, rid, where)
+        except DatasetFormatError as e:
+            problems.append(str(e))
+            continue
         records.append(Record(id=rid, image_path=path, landmarks=xy, spacing_mm=ruler_mm / dist))
+    raise_problems(problems)
     return records
 
 
@@ -249,7 +297,7 @@ def read_hand_image(path: Path) -> np.ndarray:
 def layout_problems(root: Path) -> list[str]:
     """Human-readable problems with the folder layout; [] when it looks fine.
 
-    Cheap (existence checks only, nothing is parsed or decoded). load_split validates contents.
+    Cheap (existence checks only, nothing is parsed or decoded). check() adds the files' contents.
     """
     root = Path(root)
     problems = root_problems(root)
@@ -267,11 +315,45 @@ def layout_problems(root: Path) -> list[str]:
     return problems
 
 
+def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None = None) -> list[str]:
+    """Every problem with the dataset, `file:line: what`: the layout, all.csv and every split file
+    parsed in full, each CSV row's image found and its header read (through the header cache in
+    cache_dir, see checks.py), and each landmark inside its image. Images in a format that needs
+    SimpleITK are found but their headers are not read. The ruler depends on the config: load_split
+    checks it, per split."""
+    root = Path(root)
+    problems = layout_problems(root)
+    if problems:
+        return problems
+    csv_path = root / "all.csv"
+    rows, problems = parsed_once(csv_path, _parse_csv, num_landmarks)
+    problems = list(problems)
+    for split_path in sorted(p for p in (root / "splits").glob("*.txt") if p.is_file()):
+        problems += _split_file_ids(split_path, csv_path, rows)[1]
+    image_dir = root / "images"
+    index = _image_index(image_dir)
+    with ImageHeaders(cache_dir) as headers:
+        for rid, (line, xy) in rows.items():
+            try:
+                path = _pick_image(index, image_dir, rid, f"{csv_path}:{line}")
+                if path.suffix.lower().lstrip(".") not in PIL_SUFFIXES + ("bmp",):
+                    continue  # read by SimpleITK; its header is not checked here
+                info = headers.read(path)
+            except DatasetFormatError as e:
+                problems.append(str(e))
+                continue
+            if xy is not None:
+                problems += [f"{csv_path}:{line}: id {rid!r}: {outside_message(k, xy[k], info, path)}"
+                             for k in outside(xy, info)]
+    return problems
+
+
 def _describe(root: Path):
     for split in split_names(root):
         recs = load_split(root, split)
         sp = np.array([r.spacing_mm for r in recs])
         yield f"{split}: {len(recs)} images, spacing {sp.min():.3f}..{sp.max():.3f} mm/px"
 
+
 if __name__ == "__main__":
-    check_folder_cli("hand", layout_problems, _describe)
+    check_folder_cli("hand", check, _describe)

@@ -9,18 +9,19 @@ Expected layout (the real dataset; trainables/data/phantom.py writes the same on
     ROOT/AnnotationsByMD/400_junior/001.txt ... 400.txt
 
 Each annotation file starts with 19 "x,y" lines (pixels of the full-size image, x = column,
-y = row); any further lines are other labels and are ignored.
+y = row, pixel centres at integers); any further lines are other labels and are ignored.
 
 Usage:
 
     from trainables.data import isbi2015
-    problems = isbi2015.layout_problems(root)          # [] when the layout looks fine
+    problems = isbi2015.layout_problems(root)          # [] when the layout looks fine (cheap)
+    problems = isbi2015.check(root)                    # every problem with every file, `file:line: what`
     records = isbi2015.load_split(root, "train")       # parses annotations, decodes no image
     image = isbi2015.read_image(records[0].image_path) # (H, W) uint8, decoded on demand
 
 Quick check from a shell:
 
-    python -m trainables.data.isbi2015 ROOT            # prints problems and per-split counts
+    python -m trainables.data.isbi2015 ROOT            # prints check()'s problems (exit 2), or per-split counts
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
+from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
+from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
@@ -38,34 +40,48 @@ ANNOTATOR_DIRS = {"senior": "400_senior", "junior": "400_junior"}
 ANNOTATORS = ("mean", "senior", "junior")  # "mean" = average of the two doctors (FARNet paper's ground truth)
 
 
-def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
-    """Read the first `num_landmarks` "x,y" lines of an annotation file -> (K, 2) float64 pixels.
+def parse_annotation(path: Path, num_landmarks: int = 19) -> tuple[np.ndarray | None, list[str]]:
+    """The first `num_landmarks` "x,y" lines of an annotation file -> ((K, 2) float64 pixels, problems).
 
-    Tolerates CRLF line endings, a UTF-8 BOM, whitespace around the numbers, float text
-    ("12.0, 880") and any number of trailing lines (other labels, blank lines).
+    Every problem is found, each `file:line: what` (`file: what` without a line); the array is
+    None when there is any. Tolerates CRLF line endings, a UTF-8 BOM, whitespace around the
+    numbers, float text ("12.0, 880") and any number of trailing lines (other labels, blank lines).
     """
     path = Path(path)
-    lines = read_text_lines(path, "annotation file")
-    while lines and not lines[-1].strip():  # trailing blank lines do not count
-        lines.pop()
-    if len(lines) < num_landmarks:
-        raise DatasetFormatError(
-            f'{path}: found {len(lines)} lines, expected at least {num_landmarks} "x,y" landmark lines'
-        )
+    try:
+        lines = read_text_lines(path, "annotation file")
+    except DatasetFormatError as e:
+        return None, [str(e)]
+    block = [_xy(line) for line in lines[:num_landmarks]]
+    # The landmark lines end at the last "x,y" line of the block; a line that is not "x,y" before it
+    # is a bad landmark line, after it the file's other labels begin (too few landmarks).
+    last = max((i for i, v in enumerate(block) if v is not None), default=-1)
+    problems = [f'{path}:{i + 1}: expected "x,y" numbers, got "{lines[i]}"' for i in range(last) if block[i] is None]
+    if last + 1 < num_landmarks:
+        found = sum(v is not None for v in block)
+        problems.append(f'{path}: found {found} "x,y" landmark lines, expected {num_landmarks}')
+    if problems:
+        return None, problems
+    return np.array(block, dtype=np.float64), []
 
-    out = np.empty((num_landmarks, 2), dtype=np.float64)
-    for i, line in enumerate(lines[:num_landmarks]):
-        parts = line.split(",")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            xy = [float(p) for p in parts]  # float() ignores surrounding whitespace
-            if not all(math.isfinite(v) for v in xy):
-                raise ValueError
-        except ValueError:
-            raise DatasetFormatError(f'{path} line {i + 1}: expected "x,y" numbers, got "{line}"') from None
-        out[i] = xy
-    return out
+
+def _xy(line: str) -> tuple[float, float] | None:
+    """"x,y" -> (x, y), two finite numbers (whitespace around them allowed); None for anything else."""
+    parts = line.split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        x, y = float(parts[0]), float(parts[1])  # float() ignores surrounding whitespace
+    except ValueError:
+        return None
+    return (x, y) if math.isfinite(x) and math.isfinite(y) else None
+
+
+def read_annotation(path: Path, num_landmarks: int = 19) -> np.ndarray:
+    """parse_annotation's landmarks -> (K, 2) float64 pixels; DatasetFormatError naming the first problem."""
+    xy, problems = parse_annotation(path, num_landmarks)
+    raise_problems(problems)
+    return xy
 
 
 def _split_images(root: Path, split: str) -> list[Path]:
@@ -110,8 +126,7 @@ def load_split(root: Path, split: str, num_landmarks: int = 19, annotator: str =
 def layout_problems(root: Path) -> list[str]:
     """Human-readable problems with the folder layout; [] when it looks fine.
 
-    Cheap (existence checks only, nothing is parsed or decoded): meant to run before any
-    trial starts. load_split still validates the annotation contents.
+    Cheap (existence checks only, nothing is parsed or decoded). check() adds the files' contents.
     """
     root = Path(root)
     problems = root_problems(root)
@@ -146,10 +161,42 @@ def layout_problems(root: Path) -> list[str]:
     return problems
 
 
+def check(root: Path, num_landmarks: int = 19, cache_dir: Path | None = None) -> list[str]:
+    """Every problem with the dataset, `file:line: what`: the layout, each image's header (through the
+    header cache in cache_dir, see checks.py), each annotation parsed in full, and each landmark
+    inside its image. [] when every split loads and every landmark lies on its image."""
+    root = Path(root)
+    problems = layout_problems(root)
+    if not all((root / sub).is_dir() for sub in ("RawImage", "AnnotationsByMD")):
+        return problems
+    with ImageHeaders(cache_dir) as headers:
+        for d in SPLIT_DIRS.values():
+            image_dir = root / "RawImage" / d
+            if not image_dir.is_dir():
+                continue  # layout_problems said so
+            for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() == ".bmp" and p.is_file()):
+                try:
+                    info = headers.read(image)
+                except DatasetFormatError as e:
+                    problems.append(str(e))
+                    info = None
+                for ann_dir in ANNOTATOR_DIRS.values():
+                    ann = root / "AnnotationsByMD" / ann_dir / f"{image.stem}.txt"
+                    if not ann.is_file():
+                        continue  # layout_problems said so
+                    xy, bad = parsed_once(ann, parse_annotation, num_landmarks)
+                    problems += bad
+                    if xy is not None and info is not None:
+                        problems += [f"{ann}:{k + 1}: {outside_message(k, xy[k], info, image)}"
+                                     for k in outside(xy, info)]
+    return problems
+
+
 def _describe(root: Path):
     for split in SPLIT_DIRS:
         recs = load_split(root, split)
         yield f"{split}: {len(recs)} images ({recs[0].id}..{recs[-1].id})"
 
+
 if __name__ == "__main__":
-    check_folder_cli("isbi2015", layout_problems, _describe)
+    check_folder_cli("isbi2015", check, _describe)

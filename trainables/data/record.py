@@ -18,14 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainables.data.cache import default_cache_dir
+from trainables.data.checks import DatasetFormatError, image_header, raise_problems  # noqa: F401 (re-exported)
 from trainables.problems import Problem
-
-
-class DatasetFormatError(ValueError):
-    """The dataset on disk does not match the expected layout or file format.
-
-    The message names the offending file (and the 1-based line number where relevant).
-    """
 
 
 @dataclass(frozen=True)
@@ -38,13 +33,16 @@ class Record:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file (BMP, PNG, JPEG; 8-bit, RGB or palette) -> (H, W) uint8 grayscale."""
+    """Decode an image file (BMP, PNG, JPEG; 8-bit, RGB or palette) -> (H, W) uint8 grayscale.
+
+    The file is first checked as the data checker checks it (checks.image_header), so a bad file
+    raises the checker's one-line DatasetFormatError, never a raw Pillow exception.
+    """
     path = Path(path)
+    image_header(path)
     try:
         with Image.open(path) as im:
             gray = im.convert("L")  # RGB -> ITU-R 601 luma; palette images go through their palette
-    except FileNotFoundError:
-        raise DatasetFormatError(f"{path}: image file not found") from None
     except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         raise DatasetFormatError(f"{path}: cannot decode image ({e})") from None
     return np.array(gray, dtype=np.uint8)
@@ -63,26 +61,39 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     """A text file's lines (UTF-8, a BOM ignored; \n, \r\n or \r); `what` names the file in errors."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetFormatError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError as e:
-        raise DatasetFormatError(f"{path}: not a text file ({e})") from None
     except OSError as e:
-        raise DatasetFormatError(f"{path}: cannot read {what} ({e})") from None
+        raise DatasetFormatError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
+                                 "is not UTF-8)") from None
+    if "\0" in text:  # valid UTF-8, yet binary
+        raise DatasetFormatError(f"{path}: not a text file (a NUL byte at offset {text.index(chr(0))})") from None
     return text.splitlines()
 
 
-def check_folder_cli(module: str, layout_problems: Callable[[Path], list[str]],
-                     describe: Callable[[Path], Iterable[str]]) -> None:
-    """`python -m trainables.data.<module> ROOT`: print the layout problems and exit 1, or one line per split."""
+def check_folder_cli(module: str, check: Callable[..., list[str]], describe: Callable[[Path], Iterable[str]]) -> None:
+    """`python -m trainables.data.<module> ROOT`: every problem, one line each, and exit 2; else one line per split.
+
+    `check(root, cache_dir=...)` is the dataset's full check, the one spec validation runs.
+    """
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m trainables.data.{module} ROOT")
     root = Path(sys.argv[1])
-    problems = layout_problems(root)
-    for p in problems:
-        print("problem:", p)
+    problems = check(root, cache_dir=default_cache_dir())
+    if not problems:
+        try:
+            lines = list(describe(root))
+        except DatasetFormatError as e:  # something the check does not look at; still one line per problem
+            problems = e.problems
     if problems:
-        sys.exit(1)
-    for line in describe(root):
+        for p in problems:
+            print(p)
+        print(f"{root}: {len(problems)} problem{'s' if len(problems) > 1 else ''}", file=sys.stderr)
+        sys.exit(2)
+    for line in lines:
         print(line)
