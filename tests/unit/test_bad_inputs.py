@@ -14,10 +14,13 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_data_checks import (FACE_FILES, face_lines, isbi_ann, isbi_image, isbi_lines, make_300w, make_hand, make_isbi,
+                              truncate, write_isbi_annotation, write_pts)
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -35,6 +38,36 @@ class Case:
     args: list[str]  # after `python -m study.run`
     words: list[str]  # each must appear in stderr
     problems: int = 1  # lines of problems expected
+    files: Callable[[Path], None] | None = None  # writes data files into the case's folder first
+
+
+def _isbi_truncated(folder: Path) -> None:
+    truncate(isbi_image(make_isbi(folder / "isbi")))
+
+
+def _isbi_off_image(folder: Path) -> None:
+    root = make_isbi(folder / "isbi")
+    lines = isbi_lines()
+    lines[2] = "5000,5000"
+    write_isbi_annotation(isbi_ann(root), lines)
+
+
+def _hand_bad_cell(folder: Path) -> None:
+    root = make_hand(folder / "hand")
+    csv = root / "all.csv"
+    rows = csv.read_text().splitlines()
+    cells = rows[1].split(",")
+    cells[5] = "12O"
+    rows[1] = ",".join(cells)
+    csv.write_text("\n".join(rows) + "\n")
+
+
+def _face_bad_point(folder: Path) -> None:
+    root = make_300w(folder / "300w")
+    folder_name, image = next(iter(FACE_FILES.items()))
+    lines = face_lines()
+    lines[7] = "12.O 4"
+    write_pts((root / folder_name / image).with_suffix(".pts"), lines)
 
 
 CASES: dict[str, Case] = {
@@ -89,6 +122,18 @@ CASES: dict[str, Case] = {
                             ["spec.yaml"], ["base.model.weights: nope.pt does not exist"]),
     "isbi_root_missing": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: no_isbi}\n", ["spec.yaml"],
                               ["base.data.root: ", "no_isbi: dataset root does not exist"]),
+    # --- data files, checked for real before any trial (the same check as python -m trainables.data.*)
+    "isbi_truncated_image": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n", ["spec.yaml"],
+                                 ["base.data.root: ", "002.bmp: truncated"], files=_isbi_truncated),
+    "isbi_landmark_off_image": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n", ["spec.yaml"],
+                                    ["002.txt:3: landmark 3 at (5000, 5000) is outside the 30×24"], files=_isbi_off_image),
+    "hand_bad_cell": Case("study: {name: a}\nbase:\n  data: {dataset: hand, root: hand, num_landmarks: 37,"
+                          " train_split: set1, val_split: set2}\n  eval: {split: ''}\n",
+                          ["spec.yaml"], ["all.csv:2: column 6: expected a number or nan, got \"12O\""], files=_hand_bad_cell),
+    "face_bad_point": Case("study: {name: a, objectives: [{metric: val/nme, mode: min}]}\nbase:\n"
+                           "  data: {dataset: 300w, root: 300w, num_landmarks: 68, val_split: common}\n"
+                           "  eval: {split: ''}\n",
+                           ["spec.yaml"], ['expected "x y" numbers, got "12.O 4"'], files=_face_bad_point),
     "force_without_resume": Case(OK, ["spec.yaml", "--force"], ["error: --force only goes with --resume"], problems=0),
     # --- storage, tracking and cluster: checked after the spec, still before Ray
     "storage_is_a_file": Case(OK, ["spec.yaml", "--storage", "afile/sub"], ["study.storage afile/sub:", "is a file, not a folder"]),
@@ -151,6 +196,8 @@ def runs(tmp_path_factory) -> tuple[dict[str, Run], list[str]]:
         elif case.spec is not None:
             (folder / "spec.yaml").write_text(textwrap.dedent(case.spec))
         (folder / "afile").write_text("a file where a folder is expected\n")
+        if case.files:
+            case.files(folder)
         before[name] = (folder, {p.name for p in folder.iterdir()})
         todo.append([name, str(folder), case.args])
     home = tmp_path_factory.mktemp("home")

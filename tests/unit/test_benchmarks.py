@@ -18,6 +18,7 @@ TINY = {  # script -> arguments that run it in seconds
     "model_cost.py": ["--models", "unet::0.25", "--flops-size", "64", "64", "--train-size", "64", "64",
                       "--batch", "1", "--steps", "1"],
     "render_targets.py": ["--batch", "1", "--repeats", "1", "--size", "64", "64", "--landmarks", "2"],
+    "data_check.py": ["--images", "3", "--decode", "1"],
     "trainer_throughput.py": ["--epochs", "1", "--set", "data.phantom.num_train=4", "--set", "data.phantom.num_test1=2",
                               "--set", "data.phantom.num_test2=2"],
 }

@@ -575,3 +575,17 @@ def test_cache_of_other_settings_or_corrupt_is_ignored(tmp_path, monkeypatch):
     monkeypatch.setattr(checks.ImageHeaders, "_memo", {})
     assert isbi2015.check(root, cache_dir=cache) == []
     assert len(json.loads((cache / checks.CACHE_FILE).read_text())["files"]) == 4
+
+
+def test_spec_validation_shows_at_most_max_problems_and_says_how_many_more(tmp_path, monkeypatch):
+    import trainables.data
+    from trainables.config import TrialConfig
+
+    root = make_isbi(tmp_path / "isbi")
+    # One wrong setting flags every annotation file of the dataset: 8 here (4 images × 2 doctors).
+    cfg = TrialConfig.from_dict({"data": {"dataset": "isbi2015", "root": str(root), "num_landmarks": 20}}).data
+    assert len(trainables.data.problems(cfg)) == 8
+    monkeypatch.setattr(trainables.data, "MAX_PROBLEMS", 3)
+    found = trainables.data.problems(cfg)
+    assert len(found) == 4
+    assert found[-1].endswith("… and 5 more problems; `python -m trainables.data.isbi2015 ROOT` lists them all")

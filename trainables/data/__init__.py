@@ -176,7 +176,18 @@ def problems(cfg) -> list[str]:
     """
     if cfg.num_landmarks < 1:
         return [f"data.num_landmarks: must be at least 1, got {cfg.num_landmarks}"]
-    return DATASETS[cfg.dataset].problems(cfg)
+    found = DATASETS[cfg.dataset].problems(cfg)
+    if len(found) > MAX_PROBLEMS:  # one wrong setting (data.num_landmarks) can flag every file
+        found = found[:MAX_PROBLEMS] + [Problem("data.root", f"… and {len(found) - MAX_PROBLEMS} more problems; "
+                                                            f"`python -m trainables.data.{_module(cfg)} ROOT` lists them all")]
+    return found
+
+
+MAX_PROBLEMS = 30  # lines of data problems shown in spec validation
+
+
+def _module(cfg) -> str:
+    return {"phantom": "isbi2015", "300w": "face300w"}.get(cfg.dataset, cfg.dataset)
 
 
 def split_problems(cfg, split: str, key: str) -> list[str]:
