@@ -21,7 +21,7 @@ _EXPORTS = {
     "Spec": "study.spec",
     "SpecError": "study.spec",  # bad input: .problems, one line each, naming the file and YAML path
     "StudyError": "study.spec",  # a study that cannot start or resume as asked
-    "run_study": "study.tuner",  # (spec, address=None, tracking_uri=None, resume=False, force=False, verbose=False)
+    "run_study": "study.tuner",  # (spec, address=None, tracking_uri=None, resume=False, force=False, verbose=False, break_lock=False)
     "StudyResult": "study.tuner",
 }
 __all__ = sorted(_EXPORTS)
