@@ -53,17 +53,21 @@ def train_run_name(trial_id: str) -> str:
 def trial_driver(config: dict, payload: TrialPayload) -> None:
     """One Tune trial: fit a TorchTrainer on the base config with the sampled dotted values."""
     trial_id = tune.get_context().get_trial_id()
+    # The trainer checkpoints every epoch that improves the primary objective (besides every
+    # train.checkpoint_every-th and the last), so the best epoch is among those Train keeps below.
+    metric, mode = payload.primary
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=payload.base.with_values(config).to_dict(),
+        train_loop_config=payload.base.with_values(
+            {**config, "train.checkpoint_metric": metric, "train.checkpoint_mode": mode}).to_dict(),
         scaling_config=ScalingConfig(num_workers=payload.workers, use_gpu=payload.use_gpu,
                                      resources_per_worker=payload.per_worker),
         run_config=RunConfig(
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
             callbacks=[TuneReportCallback()],
-            # The two best epochs by the primary objective (their pictures and weights are what the
-            # trial's MLflow run keeps); Train always keeps the latest too, which resumes.
+            # The two best checkpointed epochs by the primary objective (their pictures and weights are
+            # what the trial's MLflow run keeps); Train always keeps the latest too, which resumes.
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=payload.primary[0],
                                                checkpoint_score_order=payload.primary[1]),
             failure_config=FailureConfig(max_failures=0),
