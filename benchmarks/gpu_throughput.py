@@ -240,6 +240,24 @@ def main() -> None:
                 ratio = f"{r['img_s'] / base:.2f}x fp32" if base else ""
                 print(f"  {name:<34} {r['img_s']:8.2f} img/s {r['step_ms']:8.1f} ms/step  peak {peak:>9}  "
                       f"GPU util {util:>6}  loss {r['loss']:.4f}  {ratio}", flush=True)
+        if cuda:  # not what fit does (it leaves cudnn.benchmark off): how much cuDNN's autotuner would add
+            torch.backends.cudnn.benchmark = True
+            batch, base = args.batches[-1], None
+            for precision, channels_last in (VARIANTS[0], VARIANTS[-1]):
+                try:
+                    r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size)), device,
+                                        args.warmup, args.steps)
+                except Exception as e:
+                    traceback.print_exc()
+                    r = {"error": repr(e)}
+                report["steps"].append({**r, "cudnn_benchmark": True})
+                save()
+                if "img_s" in r:
+                    base = base or r["img_s"]
+                    print(f"  batch {batch} {precision}{' + channels_last' if channels_last else ''}, cudnn.benchmark: "
+                          f"{r['img_s']:8.2f} img/s  peak {r['peak_gib']:.1f} GiB  {r['img_s'] / base:.2f}x fp32",
+                          flush=True)
+            torch.backends.cudnn.benchmark = False
     if "share" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
