@@ -294,6 +294,7 @@ def _validate(raw: dict, problems: list[str]) -> Spec:
     study.objectives = _objectives(raw.get("study"), base, space, problems)
     _check_scheduler(study, base, space, problems)
     _check_sampler(study, space, problems)
+    _checkpoint_the_primary(study, base)
     return Spec(source="", study=study, resources=resources, base=base, space=space)
 
 
@@ -441,6 +442,15 @@ def _check_scheduler(study: StudySection, base: TrialConfig, space: dict[str, Pa
     elif sched.grace_period > sched.max_t:
         problems.append(f"study.scheduler.grace_period: {sched.grace_period} epochs is more than train.epochs "
                         f"({sched.max_t}); ASHA could never stop a trial: lower it, or set study.scheduler=none")
+
+
+def _checkpoint_the_primary(study: StudySection, base: TrialConfig) -> None:
+    """The trainer also checkpoints each epoch that improves the study's primary objective, so the
+    best epoch is always among the checkpoints Train keeps (the trial's MLflow run logs its weights
+    and pictures). Set here, on the base, so that MLflow's params show what the trainer used."""
+    primary = study.objectives[0]
+    if not base.train.checkpoint_metric and primary.metric.startswith(("val/", "train/", "cost/")):
+        base.train.checkpoint_metric, base.train.checkpoint_mode = primary.metric, primary.mode
 
 
 def _check_sampler(study: StudySection, space: dict[str, Param], problems: list[str]) -> None:

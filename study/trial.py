@@ -95,8 +95,9 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
             callbacks=[ReportWithRestarts()],
-            # The two best epochs by the primary objective (their pictures and weights are what the
-            # trial's MLflow run keeps); Train always keeps the latest too, which resumes.
+            # The two best checkpointed epochs by the primary objective (their pictures and weights are
+            # what the trial's MLflow run keeps); Train always keeps the latest too, which resumes. The
+            # trainer checkpoints every epoch that improves it (train.checkpoint_metric, set by the spec).
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=payload.primary[0],
                                                checkpoint_score_order=payload.primary[1]),
             # A dead worker or node (SIGKILL, OOM, preemption) restarts the worker group from the

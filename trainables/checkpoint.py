@@ -1,16 +1,28 @@
-"""A trial's checkpoint folder: what `fit` writes each epoch and what the driver and dashboards read.
+"""A trial's checkpoint folder: what `fit` writes and what the driver and dashboards read.
 
-    <checkpoint>/checkpoint.pt          model, optimizer, σ schedule, RNG, epoch (torch.save)
+    <checkpoint>/checkpoint.pt          model, optimizer, σ schedule, RNG, epoch, … (torch.save)
     <checkpoint>/metrics.json           the epoch's reported metrics
     <checkpoint>/preview.npz            the arrays behind the trial's pictures (Scorer.preview)
     <checkpoint>/<name>_per_landmark.txt  the final test's per-landmark table (last epoch only)
 
 Plain files, no torch needed to read metrics.json or preview.npz (dashboards/ reads them).
+
+Which epochs write one (`CheckpointPolicy`, `train.checkpoint_*`): every `checkpoint_every`-th
+epoch, the last epoch, and each epoch that improves on the best value so far of
+`checkpoint_metric` (a study sets its primary objective, by which Ray Train keeps its best
+checkpoints and the driver picks the trial's best epoch: so the best epoch is never missing).
+Every checkpoint is complete, optimizer state included: when it is written it is the newest one,
+and the newest is what Ray Train resumes from (`ray.train.get_checkpoint`). Other epochs report
+their metrics with no checkpoint.
+
+    policy = CheckpointPolicy(every=0, epochs=300, metric="val/mre_mm", mode="min")   # every 10
+    policy.due(epoch=13, metrics={"val/mre_mm": 2.1})   # True if 2.1 beats the best so far
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -46,3 +58,41 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
         report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# The default cadence keeps a trial to this many periodic checkpoints, whatever its length.
+PERIODIC_CHECKPOINTS = 30
+
+
+class CheckpointPolicy:
+    """Which epochs write a checkpoint: each `every`-th (0 = ceil(epochs / 30)), the last, and
+    those whose `metric` beats the best value so far in direction `mode` ("" = no metric).
+
+    The best value is state: a resumed trial judges improvement against the same best.
+    """
+
+    def __init__(self, every: int, epochs: int, metric: str = "", mode: str = "min"):
+        self.every = every or max(1, math.ceil(epochs / PERIODIC_CHECKPOINTS))
+        self.epochs, self.metric, self.mode = epochs, metric, mode
+        self.best: float | None = None
+
+    def improves(self, metrics: dict) -> bool:
+        """Whether metrics[metric] is finite and strictly better than the best so far (then it is the best)."""
+        value = metrics.get(self.metric) if self.metric else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.best is not None and not (value < self.best if self.mode == "min" else value > self.best):
+            return False
+        self.best = float(value)
+        return True
+
+    def due(self, epoch: int, metrics: dict) -> bool:
+        """Whether 1-based `epoch`, which reported `metrics`, writes a checkpoint."""
+        improved = self.improves(metrics)  # always evaluated, so that the best so far stays current
+        return improved or epoch % self.every == 0 or epoch >= self.epochs
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best") if state.get("metric") == self.metric else None  # another metric: start over

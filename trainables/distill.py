@@ -83,11 +83,12 @@ class Distiller:
         with torch.no_grad():  # not inference_mode: autograd must be able to save these for backward
             t_c5 = self.teacher(images).levels[-1]
             t_logits = self.teacher.classify(t_c5) if "cd" in self.terms else None
-        total = images.new_zeros(())
+        # Under autocast (train.precision) the features and logits may be bf16/fp16: the terms are fp32.
+        total = images.new_zeros((), dtype=torch.float32)
         if "cd" in self.terms:
-            total = total + cd_loss(self._student.classify(self._c5), t_logits, self.mu)
+            total = total + cd_loss(self._student.classify(self._c5).float(), t_logits.float(), self.mu)
         if "ed" in self.terms:
-            total = total + ed_loss(self._c5, t_c5)
+            total = total + ed_loss(self._c5.float(), t_c5.float())
         self._c5 = None  # one loss per forward: a stale C5 must not be reused
         return total
 

@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainables.config import TrialConfig
-from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, to_original
+from trainables.data.dataset import LandmarkDataset, normalize, to_original
 from trainables.heatmaps import DECODERS, TargetRenderer
 from trainables.metrics import NME_AUC_PERCENT, NME_FR_PERCENT, normalized_errors, radial_errors_mm, summarize
+from trainables.precision import autocast, to_layout
 
 
 class Objective:
@@ -42,7 +43,8 @@ class Objective:
 class Scorer:
     """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
 
-    Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
+    The forward pass runs at `train.precision` in `train.channels_last` layout, as training does;
+    the heatmaps are decoded and the loss computed in float32. Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
     (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
     in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
     """
@@ -50,19 +52,24 @@ class Scorer:
     def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
         self.decode, self.flip_test = DECODERS[cfg.eval.decode], cfg.eval.flip_test
         self.flip_index, self.unit, self.nme_pair = flip_index, spec.unit, spec.nme_pair
-        self.batch_size, self.device = cfg.train.batch_size, device
+        self.batch_size, self.device = cfg.train.batch_size, torch.device(device)
+        self.precision, self.channels_last = cfg.train.precision, cfg.train.channels_last
         default_fr, default_auc = (NME_FR_PERCENT, NME_AUC_PERCENT) if spec.unit == "nme" else (4.0, 4.0)
         self.fr = cfg.eval.fr_threshold or default_fr
         self.auc = cfg.eval.auc_threshold or default_auc
 
-    def _predict(self, model, images):
-        """(B, 1, H, W) -> finest heatmaps (B, K, h, w) (flip-averaged if eval.flip_test), and the heads."""
-        heads = model(images)
-        heatmaps = heads[-1].float()
-        if self.flip_test:
+    def _predict(self, model, pixels):
+        """(B, 1, H, W) uint8 on the device -> finest heatmaps (B, K, h, w) float32 (flip-averaged if
+        eval.flip_test), and the heads (float32)."""
+        images = to_layout(normalize(pixels), self.channels_last)
+        with autocast(self.device, self.precision):
+            heads = model(images)
+            mirrored = model(images.flip(-1))[-1] if self.flip_test else None
+        heads = [h.float() for h in heads]
+        heatmaps = heads[-1]
+        if mirrored is not None:
             # Exact for this pixel convention: heatmap column u of the mirror is column W/s - 1 - u here.
-            mirrored = model(images.flip(-1))[-1].float().flip(-1)[:, self.flip_index]
-            heatmaps = (heatmaps + mirrored) / 2
+            heatmaps = (heatmaps + mirrored.float().flip(-1)[:, self.flip_index]) / 2
         return heatmaps, heads
 
     @torch.no_grad()
@@ -71,8 +78,9 @@ class Scorer:
         model.eval()
         stride = objective.strides[-1]
         errors, loss_sum, n = [], 0.0, 0
-        for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size):
-            images, coords = images.to(self.device), coords.to(self.device)
+        pin = self.device.type == "cuda"  # page-locked batches copy to the GPU without a staging copy
+        for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size, pin_memory=pin):
+            images, coords = images.to(self.device, non_blocking=pin), coords.to(self.device, non_blocking=pin)
             heatmaps, heads = self._predict(model, images)
             loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
             n += len(images)
@@ -103,7 +111,7 @@ class Scorer:
             pred = self.decode(heatmaps, stride).cpu()
             peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
             out |= {
-                "images": ((images[:, 0] * PIXEL_STD + PIXEL_MEAN).clamp(0, 1) * 255).round().to(torch.uint8).numpy(),
+                "images": images[:, 0].numpy(),  # the dataset's uint8 grey levels
                 "gt": coords.numpy(), "pred": pred.numpy(),
                 "heatmaps": (heatmaps.clamp(min=0) / peak).amax(1).cpu().half().numpy(),
             }

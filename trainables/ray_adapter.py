@@ -3,18 +3,26 @@
 `ray.train.report` receives the trainer's per-epoch metrics and checkpoint folder; a restarted
 Train run hands its latest checkpoint back to `fit`.
 
+Each worker sets torch's intra-op threads to its CPU share (`resources.cpus_per_worker`, whole
+CPUs, at least 1) before training: torch would otherwise start one thread per core of the node,
+and trials sharing a node would fight over the cores (the target renderer ran 5–8× slower at 2
+threads than at 1 on a loaded 2-core machine, benchmarks/README.md). A trial's
+`train.threads` > 0 overrides it.
+
     TorchTrainer(train_loop_per_worker, train_loop_config=trial_config_dict, ...)
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import ray
 import ray.train
 import ray.train.torch
 import ray.util
+import torch
 
 from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import METRICS_FILE
@@ -23,6 +31,13 @@ from trainables.trainer import fit
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
 RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
+
+
+def cpu_threads(assigned: dict[str, float]) -> int | None:
+    """Intra-op threads for a worker holding these Ray resources: its whole CPUs, at least 1
+    (a 0.5-CPU worker gets 1); None if it holds no CPU (then torch's setting stays)."""
+    cpus = assigned.get("CPU", 0.0)
+    return max(1, math.floor(cpus)) if cpus > 0 else None
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -37,6 +52,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _fit_in_worker(config: dict) -> None:
     cfg = TrialConfig.from_dict(config)
+    threads = cpu_threads(ray.get_runtime_context().get_assigned_resources())
+    if threads is not None:
+        torch.set_num_threads(threads)  # fit's train.threads, if set, wins over this
 
     # Where the trial ran, for the MLflow run's tags (not metrics: no "/" in the names).
     node = {"worker_node_id": ray.get_runtime_context().get_node_id(), "worker_node_ip": ray.util.get_node_ip_address()}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import torch
 
 from trainables import data as datasets
-from trainables.config import Problem, TrialConfig
+from trainables.config import Problem, TrialConfig, suggest
 from trainables.data.augment import validate as augment_problems
 from trainables.distill import DISTILL_TERMS, distill_problems
 from trainables.heatmaps import DECODERS
 from trainables.losses import LOSSES, loss_problems
+from trainables.metrics import all_metric_names, reported_metrics
 from trainables.models import MODELS, model_problems
+from trainables.precision import PRECISIONS
 from trainables.schedules import SCHEDULES, schedule_problems
 
 OPTIMIZERS = {
@@ -37,6 +39,7 @@ REGISTRIES = {
     "distill.type": DISTILL_TERMS,
     "optim.name": OPTIMIZERS,
     "eval.decode": DECODERS,
+    "train.precision": PRECISIONS,
 }
 
 
@@ -64,6 +67,7 @@ def config_problems(cfg: TrialConfig) -> list[Problem]:
         out.append(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):
         out.append(f"train.device: unknown {cfg.train.device!r}; choose one of ['auto', 'cpu', 'cuda']")
+    out += train_problems(cfg)
     out += augment_problems(cfg.data.augment)
     if cfg.data.dataset in datasets.DATASETS:
         out += datasets.problems(cfg.data)
@@ -73,3 +77,21 @@ def config_problems(cfg: TrialConfig) -> list[Problem]:
         if value < 0:
             out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
     return [Problem.of(p) for p in out]
+
+
+def train_problems(cfg: TrialConfig) -> list[str]:
+    """The speed and checkpoint fields of `train.*` (precision is a registry, checked above)."""
+    t, out = cfg.train, []
+    for path, value in [("train.threads", t.threads), ("train.checkpoint_every", t.checkpoint_every)]:
+        if value < 0:
+            out.append(f"{path}: must be ≥ 0 (0 = the default), got {value}")
+    if t.checkpoint_mode not in ("min", "max"):
+        out.append(f"train.checkpoint_mode: expected min or max, got {t.checkpoint_mode!r}")
+    if t.checkpoint_metric:
+        # Reported every epoch, so every epoch can be judged: not test/* (the last epoch only).
+        dataset = datasets.DATASETS.get(cfg.data.dataset)
+        known = reported_metrics(dataset.unit) if dataset else all_metric_names()
+        if t.checkpoint_metric not in known:
+            out.append(f"train.checkpoint_metric: {t.checkpoint_metric!r} is not reported every epoch"
+                       f"{suggest(t.checkpoint_metric, known)}; use one of {', '.join(known)}, or \"\" for none")
+    return out

@@ -5,14 +5,22 @@
     fit(cfg, report=lambda metrics, checkpoint_dir: print(metrics))
 
 `report(metrics, checkpoint_dir)` is called once per epoch with the metrics (names follow
-`split/name_unit`, plus `epoch`) and a folder holding `checkpoint.pt`, valid only during the
-call. The Ray Train adapter, the tests and the benchmarks each supply their own `report`.
-Under torch.distributed (Ray Train with several workers) the model is wrapped in DDP, each rank
-trains on its shard and only rank 0 writes checkpoints.
+`split/name_unit`, plus `epoch`) and, on the epochs `train.checkpoint_*` selects
+(trainables/checkpoint.py), a folder holding `checkpoint.pt`, valid only during the call; on the
+others checkpoint_dir is None. The Ray Train adapter, the tests and the benchmarks each supply
+their own `report`. Under torch.distributed (Ray Train with several workers) the model is
+wrapped in DDP, each rank trains on its shard and only rank 0 writes checkpoints.
+
+Speed knobs (`train.*`): `threads` sets torch's intra-op threads for the call (0 leaves them as
+they are: torch's default standalone, the worker's CPU share under Ray, set by ray_adapter.py);
+`precision` runs forward passes under autocast (trainables/precision.py) with losses in fp32;
+`channels_last` puts the model and batches in NHWC. Batches leave the dataset as uint8 and
+become floats on the device; on CUDA they come from pinned memory with non-blocking copies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -22,17 +30,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
-from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, Report, report_with_checkpoint  # noqa: F401 (re-exported)
+from trainables.checkpoint import (CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, CheckpointPolicy,  # noqa: F401 (re-exported)
+                                   Report, report_with_checkpoint)
 from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
 from trainables.cost import cost_figures
 from trainables.data.augment import augment, is_active
 from trainables.data.cache import default_cache_dir
-from trainables.data.dataset import LandmarkDataset
+from trainables.data.dataset import LandmarkDataset, normalize
 from trainables.distill import Distiller, distill_term
 from trainables.losses import LOSSES
 from trainables.metrics import format_table, per_landmark_table
 from trainables.models import build_model
 from trainables.objective import Objective, Scorer
+from trainables.precision import autocast, device_problem, grad_scaler, to_layout
 from trainables.registry import OPTIMIZERS, config_problems
 from trainables.schedules import SCHEDULES
 
@@ -54,8 +64,17 @@ def fit(
     if problems:
         raise ConfigError(problems)
     device = torch.device(device or _auto_device(cfg.train.device))
+    problem = device_problem(device, cfg.train.precision)
+    if problem:
+        raise ConfigError([problem])
+    with intra_op_threads(cfg.train.threads):
+        return _fit(cfg, report, resume_from, device)
+
+
+def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: torch.device) -> dict:
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = dist.get_rank() if distributed else 0
+    precision, channels_last = cfg.train.precision, cfg.train.channels_last
 
     torch.manual_seed(cfg.train.seed)
     train_ds = load_split(cfg, cfg.data.train_split)
@@ -65,12 +84,15 @@ def fit(
     spec = datasets.DATASETS[cfg.data.dataset]
     flip_index = list(spec.flip_index(num_landmarks))
 
-    model = build_model(cfg.model, num_landmarks).to(device)
+    model = to_layout(build_model(cfg.model, num_landmarks).to(device), channels_last)
     strides = tuple(model.strides)
     costs = cost_figures(model, cfg.data.input_size, device)  # of the deployed model: before a classifier is unfrozen
     distiller = Distiller(cfg.distill, model, cfg.model) if cfg.distill.type != "none" else None
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
+    scaler = grad_scaler(device, precision)
     schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, cfg.data.input_size)
+    policy = CheckpointPolicy(cfg.train.checkpoint_every, cfg.train.epochs, cfg.train.checkpoint_metric,
+                              cfg.train.checkpoint_mode)
     objective = Objective(LOSSES[cfg.loss.type], cfg, strides)
     scorer = Scorer(cfg, spec, flip_index, device)
 
@@ -81,12 +103,16 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        policy.load_state_dict(state.get("checkpoint", {}))
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.train.seed) if distributed else None
+    pin = device.type == "cuda"  # page-locked batches: the host-to-device copy runs asynchronously
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.train.epochs):
         # The shuffle order depends only on (seed, epoch), so a resumed trial sees the same batches.
@@ -101,6 +127,7 @@ def fit(
             sampler=sampler,
             generator=gen,
             drop_last=len(train_ds) > cfg.train.batch_size,
+            pin_memory=pin,
         )
         t0 = time.perf_counter()
         model.train()
@@ -108,21 +135,15 @@ def fit(
         loss_sum = torch.zeros(num_landmarks, device=device)
         distill_sum = torch.zeros((), device=device)
         n_batches = 0
-        for images, coords, _, _ in loader:
-            images, coords = images.to(device), coords.to(device)
+        for pixels, coords, _, _ in loader:
+            images, coords = normalize(pixels.to(device, non_blocking=pin)), coords.to(device, non_blocking=pin)
             if is_active(cfg.data.augment):
                 images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
-            heads = model(images)
-            per_landmark = objective(heads, coords, sigma)
-            loss = per_landmark.mean()
-            if distiller is not None:
-                distill_loss = distiller.loss(images)
-                loss = loss + distill_term(cfg.distill.lambda_, distill_loss, heads)  # cross-task eq 2
-                distill_sum += distill_loss.detach()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += per_landmark.detach()
+            per_landmark, distill_loss = train_step(model, to_layout(images, channels_last), coords, sigma, objective,
+                                                    optimizer, scaler, precision, distiller, cfg.distill.lambda_)
+            loss_sum += per_landmark
+            if distill_loss is not None:
+                distill_sum += distill_loss
             n_batches += 1
         if distributed:  # every rank must step Adaloss with the same losses, or their σ would drift apart
             dist.all_reduce(loss_sum)
@@ -147,16 +168,63 @@ def fit(
             test, test_errors = scorer(model, test_ds, sigma, objective, "test")
             tables[f"test_{cfg.eval.split}"] = format_table(per_landmark_table(test_errors, spec.unit))
             metrics.update(test)
+        if not policy.due(epoch + 1, metrics):
+            report(metrics, None)
+            continue
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
         preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, strides[-1]) if rank == 0 else None
-        report_with_checkpoint(report, metrics, rank, {
-            "model": _unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "rng": torch.get_rng_state(),
-            "epoch": epoch + 1,
-        }, tables, preview)
+        report_with_checkpoint(report, metrics, rank, checkpoint_state(_unwrap(model), optimizer, scaler, schedule,
+                                                                       policy, epoch + 1), tables, preview)
     return metrics
+
+
+def train_step(model, images, coords, sigma, objective: Objective, optimizer, scaler, precision: str,
+               distiller: Distiller | None = None, distill_lambda: float = 0.0):
+    """One optimisation step. images (B, 1, H, W) normalised, on the device; coords (B, K, 2); sigma (K,).
+
+    The forward passes (student, and the distillation teacher) run under autocast at `precision`;
+    the losses are computed in float32 outside it. Returns the detached per-landmark loss (K,)
+    float32 and the distillation loss L_D (a 0-d tensor, or None without distillation).
+    """
+    with autocast(images.device, precision):
+        heads = model(images)
+        distill_loss = distiller.loss(images) if distiller is not None else None
+    per_landmark = objective(heads, coords, sigma)  # float32: the Objective casts each head
+    loss = per_landmark.mean()
+    if distill_loss is not None:
+        loss = loss + distill_term(distill_lambda, distill_loss, heads)  # cross-task eq 2
+        distill_loss = distill_loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()  # a disabled scaler (fp32, bf16) passes the loss and the step through
+    scaler.step(optimizer)
+    scaler.update()
+    return per_landmark.detach(), distill_loss
+
+
+def checkpoint_state(model, optimizer, scaler, schedule, policy: CheckpointPolicy, epoch: int) -> dict:
+    """What checkpoint.pt holds: everything an exact resume needs after `epoch` (1-based) epochs."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),  # {} unless fp16
+        "schedule": schedule.state_dict(),
+        "checkpoint": policy.state_dict(),  # the best checkpoint_metric so far
+        "rng": torch.get_rng_state(),
+        "epoch": epoch,
+    }
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int):
+    """torch's intra-op thread count set to n inside the block (0: left as it is), restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
 
 
 def _unwrap(model):

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {  # script -> arguments that run it in seconds
     "model_cost.py": ["--models", "unet::0.25", "--flops-size", "64", "64", "--train-size", "64", "64",
                       "--batch", "1", "--steps", "1"],
-    "render_targets.py": ["--batch", "1", "--repeats", "1", "--size", "64", "64", "--landmarks", "2"],
+    "render_targets.py": ["--batch", "1", "--rounds", "1", "--threads", "1", "--size", "64", "64", "--landmarks", "2"],
+    "checkpoint_bytes.py": ["--improving", "0", "10"],
+    "gpu_throughput.py": ["--device", "cpu", "--size", "64", "64", "--batches", "1", "--warmup", "1", "--steps", "1",
+                          "--fit-epochs", "1", "--fit-train", "8"],
     "data_check.py": ["--images", "3", "--decode", "1"],
     "trainer_throughput.py": ["--epochs", "1", "--set", "data.phantom.num_train=4", "--set", "data.phantom.num_test1=2",
                               "--set", "data.phantom.num_test2=2"],

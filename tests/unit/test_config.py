@@ -210,6 +210,28 @@ def test_lr_must_be_positive():
             f"optim.lr: must be > 0, got {float(lr)}"]
 
 
+def test_speed_and_checkpoint_fields_say_what_is_allowed():
+    def problems(**train):
+        return config_problems(TrialConfig.from_dict({"train": train}))
+
+    assert problems(precision="bf16", channels_last=True, threads=2, checkpoint_every=10,
+                    checkpoint_metric="val/sdr_2mm", checkpoint_mode="max") == []
+    assert problems(precision="fp8") == ["train.precision: unknown 'fp8'; choose one of ['bf16', 'fp16', 'fp32']"]
+    assert problems(threads=-1) == ["train.threads: must be ≥ 0 (0 = the default), got -1"]
+    assert problems(checkpoint_every=-2) == ["train.checkpoint_every: must be ≥ 0 (0 = the default), got -2"]
+    assert problems(checkpoint_mode="lowest") == ["train.checkpoint_mode: expected min or max, got 'lowest'"]
+    (p,) = problems(checkpoint_metric="val/mre")
+    assert p.startswith("train.checkpoint_metric: 'val/mre' is not reported every epoch (did you mean 'val/mre_mm'?)")
+    # test/* is reported once, after the last epoch: it cannot pick epochs to keep.
+    (p,) = problems(checkpoint_metric="test/mre_mm")
+    assert p.startswith("train.checkpoint_metric: 'test/mre_mm' is not reported every epoch")
+    # Faces are scored in NME: no mm metric there.
+    faces = TrialConfig.from_dict({"data": {"dataset": "300w", "root": "/nonexistent"},
+                                   "train": {"checkpoint_metric": "val/mre_mm"}})
+    (p,) = [p for p in config_problems(faces) if p.path == "train.checkpoint_metric"]
+    assert p.startswith("train.checkpoint_metric: 'val/mre_mm' is not reported every epoch")
+
+
 def test_several_config_problems_are_listed_together():
     cfg = TrialConfig.from_dict({"model": {"name": "nope"}, "data": {"input_size": [100, 104]},
                                  "optim": {"lr": 0}})

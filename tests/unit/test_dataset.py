@@ -11,11 +11,11 @@ from PIL import Image
 
 from trainables.config import TrialConfig
 from trainables.data import DATASETS, problems
-from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, to_original
+from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD, LandmarkDataset, normalize, to_original
 from trainables.data.record import DatasetFormatError, Record, read_image
 
 GREY = 100  # background of the test images, so black padding (0) is told apart from the image
-BLACK = (0 - PIXEL_MEAN) / PIXEL_STD  # -2.0 after normalisation
+BLACK = 0  # grey level of the padding; the dataset keeps uint8 grey levels
 
 
 def _blob_image(path: Path, size_wh: tuple[int, int], landmarks: np.ndarray) -> Path:
@@ -88,9 +88,20 @@ def test_crop_beyond_the_image_is_black(tmp_path):
     assert (img[:, :3] == BLACK).all()
     # Row i's centre is at y = 5.2 + 3.2(i + 0.5), filter ±3.2: rows with that - 3.2 > 39.5 (i >= 12).
     assert (img[12:, :] == BLACK).all()
-    # Inside, away from the blobs, the grey background: (100/255 - 0.5)/0.25.
-    assert img[4, 12].item() == pytest.approx((GREY / 255 - PIXEL_MEAN) / PIXEL_STD, abs=1e-6)
+    # Inside, away from the blobs, the grey background, which the network sees as (100/255 - 0.5)/0.25.
+    assert img.dtype == torch.uint8 and img[4, 12].item() == GREY
+    assert normalize(img)[4, 12].item() == pytest.approx((GREY / 255 - PIXEL_MEAN) / PIXEL_STD, abs=1e-6)
     assert (ds[0][0] > BLACK).all()  # the uncropped image has no padding
+
+
+def test_images_stay_uint8_and_become_floats_only_through_normalize(tmp_path):
+    ds = LandmarkDataset(_round_trip_records(tmp_path), INPUT)
+    # 2 images of 15×20 grey levels: 600 bytes as uint8, a quarter of float32's 2400.
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (2, 1, 15, 20)
+    assert ds.images.nbytes == 2 * 15 * 20 and normalize(ds.images).nbytes == 4 * ds.images.nbytes
+    # (x/255 - 0.5)/0.25: 0 -> -2, 255 -> 2, 100 -> -0.431373
+    got = normalize(torch.tensor([0, 255, 100], dtype=torch.uint8))
+    assert got.dtype == torch.float32 and got.tolist() == pytest.approx([-2.0, 2.0, -0.4313725], abs=1e-6)
 
 
 def test_nan_landmark_stays_nan(tmp_path):
@@ -164,7 +175,7 @@ def test_touching_or_rewriting_an_image_makes_a_new_entry(tmp_path):
     reader = CountingReader()
     ds = LandmarkDataset(recs, INPUT, reader, cache_dir=cache, name="t")
     assert len(reader.paths) == 2 and len(_npz(cache)) == 3
-    assert ds[1][0][0, 4, 12].item() == pytest.approx((160 / 255 - PIXEL_MEAN) / PIXEL_STD, abs=1e-6)
+    assert ds[1][0][0, 4, 12].item() == 160
 
 
 def test_missing_image_names_the_path_and_leaves_no_npz(tmp_path):
