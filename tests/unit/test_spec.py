@@ -61,7 +61,8 @@ def test_quickstart_loads():
 def test_minimal_spec_gets_defaults(tmp_path):
     spec = load_spec(_write(tmp_path, "study: {name: tiny}\n"))
     assert spec.study.trials == 8 and spec.study.sampler == "tpe" and spec.resources.workers == 1
-    assert spec.base == TrialConfig()
+    # the defaults, and the trainer checkpoints the epochs that improve the study's primary objective
+    assert spec.base == TrialConfig.from_dict({"train": {"checkpoint_metric": "val/mre_mm", "checkpoint_mode": "min"}})
     assert spec.space == {}
 
 
