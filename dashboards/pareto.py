@@ -63,7 +63,7 @@ def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
         _for_parquet(table).to_parquet(folder / "trials.parquet", index=False)
         title = f"study {info.name}"
         (folder / "front.html").write_text(pareto_html(table, info.objectives, list(info.space), title))
-        pareto_png(table, info.objectives, title, folder / "front.png")
+        pareto_png(table, info.objectives, title, folder / "front.png", searched=list(info.space))
         client.log_artifacts(info.run_id, str(folder), "pareto")
         if importance:
             log_importance(client, info, table, Path(tmp) / "importance")
