@@ -44,7 +44,8 @@ from study.schema import (
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "Model training"
 NOTE_TAG = "mlflow.note.content"
-COST_COLUMNS = ("cost/gflops", "cost/params_m", "cost/latency_ms", "cost/epoch_s")  # the trainer's, cost/workers aside
+COST_COLUMNS = ("cost/gflops", "cost/epoch_s", "cost/params_m", "cost/latency_ms")  # the trainer's, cost/workers aside;
+# the first two are the Pareto page's cost axes (dashboards.plots.COST_AXES)
 WORKFLOW = "machine_learning"
 
 
@@ -123,7 +124,7 @@ def trial_note(row, objectives: Sequence[tuple[str, str]], searched: Sequence[st
 
         **val/mre_mm 1.6** (min) · **val/sdr_2mm 71** (max)
 
-        cost/gflops 4.2 · cost/params_m 2.1 · cost/latency_ms 12.6 · cost/epoch_s 42
+        cost/gflops 4.2 · cost/epoch_s 42 · cost/params_m 2.1 · cost/latency_ms 12.6
 
         adaloss, lr 3e-4 · finished · Pareto rank 1 (on the front) in study `quickstart`
     """

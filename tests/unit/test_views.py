@@ -42,7 +42,7 @@ def test_the_view_shows_the_trials_best_first_with_objectives_costs_and_params()
     assert state["orderByKey"] == "metrics.`val/mre_mm`" and state["orderByAsc"] is True
     assert state["selectedColumns"] == [
         "tags.`trial.status`", "tags.`pareto.rank`", "metrics.`val/mre_mm`", "metrics.`val/sdr_2mm`",
-        "metrics.`cost/gflops`", "metrics.`cost/params_m`", "metrics.`cost/latency_ms`", "metrics.`cost/epoch_s`",
+        "metrics.`cost/gflops`", "metrics.`cost/epoch_s`", "metrics.`cost/params_m`", "metrics.`cost/latency_ms`",
         "params.`optim.lr`", "params.`target.schedule`"]
     assert trials_view("q", [("cost/gflops", "min"), ("val/fr", "max")], [])["selectedColumns"][2:4] == [
         "metrics.`cost/gflops`", "metrics.`val/fr`"]  # an objective that is a cost is not listed twice
