@@ -7,7 +7,8 @@ of all trials, the front's pictures and parameter importance.
 
 By default it only reads: it prints the parameter importance and the front. The study driver
 (through dashboards.publish), and this command with --write, also tag every trial run
-`pareto.front=true|false` and `pareto.rank` (1 = non-dominated) and write
+`pareto.front=true|false` and `pareto.rank` (1 = non-dominated), give it a description (its
+objectives and costs, what its MLflow page shows first: dashboards.views.trial_note) and write
 `pareto/trials.{csv,parquet}`, `pareto/front.{html,png}` and `importance/*` on the study's run
 (the driver after each trial ends, importance only at the end).
 """
@@ -30,6 +31,7 @@ from dashboards.ranking import describe_excluded
 from dashboards.store import StudyInfo, StudyNotFound, check_reachable, trial_runs, trial_table
 from dashboards.study_plots import pareto_html, pareto_png
 from dashboards.ui import default_tracking_uri, missing_store
+from dashboards.views import NOTE_TAG, trial_note
 from study.schema import TAG_FRONT, TAG_RANK
 
 
@@ -43,11 +45,12 @@ def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
     comparison artefacts; with importance=True also the parameter importance. -> the table."""
     runs = trial_runs(client, info)
     table = trial_table(info, runs)
-    ranks = dict(zip(table["run_id"], table[TAG_RANK]))
+    rows = {r["run_id"]: r for _, r in table.iterrows()}
     for run in runs:  # one batch per run whose tags change: a 100-trial study refreshes 100 times
-        rank = ranks.get(run.info.run_id)
-        rank = None if rank is None or pd.isna(rank) else int(rank)
-        want = {TAG_FRONT: "true" if rank == 1 else "false", TAG_RANK: "unranked" if rank is None else str(rank)}
+        row = rows[run.info.run_id]
+        rank = None if pd.isna(row[TAG_RANK]) else int(row[TAG_RANK])
+        want = {TAG_FRONT: "true" if rank == 1 else "false", TAG_RANK: "unranked" if rank is None else str(rank),
+                NOTE_TAG: trial_note(row, info.objectives, list(info.space), info.name)}  # the run page shows it first
         if any(run.data.tags.get(k) != v for k, v in want.items()):
             client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in want.items()])
     front = table[table[TAG_RANK] == 1]
@@ -63,7 +66,7 @@ def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
         _for_parquet(table).to_parquet(folder / "trials.parquet", index=False)
         title = f"study {info.name}"
         (folder / "front.html").write_text(pareto_html(table, info.objectives, list(info.space), title))
-        pareto_png(table, info.objectives, title, folder / "front.png")
+        pareto_png(table, info.objectives, title, folder / "front.png", searched=list(info.space))
         client.log_artifacts(info.run_id, str(folder), "pareto")
         if importance:
             log_importance(client, info, table, Path(tmp) / "importance")

@@ -46,10 +46,14 @@ RANK_COLORS = ("#1f4e79", "#9fb8cf")  # rank 2 … worst rank
 EMPTY_PARETO_TEXT = "no trial has all objectives yet"
 PARETO_PNG_SIZE = (1000, 750)  # 1 or 2 objectives
 PARETO_PANEL_PX = 400  # 3+ objectives: one square panel per objective pair (lower triangle)
-MAX_FRONT_LABELS = 20  # trial ids written next to front points up to this many distinct points
+MAX_FRONT_LABELS = 20  # recipes written next to front points up to this many distinct points
+STOPPED_SYMBOL = ("triangle-down", "v")  # a trial ASHA stopped early (plotly, matplotlib): ranked on what it reached
+UNRANKED_COLOR = "#7f7f7f"  # unranked trials that have every objective (running, failed, …): hollow markers
+COST_AXES = ("cost/gflops", "cost/epoch_s")  # one objective is drawn against the first that differs between trials
+RECIPE_MAX_CHARS = 48  # a point's label: its searched values, cut here with "…"
 
 SIGMA_PNG_SIZE = (1000, 600)
-SIGMA_LEGEND_MAX = 20  # one legend entry per landmark up to this K, a colourbar above
+SIGMA_STYLES = ("-", "--", ":", "-.")  # K > 20 landmarks: the 20 tab20 colours again, each round in the next style
 # 300-W 68-point layout (iBUG), 0-based landmark indices per face region.
 FACE68_REGIONS: dict[str, list[int]] = {
     "jaw": list(range(0, 17)),
@@ -124,3 +128,42 @@ def axis_label(metric: str, mode: str, axis: str | None = None) -> str:
     arrow = {("x", "min"): "← better", ("x", "max"): "better →",
              ("y", "min"): "↓ better", ("y", "max"): "↑ better"}.get((axis, mode))
     return f"{metric} ({mode}, {arrow})" if arrow else f"{metric} ({mode})"
+
+
+def short_number(v: float) -> str:
+    """A searched value, short: 3e-4, 2.5e-5, 0.95, 12, 1.5e4 (two significant digits in powers of ten)."""
+    v = float(v)
+    if v == int(v) and abs(v) < 1e4:
+        return str(int(v))
+    if abs(v) < 1e-2 or abs(v) >= 1e4:
+        mantissa, exp = f"{v:.1e}".split("e")
+        return f"{mantissa.removesuffix('.0')}e{int(exp)}"
+    return f"{v:.3g}"
+
+
+def recipe(row, searched: Sequence[str]) -> str:
+    """What a trial tried, short: its searched values in sampling order, text choices bare and the
+    rest named by the last part of their path: `adaloss, lr 3e-4`, `vgg16, refine yes, alpha 40`.
+    An inactive (conditional) param is left out; '' when nothing was searched."""
+    names = _short_names(searched)
+    words, named = [], []
+    for path in searched:
+        v = row.get(path) if hasattr(row, "get") else row[path]
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            named.append(f"{names[path]} {'yes' if v else 'no'}")
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            named.append(f"{names[path]} {short_number(v)}")
+        elif isinstance(v, (list, tuple)):
+            named.append(f"{names[path]} {'×'.join(str(x) for x in v)}")
+        else:
+            words.append(str(v))
+    text = ", ".join(words + named)
+    return text if len(text) <= RECIPE_MAX_CHARS else text[:RECIPE_MAX_CHARS - 1] + "…"
+
+
+def _short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each dotted path by its last part, or its last two where two paths share the last."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (l if last.count(l) == 1 else ".".join(p.split(".")[-2:])) for p, l in zip(paths, last)}

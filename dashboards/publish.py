@@ -1,9 +1,11 @@
 """The one door from the study driver into dashboards/: what the driver publishes to MLflow as a
 study runs, and the few reading helpers it prints from.
 
+    publish_study_view(client, experiment_id, "quickstart", objectives, searched)       # the study opened
     publish_trial(client, run_id, train_dir, primary=("val/mre_mm", "min"), adaloss=True)  # a trial ended
     table = publish_study(client, info, importance=False)                                  # re-rank the study
     print(front_text(table, info))
+    print(ui_command(uri), ui_url(uri, experiment_id, "quickstart"))                       # what to open
 
 dashboards/ never imports the driver (study.schema and study.space are shared models, not driver code).
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 from dashboards.pareto import front_text, refresh as publish_study
 from dashboards.store import StudyInfo, check_reachable
 from dashboards.trials import log_trial_artifacts as publish_trial
-from dashboards.ui import python_command, ui_command
+from dashboards.ui import python_command, ui_command, ui_url
+from dashboards.views import set_study_view as publish_study_view
 
-__all__ = ["StudyInfo", "check_reachable", "front_text", "publish_study", "publish_trial", "python_command",
-           "ui_command"]
+__all__ = ["StudyInfo", "check_reachable", "front_text", "publish_study", "publish_study_view", "publish_trial",
+           "python_command", "ui_command", "ui_url"]

@@ -1,7 +1,8 @@
 """One trial's pictures: σ per landmark over epochs (Adaloss), the CED of its best epoch, and
 predictions and heatmaps over a few validation images.
 
-    sigma_png(sigma, out / "sigma.png", "trial a1b2c3d4", groups=FACE68_REGIONS)
+    sigma_png(sigma, out / "sigma.png", "trial a1b2c3d4", names=landmark_names("isbi2015", 19))
+    sigma_png(sigma, out / "sigma.png", "trial a1b2c3d4", groups=FACE68_REGIONS)             # 68 face points
     ced_png(errors, "nme", 8.0, out / "ced.png", "trial a1b2c3d4")      # errors: (N, K)
     overlays_png(images, gt, pred, out / "overlays.png", "val, epoch 40", errors=errors)
     heatmaps_png(images, heatmaps, 4, out / "heatmaps.png", "val, epoch 40")
@@ -34,8 +35,8 @@ from dashboards.plots import (
     OVERLAY_PANEL_W,
     OVERLAY_TITLE_PX,
     PRED_COLOR,
-    SIGMA_LEGEND_MAX,
     SIGMA_PNG_SIZE,
+    SIGMA_STYLES,
     figure,
     plt,
     prepare_path,
@@ -46,13 +47,27 @@ from trainables import metrics
 # ------------------------------------------------------------------------------------------------- σ
 
 
-def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]] | None = None) -> Path:
+def landmark_styles(k: int) -> list[tuple[tuple[float, float, float], str]]:
+    """(RGB colour, matplotlib line style) of landmarks 0..k-1 in the σ plot.
+
+    The 20 colours of tab20, its 10 strong ones first, then its 10 light ones (k ≤ 10 is tab10);
+    landmark n gets colour n mod 20 in style SIGMA_STYLES[n // 20] (solid, dashed, dotted,
+    dash-dot), so no two of the first 80 share both colour and style. Beyond 80 the rounds repeat.
+    """
+    tab20 = plt.get_cmap("tab20").colors
+    palette = [tuple(c) for c in tab20[0::2] + tab20[1::2]]
+    return [(palette[n % 20], SIGMA_STYLES[(n // 20) % len(SIGMA_STYLES)]) for n in range(k)]
+
+
+def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]] | None = None,
+              names: list[str] | None = None) -> Path:
     """σ per landmark over epochs (the adaloss paper, figs 6 and 7), SIGMA_PNG_SIZE px.
 
     sigma: index = epoch (1-based), one column per landmark index k (0..K-1), σ in input pixels.
-    Without groups: one line per landmark ("landmark k"), a legend up to SIGMA_LEGEND_MAX landmarks and
-    a colourbar of k above. With groups (region → landmark indices, e.g. FACE68_REGIONS): one line
-    per region, the mean σ of its landmarks, in a shaded min–max band.
+    Without groups: one line per landmark in landmark_styles (tab20 colours, a new line style every
+    20 landmarks), a legend beside the plot, each entry `k name` with names[k] (e.g. the dataset's
+    `trainables.data.landmark_names`), else `landmark k`. With groups (region → landmark indices,
+    e.g. FACE68_REGIONS): one line per region, the mean σ of its landmarks, in a shaded min–max band.
     """
     path = prepare_path(path)
     fig = figure(SIGMA_PNG_SIZE)
@@ -86,21 +101,29 @@ def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]
                   title_fontsize=9, frameon=False, alignment="left")
     else:
         keys = sorted(cols)
-        many = len(keys) > SIGMA_LEGEND_MAX
-        cmap = plt.get_cmap("viridis" if many else "tab20" if len(keys) > 10 else "tab10")
-        for n, k in enumerate(keys):
-            c = cmap(n / max(1, len(keys) - 1)) if many else cmap(n)
-            ax.plot(epochs, sigma[cols[k]].to_numpy(dtype=float), color=c, lw=1.0 if many else 1.6,
-                    alpha=0.85, marker=marker, label=f"landmark {k}")
-        if many:
-            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(keys[0], keys[-1]))
-            cb = fig.colorbar(sm, cax=fig.add_axes((1 - 150 / w, 65 / h, 16 / w, 1 - 120 / h)))
-            cb.set_label("landmark k")
-        else:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
+        styles = landmark_styles(max(keys) + 1)
+        for k in keys:
+            color, style = styles[k]
+            label = f"{k} {names[k]}" if names and k < len(names) else f"landmark {k}"
+            ax.plot(epochs, sigma[cols[k]].to_numpy(dtype=float), color=color, ls=style, lw=1.6, alpha=0.9,
+                    marker=marker, label=label)
+        _beside(fig, ax, len(keys), "landmark" if names else None)
     if len(epochs):
         ax.xaxis.get_major_locator().set_params(integer=True)
     return save(fig, path)
+
+
+def _beside(fig, ax, n: int, title: str | None) -> None:
+    """The axes' legend at the figure's right edge, in as many columns as its n entries need
+    (25 a column), the axes narrowed to leave it room."""
+    w, h = fig.bbox.width, fig.bbox.height
+    ncol = max(1, math.ceil(n / 25))
+    fontsize = 9 if n <= 20 else 8 if ncol == 1 else 7
+    legend = fig.legend(*ax.get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1 - 8 / w, 1 - 50 / h),
+                        ncol=ncol, fontsize=fontsize, frameon=False, title=title, title_fontsize=9,
+                        alignment="left", handlelength=2.6, columnspacing=1.0, labelspacing=0.3)
+    width = legend.get_window_extent(fig.canvas.get_renderer()).width
+    ax.set_position((80 / w, 65 / h, max(0.3, 1 - (80 + 24 + 8 + width) / w), 1 - 120 / h))
 
 
 # ----------------------------------------------------------------------------------------------- CED

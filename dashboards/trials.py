@@ -10,7 +10,8 @@ two best and the latest), and logs to the run:
     checkpoint/checkpoint.pt, checkpoint/metrics.json   the best epoch's weights and metrics
     plots/ced.png                                       cumulative error distribution, best epoch
     plots/overlays.png, plots/heatmaps.png              a few validation images (eval.preview)
-    plots/sigma.png                                     σ per landmark over epochs (Adaloss)
+    plots/sigma.png                                     σ per landmark over epochs (Adaloss), named
+                                                        where the dataset names its landmarks (ISBI 2015)
     tables/test_<split>_per_landmark.txt                the final test, per landmark
 Each checkpoint's preview.npz (trainables.objective.Scorer.preview) holds what the pictures need,
 so nothing here runs a model. The Train storage may be a local folder or a URI (s3://, gs://).
@@ -32,6 +33,7 @@ import pyarrow.fs
 from dashboards import trial_plots
 from dashboards.plots import FACE68_REGIONS
 from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE
+from trainables.data import landmark_names
 
 
 def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -99,7 +101,9 @@ def log_trial_artifacts(client, run_id: str, train_dir: str, primary: tuple[str,
             sigma = sigma_history(client, run_id)
             if not sigma.empty:
                 groups = FACE68_REGIONS if sigma.shape[1] == 68 else None
-                trial_plots.sigma_png(sigma, out / "plots" / "sigma.png", "Adaloss: target σ per landmark", groups=groups)
+                dataset = client.get_run(run_id).data.params.get("data.dataset")  # the trial's whole config is logged
+                trial_plots.sigma_png(sigma, out / "plots" / "sigma.png", "Adaloss: target σ per landmark", groups=groups,
+                                      names=landmark_names(dataset, int(max(sigma.columns)) + 1))
         for sub in ("checkpoint", "plots", "tables"):
             files = sorted(p.name for p in (out / sub).iterdir())
             if files:

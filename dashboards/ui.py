@@ -3,6 +3,10 @@
     python -m dashboards.ui                                  # the default store: studies/mlflow.db
     python -m dashboards.ui --tracking-uri sqlite:///path/to/mlflow.db --port 5001
 
+Before the server starts it prints, for each study in the store, the link that opens the study's
+trial runs with their objectives and costs (dashboards.views.study_url): MLflow 3.17's own start
+page is its GenAI overview.
+
 Ctrl-C or SIGTERM stops the server and every process it started. `mlflow ui` is a tree (MLflow 3:
 the server, its uvicorn workers, a job runner and its huey consumers, about 14 processes), run
 here in a session of its own: Ctrl-C in a terminal reaches only this process, which then stops
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 STOP_GRACE_S = 10.0  # SIGTERM, then this long to exit (8 s seen here for the 14 processes), then SIGKILL
+UI_PORT = 5000  # MLflow's own default
 
 
 def default_tracking_uri() -> str:
@@ -36,7 +41,28 @@ def ui_command(uri: str) -> str:
     """The shell command that opens this store in the MLflow UI, bound to loopback."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
+
+
+def ui_url(uri: str, experiment_id: str, study: str, port: int = UI_PORT) -> str:
+    """The link to open once ui_command runs: the study's trial runs (dashboards.views.study_url),
+    on the tracking server itself when the store is one."""
+    # lazy, as below: this module starts a server and stays light (no matplotlib, no mlflow)
+    from dashboards.views import study_url
+
+    base = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return study_url(base, experiment_id, study)
+
+
+def study_links(uri: str, host: str, port: int) -> list[str]:
+    """`study NAME: URL` for every study whose saved view is in the store (dashboards.views)."""
+    # lazy: a second of imports, only once the store is known
+    from mlflow.tracking import MlflowClient
+
+    from dashboards.views import saved_studies, study_url
+
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    return [f"study {study}: {study_url(base, exp, study)}" for exp, study in saved_studies(MlflowClient(uri))]
 
 
 def python_command() -> str:
@@ -64,6 +90,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -
     # This interpreter's mlflow: `.venv/bin/python -m dashboards.ui` works without an activated venv.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {' '.join(cmd)}", flush=True)
+    links = study_links(uri, args.host, args.port)
+    if links:
+        print("open, once it answers (a minute or two on a busy machine), each study's trials:\n  "
+              + "\n  ".join(links), flush=True)
     return serve(cmd)
 
 

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     import pandas as pd  # lazy: needed only once the study ran, as dashboards.publish (MLflow)
 
-    from dashboards.publish import python_command, ui_command
+    from dashboards.publish import python_command, ui_command, ui_url
     from study.tracking import experiment_name
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
           f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)")
     print(f"open the UI:  {ui_command(result.tracking_uri)}")
     print(f"              or: {python_command()} -m dashboards.ui --tracking-uri {result.tracking_uri}")
+    print(f"then open:    {ui_url(result.tracking_uri, result.experiment_id, spec.study.name)}")
+    print("              (the study's trials with their objectives and costs; MLflow's own start page is its GenAI view)")
     print(f"the front:    {python_command()} -m dashboards.pareto {spec.study.name} --tracking-uri {result.tracking_uri}")
     if result.undelivered:
         print(f"\nMLflow did not answer: {result.undelivered} results are queued in {result.study_dir}/"

@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from dashboards.publish import StudyInfo, publish_study, publish_trial
+from dashboards.publish import StudyInfo, publish_study, publish_study_view, publish_trial
 from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_NODE, TAG_NODE_IP,
                           TAG_PARENT, TAG_RESTARTS, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome,
                           tag_filter)
@@ -62,7 +62,8 @@ def experiment_name(spec: Spec) -> str:
 
 def open_study_run(uri: str, spec: Spec) -> StudyRun:
     """Find or create the study's experiment and parent run, and record on a new one the spec,
-    the resolved spec, the git commit and the package versions."""
+    the resolved spec, the git commit and the package versions; tag the experiment with the
+    study's saved view of its trials (dashboards.views), which the printed UI link opens."""
     client = MlflowClient(uri)
     name = experiment_name(spec)
     exp = client.get_experiment_by_name(name)
@@ -98,6 +99,8 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
         client.log_text(run_id, spec.text, "spec.yaml")
         client.log_dict(run_id, {"source": spec.source, "resolved": spec.resolved()}, RESOLVED_ARTIFACT)
         client.log_dict(run_id, env, "environment.json")
+    publish_study_view(client, exp_id, spec.study.name,  # what the UI link opens: the trials, objectives, costs
+                       [(o.metric, o.mode) for o in spec.study.objectives], list(spec.space))
     return StudyRun(exp_id, run_id)
 
 

@@ -3,6 +3,7 @@ pixel-centre convention puts them, and Pareto pages that count what they leave o
 
 Set PLOTS_SHOTS_DIR=/some/folder to keep a copy of every PNG these tests draw (to look at them)."""
 
+import itertools
 import math
 import os
 import re
@@ -22,8 +23,13 @@ from dashboards.plots import (
     OVERLAY_TITLE_PX,
     SIGMA_PNG_SIZE,
 )
-from dashboards.study_plots import importance_png, importance_png_size, pareto_html, pareto_png, pareto_png_size
-from dashboards.trial_plots import ced_png, ced_summary, heatmaps_png, overlay_png_size, overlays_png, sigma_png
+from dashboards import study_plots, trial_plots
+from dashboards.plots import recipe, short_number
+from dashboards.study_plots import (importance_png, importance_png_size, pareto_figure, pareto_html, pareto_png,
+                                    pareto_png_size)
+from dashboards.trial_plots import (ced_png, ced_summary, heatmaps_png, landmark_styles, overlay_png_size, overlays_png,
+                                    sigma_png)
+from trainables.data import landmark_names
 
 NAN = float("nan")
 MRE, GF, SDR = ("val/mre_mm", "min"), ("cost/gflops", "min"), ("val/sdr_2mm", "max")
@@ -64,6 +70,21 @@ def _table():
     return df
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """What every matplotlib figure drawn by the test shows, read just before it is saved: a list
+    of {"legend": [entry texts], "xlabel": [per axes]}."""
+    seen = []
+    for module in (study_plots, trial_plots):
+        def spy(fig, path, real=module.save):
+            legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+            seen.append({"legend": [t.get_text() for leg in legends if leg for t in leg.get_texts()],
+                         "xlabel": [ax.get_xlabel() for ax in fig.axes]})
+            return real(fig, path)
+        monkeypatch.setattr(module, "save", spy)
+    return seen
+
+
 def _readable(html: str) -> str:
     """The page with plotly's JSON escapes (\\u002f for "/", \\u2014 for "—") turned back into text."""
     return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), html)
@@ -88,19 +109,21 @@ def test_pareto_html_two_objectives_counts_and_hover():
     assert '"shape":"hv"' in text  # the front's staircase
 
 
-def test_pareto_html_one_objective_is_best_first():
+def test_pareto_html_one_objective_without_a_cost_is_best_first():
     # One objective, val/mre_mm: a1 and b2 tie at 1.0 (both rank 1), then d4 1.5, c3 2.0, e5 2.5, f6 3.0.
-    table = _table()
+    # No cost column to draw it against: the trials in order, best first.
+    table = _table().drop(columns=["cost/gflops"])
     table["pareto.rank"] = pd.array([1, 1, 3, 2, 4, 5, None], dtype="Int64")
     html = _readable(pareto_html(table, [MRE], SEARCHED, "one"))
     assert "6 trials ranked, front of 2; 1 unranked: 1 diverged" in html
-    assert "best (rank 1)" in html and "val/mre_mm (min, ↓ better)" in html
+    assert "best (rank 1)" in html and "val/mre_mm (min, ↓ better)" in html and "trials, best first" in html
     assert '"ticktext":["a1a1a1a1","b2b2b2b2","d4d4d4d4","c3c3c3c3","e5e5e5e5","f6f6f6f6"]' in html
 
 
 def test_pareto_html_three_objectives_is_a_matrix():
     html = _readable(pareto_html(_table(), [MRE, GF, SDR], SEARCHED, "three"))
-    assert html.count('"type":"splom"') == 2  # other ranks + front, on the same axes
+    # other ranks + front on the same axes, + the stopped-early legend key (c3, e5), drawn nowhere
+    assert html.count('"type":"splom"') == 3
     assert "val/sdr_2mm (max)" in html and "front of" in html and "1 unranked: 1 diverged" in html
 
 
@@ -146,6 +169,100 @@ def test_pareto_png(tmp_path, objectives):
     assert near > 50
 
 
+def test_recipe_is_the_searched_values_short():
+    row = {"optim.lr": 3e-4, "target.schedule": "adaloss", "target.adaloss.rho": None, "model.refine": True,
+           "a.sigma": 2.5, "b.sigma": 1e-5, "model.input_size": [256, 208]}
+    # text choices bare, first; numbers and booleans by the last part of their path; inactive ones left out
+    assert recipe(row, ["optim.lr", "target.schedule", "target.adaloss.rho"]) == "adaloss, lr 3e-4"
+    assert recipe(row, ["model.refine", "a.sigma", "b.sigma"]) == "refine yes, a.sigma 2.5, b.sigma 1e-5"
+    assert recipe(row, ["model.input_size"]) == "input_size 256×208"
+    assert recipe(row, []) == ""
+    assert len(recipe({f"p.x{i}": "abcdefgh" for i in range(9)}, [f"p.x{i}" for i in range(9)])) == 48
+    assert [short_number(v) for v in (3e-4, 2.5e-5, 0.95, 40.0, 1.5e4, 123.456)] == \
+        ["3e-4", "2.5e-5", "0.95", "40", "1.5e4", "123"]
+
+
+def _trace(fig, name):
+    return next(t for t in fig.data if t.name == name)
+
+
+def test_pareto_html_labels_the_front_by_recipe_and_hovers_the_trial_id():
+    # _table's front: a1 and b2 at (1.0, 5.0) share one label; c3 at (2.0, 2.0), lr 3e-4, fixed (no rho)
+    fig = pareto_figure(_table(), [MRE, GF], SEARCHED, "t")
+    labels = _trace(fig, "labels")
+    assert list(labels.text) == ["adaloss, lr 1e-3, rho 0.9 / adaloss, lr 2e-3, rho 0.8", "fixed, lr 3e-4"]
+    assert list(labels.x) == [1.0, 2.0] and list(labels.y) == [5.0, 2.0]
+    text = _readable(pareto_html(_table(), [MRE, GF], SEARCHED, "t"))
+    assert "fixed, lr 3e-4" in text and "<b>fixed, lr 3e-4</b><br>trial c3c3c3c3<br>status: stopped early" in text
+    # with nothing searched, a point is labelled by its trial id
+    assert list(_trace(pareto_figure(_table(), [MRE, GF], [], "t"), "labels").text) == \
+        ["a1a1a1a1 / b2b2b2b2", "c3c3c3c3"]
+
+
+def test_stopped_early_and_unranked_trials_have_their_own_markers_and_legend_entries(tmp_path, drawn):
+    # c3 (front) and e5 (rank 2) were stopped early by ASHA. a1 has both values but no rank (say,
+    # still running): drawn hollow. g7 has no val/mre_mm: not drawn.
+    table = _table()
+    table.loc[0, ["pareto.rank", "status"]] = [pd.NA, "running"]
+    fig = pareto_figure(table, [MRE, GF], SEARCHED, "t")
+    seen = {}
+    for t in fig.data:
+        if t.mode == "markers" and t.text is not None:
+            for text, symbol in zip(t.text, t.marker.symbol):
+                seen[re.search(r"trial (\w+)", text).group(1)] = (t.name, symbol)
+    assert seen == {
+        "a1a1a1a1": ("unranked (running, failed, …)", "circle-open"),
+        "b2b2b2b2": ("front (rank 1)", "circle"),
+        "c3c3c3c3": ("front (rank 1)", "triangle-down"),
+        "d4d4d4d4": ("other ranks", "circle"),
+        "e5e5e5e5": ("other ranks", "triangle-down"),
+        "f6f6f6f6": ("other ranks", "circle"),
+    }
+    key = _trace(fig, "stopped early (ASHA)")
+    assert key.marker.symbol == "triangle-down" and list(key.x) == [None]  # a legend entry, drawn nowhere
+    assert _trace(fig, "unranked (running, failed, …)").marker.color == "#7f7f7f"
+    # the same in the PNG's legend, and in the 3-objective matrix
+    pareto_png(table, [MRE, GF], "t", tmp_path / "pareto_markers.png", searched=SEARCHED)
+    assert drawn[-1]["legend"] == ["other ranks", "unranked (running, failed, …)", "front (rank 1)",
+                                   "stopped early (ASHA)"]
+    pareto_png(table, [MRE, GF, SDR], "t", tmp_path / "pareto_markers_3.png", searched=SEARCHED)
+    assert drawn[-1]["legend"] == ["front (rank 1)", "other ranks", "unranked (running, failed, …)",
+                                   "stopped early (ASHA)"]
+    names = {t.name for t in pareto_figure(table, [MRE, GF, SDR], SEARCHED, "t").data}
+    assert {"stopped early (ASHA)", "unranked (running, failed, …)"} <= names
+    # nobody stopped early: no such legend entry
+    table["status"] = table["status"].replace("stopped early", "finished")
+    assert "stopped early (ASHA)" not in {t.name for t in pareto_figure(table, [MRE, GF], SEARCHED, "t").data}
+
+
+def test_one_objective_is_drawn_against_the_cost_the_trials_differ_in(tmp_path, drawn):
+    # One objective, val/mre_mm, ranked by hand: a1, b2 (1.0 mm, 5 GFLOPs) rank 1; d4 (1.5, 6) 2;
+    # c3 (2.0, 2) 3; e5 (2.5, 3) 4; f6 (3.0, 7) 5. No cheaper-or-equal trial beats c3 (2 GFLOPs) or
+    # a1, b2 (5 GFLOPs): the staircase runs (2, 2.0) → (5, 1.0), cheapest first; d4, e5, f6 are beaten.
+    table = _table()
+    table["pareto.rank"] = pd.array([1, 1, 3, 2, 4, 5, None], dtype="Int64")
+    fig = pareto_figure(table, [MRE], SEARCHED, "one")
+    assert fig.layout.xaxis.title.text == "cost/gflops (min, ← better)"
+    assert fig.layout.yaxis.title.text == "val/mre_mm (min, ↓ better)"
+    line = _trace(fig, "best for its cost/gflops")
+    assert list(line.x) == [2.0, 5.0, 5.0] and list(line.y) == [2.0, 1.0, 1.0] and line.line.shape == "hv"
+    assert list(_trace(fig, "labels").text) == ["fixed, lr 3e-4", "adaloss, lr 1e-3, rho 0.9 / adaloss, lr 2e-3, rho 0.8"]
+    best = _trace(fig, "best (rank 1)")
+    assert list(best.x) == [5.0, 5.0] and list(best.marker.symbol) == ["star", "star"]
+    pareto_png(table, [MRE], "one", tmp_path / "pareto_1d_cost.png", searched=SEARCHED)
+    assert drawn[-1]["xlabel"][0] == "cost/gflops (min, ← better)"
+    assert "best for its cost/gflops" in drawn[-1]["legend"] and "stopped early (ASHA)" in drawn[-1]["legend"]
+    # every trial has the same GFLOPs: the epoch time is the cost that differs
+    table["cost/gflops"] = 5.0
+    table["cost/epoch_s"] = [30.0, 31.0, 12.0, 40.0, 15.0, 50.0, 9.0]
+    assert pareto_figure(table, [MRE], SEARCHED, "one").layout.xaxis.title.text == "cost/epoch_s (min, ← better)"
+    assert "cost/epoch_s: 12" in _readable(pareto_html(table, [MRE], SEARCHED, "one"))  # and in the hover
+    # the objective is itself the cost: no second cost axis
+    assert pareto_figure(table, [GF], SEARCHED, "gf").layout.xaxis.title.text == "cost/epoch_s (min, ← better)"
+    assert pareto_figure(table.drop(columns=["cost/epoch_s"]), [GF], SEARCHED, "gf").layout.xaxis.title.text == \
+        "trials, best first"
+
+
 # ------------------------------------------------------------------------------------------------ σ
 
 
@@ -165,6 +282,43 @@ def test_sigma_png(tmp_path, k, groups):
 def test_sigma_png_single_epoch_and_empty(tmp_path):
     _png(sigma_png(_sigma(4, epochs=1), tmp_path / "one.png", "one epoch"), SIGMA_PNG_SIZE)
     _png(sigma_png(pd.DataFrame(), tmp_path / "empty.png", "nothing yet"), SIGMA_PNG_SIZE)
+
+
+def _lab(rgb) -> np.ndarray:
+    """sRGB in [0, 1] -> CIELAB (D65), by the textbook formulas."""
+    c = np.asarray(rgb, dtype=float)
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+MIN_DELTA_E = 15.0  # CIE76; about 2.3 is just noticeable. tab20's closest pair, light blue and light purple, is 16.6
+
+
+def test_sigma_colours_are_pairwise_distinct():
+    assert np.linalg.norm(_lab((1, 1, 1)) - _lab((0, 0, 0))) == pytest.approx(100, abs=0.01)  # L* 100 vs 0
+    for k in (1, 10, 19, 20, 37, 68, 80):
+        styles = landmark_styles(k)
+        assert len(set(styles)) == k  # no two landmarks share both colour and line style
+        for (c1, s1), (c2, s2) in itertools.combinations(styles, 2):
+            if s1 == s2:
+                assert np.linalg.norm(_lab(c1) - _lab(c2)) >= MIN_DELTA_E, (k, c1, c2)
+    assert [s for _, s in landmark_styles(41)[18:41:2]] == ["-", "--", "--", "--", "--", "--", "--", "--", "--",
+                                                            "--", "--", ":"]
+
+
+def test_sigma_legend_names_the_isbi_landmarks(tmp_path, drawn):
+    names = landmark_names("isbi2015", 19)  # the challenge's L1-L19, in annotation order
+    assert (len(names), names[0], names[4], names[9], names[14], names[18]) == \
+        (19, "sella", "subspinale", "gonion", "subnasale", "articulare")
+    sigma_png(_sigma(19), tmp_path / "sigma_isbi_names.png", "ISBI 2015: adaloss σ", names=names)
+    assert drawn[-1]["legend"] == [f"{k} {n}" for k, n in enumerate(names)]
+    sigma_png(_sigma(37), tmp_path / "sigma_k37.png", "hand: 37 landmarks", names=landmark_names("hand", 37))
+    assert drawn[-1]["legend"] == [f"landmark {k}" for k in range(37)]
+    assert landmark_names("phantom", 19)[0] == "sella" and landmark_names("300w", 68) is None
+    assert landmark_names("isbi2015", 20) is None and landmark_names(None, 3) is None
 
 
 def test_face68_regions_cover_the_68_points_once():

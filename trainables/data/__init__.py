@@ -8,6 +8,7 @@ on-disk cache of the decoded, resized images.
     problems(cfg.data)                   # [] when the data can be read; checked before any trial:
                                          # every image header and annotation (checks.py), cached per file
     DATASETS["300w"].unit                # "nme": faces are scored by NME, the others in mm
+    landmark_names("isbi2015", 19)       # ["sella", "nasion", …] in annotation order; None where unnamed
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class DatasetSpec:
     unit: str = "mm"  # "mm": radial errors through the pixel spacing; "nme": normalised by nme_pair's distance
     nme_pair: tuple[int, int] | None = None
     read_image: Callable[[Path], np.ndarray] = read_image  # path -> (H, W) uint8
+    landmark_names: tuple[str, ...] = ()  # names of the first len(names) landmarks, in annotation order
 
 
 def phantom_root(cfg) -> Path:
@@ -157,11 +159,19 @@ def _face_flip(k: int) -> tuple[int, ...]:
 
 
 DATASETS = {
-    "phantom": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks),
-    "isbi2015": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks),
+    "phantom": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks, landmark_names=phantom.LANDMARK_NAMES),
+    "isbi2015": DatasetSpec(_isbi_records, _isbi_problems, _same_landmarks, landmark_names=isbi2015.LANDMARK_NAMES),
     "hand": DatasetSpec(_hand_records, _hand_problems, _same_landmarks, read_image=hand.read_hand_image),
     "300w": DatasetSpec(_face_records, _face_problems, _face_flip, unit="nme", nme_pair=face300w.IOD_PAIR),
 }
+
+
+def landmark_names(dataset: str | None, k: int) -> list[str] | None:
+    """The names of a dataset's k landmarks (ISBI 2015's 19, the phantom's), or None where the
+    dataset names none or fewer than k (hand; 300-W is drawn by face region instead)."""
+    spec = DATASETS.get(dataset or "")
+    names = spec.landmark_names if spec else ()
+    return list(names[:k]) if 0 < k <= len(names) else None
 
 
 def records(cfg, split: str) -> list[Record]:

@@ -38,6 +38,12 @@ SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challeng
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
 ANNOTATOR_DIRS = {"senior": "400_senior", "junior": "400_junior"}
 ANNOTATORS = ("mean", "senior", "junior")  # "mean" = average of the two doctors (FARNet paper's ground truth)
+# The 19 landmarks in annotation-file order (Wang et al. 2016, the ISBI 2015 challenge paper, Table 1: L1-L19).
+LANDMARK_NAMES = (
+    "sella", "nasion", "orbitale", "porion", "subspinale", "supramentale", "pogonion", "menton", "gnathion",
+    "gonion", "lower incisal incision", "upper incisal incision", "upper lip", "lower lip", "subnasale",
+    "soft tissue pogonion", "posterior nasal spine", "anterior nasal spine", "articulare",
+)
 
 
 def parse_annotation(path: Path, num_landmarks: int = 19) -> tuple[np.ndarray | None, list[str]]:
