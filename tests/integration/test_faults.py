@@ -1,7 +1,7 @@
 """Faults a real cluster has: a Train worker killed mid-trial, and a second driver started on a
 running study. The real CLI, a real local Ray, a real MLflow SQLite store.
 
-One study (1 trial of 4 epochs). When the trial has printed `epoch ... 2/4`:
+One study (1 trial of 12 epochs). When the trial has printed `epoch ... 2/12`:
 - a second `study.run` of the same spec is started: it must be refused (exit 2), naming the driver
   that holds the study;
 - then the trial's RayTrainWorker process is SIGKILLed (what an OOM kill or a lost node does to
@@ -26,7 +26,7 @@ from test_resume import EPOCH, START, Runs, histories, session_pids, trial_runs,
 
 pytestmark = pytest.mark.integration
 
-EPOCHS = 4
+EPOCHS = 12  # long enough that the study still runs while the second driver starts (tens of seconds here)
 
 
 def _train_worker(sid: int) -> int | None:
@@ -62,12 +62,15 @@ def faulted(tmp_path_factory, tiny_phantom):
             if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == 2:
                 break
         out["trial"] = trial
-        out["second"] = runs.run("second", str(spec), cwd=tmp, timeout=120)  # while the first one runs
         worker = _train_worker(p.pid)
         assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
+        second: dict = {}  # a second driver of the same study, started while the first one runs
+        starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
+        starter.start()
         os.kill(worker, signal.SIGKILL)
-        out["killed_at"] = time.monotonic()
-        out["rc"] = p.wait(timeout=400)
+        out["rc"] = p.wait(timeout=600)
+        starter.join(timeout=400)
+        out["second"] = second["run"]
         while (line := lines.get(timeout=30)) is not None:
             seen.append(line)
         out["output"] = "".join(seen)
