@@ -67,6 +67,8 @@ class ReportWithRestarts(TuneReportCallback):
         self.restarts += 1
 
     def after_report(self, run_context, metrics, checkpoint):
+        if DIVERGED in metrics[0]:  # the workers' last word: not an epoch (Tune would want the objectives
+            return  # in it); the Train run's result carries it to trial_driver, which raises Diverged
         super().after_report(run_context, [{**metrics[0], RESTARTS: self.restarts}, *metrics[1:]], checkpoint)
 
 
