@@ -59,16 +59,18 @@ class ReportWithRestarts(TuneReportCallback):
     """TuneReportCallback that also counts the worker-group failures Train restarts from (it runs
     on the Train controller, which outlives its worker groups) and stamps each result with them."""
 
-    def __init__(self):
+    def __init__(self, outcome: "_Outcome"):
         super().__init__()
         self.restarts = 0
+        self.outcome = outcome  # where a diverged trial's message goes (Train's result keeps only checkpointed reports)
 
     def after_exception(self, run_context: TrainRunContext, worker_exceptions: dict[int, Exception]):
         self.restarts += 1
 
     def after_report(self, run_context, metrics, checkpoint):
-        if DIVERGED in metrics[0]:  # the workers' last word: not an epoch (Tune would want the objectives
-            return  # in it); the Train run's result carries it to trial_driver, which raises Diverged
+        if DIVERGED in metrics[0]:  # the workers' last word: not an epoch (Tune would want the objectives in
+            self.outcome.save(DIVERGED, metrics[0][DIVERGED])  # it); trial_driver raises Diverged from this
+            return
         super().after_report(run_context, [{**metrics[0], RESTARTS: self.restarts}, *metrics[1:]], checkpoint)
 
 
@@ -96,7 +98,7 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
         run_config=RunConfig(
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
-            callbacks=[ReportWithRestarts()],
+            callbacks=[ReportWithRestarts(outcome)],
             # The two best checkpointed epochs by the primary objective (their pictures and weights are
             # what the trial's MLflow run keeps); Train always keeps the latest too, which resumes. The
             # trainer checkpoints every epoch that improves it (train.checkpoint_metric, set by the spec).
@@ -109,7 +111,7 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except WorkerGroupError as e:
         # A NaN loss is an outcome of the recipe, not a crash: say so in one line (tracked as "diverged").
         for failure in e.worker_failures.values():
@@ -118,9 +120,7 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
                 raise Diverged(str(failure).strip().splitlines()[-1]) from None
         outcome.save(FAILED, f"the workers failed {payload.max_failures + 1} time(s): {str(e).strip()[:2000]}")
         raise
-    if DIVERGED in (result.metrics or {}):  # an outcome of the recipe: tracked as "diverged", one line
-        outcome.save(DIVERGED, result.metrics[DIVERGED])
-        raise Diverged(result.metrics[DIVERGED])
+    outcome.raise_if_final()  # a NaN loss ended the run normally (see ReportWithRestarts): "diverged", one line
 
 
 FAILED = "failed"
