@@ -27,6 +27,9 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests trial runs under
 TAG_NODE = "ray.node_id"  # the node of the trial's first Train worker (rank 0)
 TAG_NODE_IP = "ray.node_ip"
 TAG_RESTARTS = "trial.restarts"  # times the trial resumed from its checkpoint after a lost worker, node or process
+# Repeats (study.repeats > 1): each repeat is its own Tune trial and MLflow run; these group them.
+TAG_CONFIG = "config.id"  # the configuration a run trains: the same for all its repeats
+TAG_REPEAT = "config.repeat"  # 0 .. study.repeats-1; the run's train.seed is base seed + this
 TAG_COMMIT = "mlflow.source.git.commit"  # MLflow's own name: its UI shows it on the run page
 # Written by dashboards/ (the comparison) on every trial run.
 TAG_FRONT, TAG_RANK = "pareto.front", "pareto.rank"
