@@ -49,7 +49,8 @@ from trainables.trainer import fit, load_split, train_step
 
 K = 19
 ROOT = Path(__file__).resolve().parents[1]  # the repository: trainer processes import trainables from it
-VARIANTS = [("fp32", False), ("bf16", False), ("bf16", True)]  # (train.precision, train.channels_last)
+VARIANTS = [("fp32", False, False), ("bf16", False, False), ("bf16", True, False)]  # (precision, channels_last, compile)
+COMPILED = [("fp32", False, True), ("bf16", False, True), ("bf16", True, True)]  # with --compile: train.compile
 
 
 class GpuSampler:
@@ -92,12 +93,13 @@ class GpuSampler:
         return statistics.fmean(self.samples) if self.samples else None
 
 
-def farnet_config(batch: int, precision: str, channels_last: bool, size: tuple[int, int]) -> TrialConfig:
+def farnet_config(batch: int, precision: str, channels_last: bool, size: tuple[int, int],
+                  compile: bool = False) -> TrialConfig:
     return TrialConfig.from_dict({
         "model": {"name": "farnet", "backbone": "densenet121", "weights": "none", "width": 1.0},
         "data": {"input_size": list(size), "num_landmarks": K},
         "target": {"sigma": 10.0}, "loss": {"type": "ewc", "alpha": 40.0}, "optim": {"name": "adam", "lr": 1e-4},
-        "train": {"batch_size": batch, "precision": precision, "channels_last": channels_last},
+        "train": {"batch_size": batch, "precision": precision, "channels_last": channels_last, "compile": compile},
     })
 
 
@@ -109,6 +111,7 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
     precision, channels_last = cfg.train.precision, cfg.train.channels_last
     torch.manual_seed(0)
     model = to_layout(build_model(cfg.model, K).to(device), channels_last)
+    run_model = torch.compile(model) if cfg.train.compile else model  # as `fit` does; warm-up pays the compilation
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     scaler = grad_scaler(device, precision)
     objective = Objective(LOSSES[cfg.loss.type], cfg, tuple(model.strides))
@@ -123,23 +126,26 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
 
     def one() -> torch.Tensor:
         images = to_layout(normalize(pixels.to(device, non_blocking=cuda)), channels_last)
-        per_landmark, _ = train_step(model, images, coords.to(device, non_blocking=cuda), sigma, objective,
+        per_landmark, _ = train_step(run_model, images, coords.to(device, non_blocking=cuda), sigma, objective,
                                      optimizer, scaler, precision)
         return per_landmark
 
+    t0 = time.perf_counter()
     for _ in range(warmup):
         one()
     sync()
+    warmup_s = time.perf_counter() - t0
     with GpuSampler(cuda) as util:
         t0 = time.perf_counter()
         for _ in range(steps):
             loss = one()
         sync()
         elapsed = time.perf_counter() - t0
-    out = {"batch": b, "precision": precision, "channels_last": channels_last, "img_s": b * steps / elapsed,
+    out = {"batch": b, "precision": precision, "channels_last": channels_last, "compile": cfg.train.compile,
+           "warmup_s": warmup_s, "img_s": b * steps / elapsed,
            "step_ms": 1000 * elapsed / steps, "loss": loss.mean().item(),
            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None, "gpu_util_pct": util.mean}
-    del model, optimizer, objective
+    del model, run_model, optimizer, objective
     if cuda:
         torch.cuda.empty_cache()
     return out
@@ -195,6 +201,7 @@ def main() -> None:
     p.add_argument("--fit-train", type=int, default=192, help="phantom training images per trainer")
     p.add_argument("--skip", nargs="*", default=[], choices=["steps", "share"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads of part 1 (0 = torch's default)")
+    p.add_argument("--compile", action="store_true", help="also time each variant with train.compile (torch.compile)")
     p.add_argument("--out", default="", help="folder for gpu_throughput.json")
     p.add_argument("--fit-worker", nargs=2, metavar=("CONFIG_JSON", "RESULT"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -221,15 +228,16 @@ def main() -> None:
               f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
         for batch in args.batches:
             base = None
-            for precision, channels_last in VARIANTS:
-                name = f"batch {batch} {precision}{' + channels_last' if channels_last else ''}"
+            for precision, channels_last, compiled in VARIANTS + (COMPILED if args.compile else []):
+                name = (f"batch {batch} {precision}{' + channels_last' if channels_last else ''}"
+                        f"{' + compile' if compiled else ''}")
                 try:
-                    r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size)), device,
-                                        args.warmup, args.steps)
+                    r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size), compiled),
+                                        device, args.warmup, args.steps)
                 except Exception as e:  # an OOM or a missing kernel ends this row, not the run
                     traceback.print_exc()
                     report["steps"].append({"batch": batch, "precision": precision, "channels_last": channels_last,
-                                            "error": repr(e)})
+                                            "compile": compiled, "error": repr(e)})
                     save()
                     continue
                 base = base or (r["img_s"] if precision == "fp32" else None)
@@ -238,12 +246,12 @@ def main() -> None:
                 util = f"{r['gpu_util_pct']:.0f} %" if r["gpu_util_pct"] is not None else "n/a"
                 peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
                 ratio = f"{r['img_s'] / base:.2f}x fp32" if base else ""
-                print(f"  {name:<34} {r['img_s']:8.2f} img/s {r['step_ms']:8.1f} ms/step  peak {peak:>9}  "
-                      f"GPU util {util:>6}  loss {r['loss']:.4f}  {ratio}", flush=True)
+                print(f"  {name:<44} {r['img_s']:8.2f} img/s {r['step_ms']:8.1f} ms/step  peak {peak:>9}  "
+                      f"GPU util {util:>6}  loss {r['loss']:.4f}  warm-up {r['warmup_s']:.0f} s  {ratio}", flush=True)
         if cuda:  # not what fit does (it leaves cudnn.benchmark off): how much cuDNN's autotuner would add
             torch.backends.cudnn.benchmark = True
             batch, base = args.batches[-1], None
-            for precision, channels_last in (VARIANTS[0], VARIANTS[-1]):
+            for precision, channels_last, _ in (VARIANTS[0], VARIANTS[-1]):
                 try:
                     r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size)), device,
                                         args.warmup, args.steps)

@@ -128,6 +128,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op CPU threads; 0 = leave torch's setting (a Ray Train worker: its whole CPUs)
     precision: str = "fp32"  # registry trainables.precision.PRECISIONS: fp32 | bf16 | fp16 (autocast; losses stay fp32)
     channels_last: bool = False  # NHWC model and batches: the layout GPU tensor cores want for convolutions
+    compile: bool = False  # torch.compile the model: fuses small kernels; the first steps pay the compilation
     checkpoint_every: int = 0  # a checkpoint every this many epochs (and the last); 0 = ceil(epochs / 30): at most 30
     checkpoint_metric: str = ""  # also checkpoint each epoch that improves it; a study sets its primary objective; "" = none
     checkpoint_mode: str = "min"  # min | max: which way checkpoint_metric improves

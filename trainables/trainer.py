@@ -110,6 +110,8 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
         start_epoch = state["epoch"]
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # Steps and scoring run the compiled module; checkpoints save the plain one (no `_orig_mod.` keys).
+    run_model = torch.compile(model) if cfg.train.compile else model
 
     sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.train.seed) if distributed else None
     pin = device.type == "cuda"  # page-locked batches: the host-to-device copy runs asynchronously
@@ -139,7 +141,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             images, coords = normalize(pixels.to(device, non_blocking=pin)), coords.to(device, non_blocking=pin)
             if is_active(cfg.data.augment):
                 images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
-            per_landmark, distill_loss = train_step(model, to_layout(images, channels_last), coords, sigma, objective,
+            per_landmark, distill_loss = train_step(run_model, to_layout(images, channels_last), coords, sigma, objective,
                                                     optimizer, scaler, precision, distiller, cfg.distill.lambda_)
             loss_sum += per_landmark
             if distill_loss is not None:
@@ -159,13 +161,13 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             train["train/loss_distill"] = (distill_sum / max(n_batches, 1)).item()
         schedule.step(per_landmark_loss, train_loss)
 
-        val, val_errors = scorer(model, val_ds, sigma, objective, "val")
+        val, val_errors = scorer(run_model, val_ds, sigma, objective, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
         metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s,
                    "cost/workers": float(dist.get_world_size() if distributed else 1)}  # DDP ranks behind epoch_s
         tables = {}
         if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
-            test, test_errors = scorer(model, test_ds, sigma, objective, "test")
+            test, test_errors = scorer(run_model, test_ds, sigma, objective, "test")
             tables[f"test_{cfg.eval.split}"] = format_table(per_landmark_table(test_errors, spec.unit))
             metrics.update(test)
         if not policy.due(epoch + 1, metrics):

@@ -270,3 +270,21 @@ def test_fp16_keeps_its_loss_scale_in_the_checkpoint_and_resumes_exactly(tiny_co
     resumed = recorder("b")
     fit(cfg, resumed, resume_from=straight.checkpoints[0])
     assert _untimed(resumed.metrics) == _untimed(straight.metrics[1:])
+
+
+def test_compiled_fit_matches_eager_and_checkpoints_the_plain_module(tiny_config, recorder, monkeypatch):
+    # torch.compile fuses kernels but computes the same steps: within float reassociation of eager.
+    # Inductor's C++ code generation takes minutes on 2 cores; aot_eager traces the same graphs
+    # (dynamo + AOT autograd) without it. The GPU benchmark runs the real backend.
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="aot_eager"))
+    runs = {}
+    for compiled in (False, True):
+        runs[compiled] = recorder(f"compile{compiled}")
+        fit(TrialConfig.from_dict(apply_overrides(tiny_config, {"train.compile": compiled, "train.epochs": 1})),
+            runs[compiled])
+    a, b = runs[False].metrics[0], runs[True].metrics[0]
+    for key in ("train/loss", "val/loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-3), key
+    state = torch.load(runs[True].checkpoints[0] / CHECKPOINT_FILE, weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])  # loads into an eager model
