@@ -134,13 +134,14 @@ class _ConfigBracket(_Bracket):
     at the rung is the mean of the repeats that reached it so far, and the repeat stops when that
     mean is below the cutoff ASHA computes over the other configurations' means (the top
     1/reduction_factor continue). A configuration stopped at a rung is stopped for good: each of
-    its repeats still running stops at its next result (RepeatASHA.on_trial_result).
+    its other repeats stops once it has reached that rung (at its next result if it is past it;
+    RepeatASHA.on_trial_result), so all of them train at least up to the rung.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.values: list[dict[str, dict[str, float]]] = [{} for _ in self._rungs]  # rung -> config -> trial -> value
-        self.stopped: set[str] = set()  # config ids
+        self.stopped: dict[str, float] = {}  # config id -> the rung (epochs) it was stopped at
 
     def on_result(self, trial, cur_iter, cur_rew) -> str:
         cid = config_id(trial)
@@ -155,8 +156,8 @@ class _ConfigBracket(_Bracket):
             mine[trial.trial_id] = cur_rew
             mean = float(np.nanmean(list(mine.values())))
             recorded[cid] = mean  # what debug_str shows: the configurations' means
-            if cid in self.stopped or (cutoff is not None and mean < cutoff):
-                self.stopped.add(cid)
+            if milestone >= self.stopped.get(cid, math.inf) or (cutoff is not None and mean < cutoff):
+                self.stopped[cid] = min(milestone, self.stopped.get(cid, milestone))
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
         return TrialScheduler.CONTINUE
@@ -173,8 +174,8 @@ class RepeatASHA(ASHAScheduler):
         self._brackets = [_ConfigBracket(grace_period, max_t, reduction_factor, 0)]
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if (config_id(trial) in self._brackets[0].stopped and self._time_attr in result
-                and self._metric in result):
-            self._num_stopped += 1
+        rung = self._brackets[0].stopped.get(config_id(trial))
+        if rung is not None and result.get(self._time_attr, -1) >= rung and self._metric in result:
+            self._num_stopped += 1  # its configuration was stopped at a rung this repeat has now reached
             return TrialScheduler.STOP
         return super().on_trial_result(tune_controller, trial, result)

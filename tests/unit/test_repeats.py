@@ -127,6 +127,18 @@ def test_asha_compares_configurations_on_the_mean_of_their_repeats_at_a_rung():
     assert asha.on_trial_result(None, trials["b1"], {"epoch": 2, "val/mre_mm": 1.0}) == TrialScheduler.STOP
 
 
+def test_a_late_repeat_of_a_stopped_configuration_trains_up_to_the_rung_then_stops():
+    asha = RepeatASHA(time_attr="epoch", metric="val/mre_mm", mode="min", max_t=8, grace_period=2,
+                      reduction_factor=2)  # rungs at epochs 2 and 4
+    trials = {t: _trial(t, c) for t, c in [("a0", "A"), ("b0", "B"), ("b1", "B")]}
+    for t in trials.values():
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, trials["a0"], {"epoch": 2, "val/mre_mm": 1.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, trials["b0"], {"epoch": 2, "val/mre_mm": 5.0}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, trials["b1"], {"epoch": 1, "val/mre_mm": 0.5}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, trials["b1"], {"epoch": 2, "val/mre_mm": 0.5}) == TrialScheduler.STOP
+
+
 def test_trial_names_say_configuration_and_repeat():
     assert trial_name("ab12", {"config.id": "x", "config.repeat": 1}, 3, 2) == "ab12 (config 2, repeat 2/3)"
     assert trial_name("ab12", {"config.id": "ab12", "config.repeat": 0}, 1, 1) == "ab12"
