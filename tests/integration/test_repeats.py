@@ -9,7 +9,7 @@
    holds one trial with the mean of the three.
 
 Budget: 7 Train worker-group starts and 3 CLI/Ray start-ups; the two cases run side by side
-(one thread each, as test_resume.py does): ~3 min here.
+(one thread each, as test_resume.py does): 6 min here on the shared 2-core machine (3 passed).
 """
 
 from __future__ import annotations
