@@ -161,3 +161,23 @@ def test_repeats_out_of_range_is_one_clear_error(value, message):
     with pytest.raises(SpecError) as e:
         load_spec(QUICK, [f"study.repeats={value}"])
     assert any(p.endswith(message) for p in e.value.problems), e.value.problems
+
+
+def test_quickstart_repeats_is_a_grid_of_fixed_vs_adaloss_with_three_seeds():
+    spec = load_spec("search_spaces/quickstart_repeats.yaml")
+    assert spec.study.repeats == 3 and spec.study.sampler == "grid" and spec.study.scheduler.type == "none"
+    assert {p["target.schedule"] for p in spec.grid()} == {"fixed", "adaloss"}
+    assert len(spec.grid()) == spec.study.trials == 4 and spec.total_trials == 12
+
+
+def test_a_study_saved_before_repeats_existed_resumes_unchanged(tmp_path):
+    import json
+
+    from study.storage import SNAPSHOT, StudyStorage, check_unchanged
+
+    spec = load_spec(QUICK, [f"study.storage={tmp_path}"])
+    storage = StudyStorage(spec)
+    resolved = spec.resolved()
+    del resolved["study"]["repeats"]  # what a study.json written before study.repeats holds
+    storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": resolved}))
+    check_unchanged(spec, storage, force=False)  # no "study.repeats: (absent) -> 1"
