@@ -2,7 +2,7 @@
 and the plan (trials at once, trials in all) that follows from the spec's resources.
 
     init_ray(address=None, verbose=False, dashboard=True)   # a local Ray, or join --address
-    concurrency, trials = plan(spec)                         # SpecError if no trial can ever be placed
+    concurrency, configurations = plan(spec)                 # SpecError if no trial can ever be placed
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def alive_nodes() -> list[dict[str, float]]:
 
 
 def plan(spec: Spec) -> tuple[int, int]:
-    """(trials at once, trials in all). Fails, naming the resources: key, if no trial can be placed."""
+    """(trials at once, configurations in all; each runs study.repeats trials). Fails, naming the
+    resources: key, if no trial can be placed."""
     nodes = alive_nodes()
     problems = resource_problems(spec.resources, nodes)
     if problems:
@@ -113,7 +114,7 @@ def plan(spec: Spec) -> tuple[int, int]:
     if spec.study.concurrency > fits:
         print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
               f"of {spec.resources.workers} × {describe_resources(need)}); the extra trials will wait", flush=True)
-    return max(1, min(spec.study.concurrency or fits, trials)), trials
+    return max(1, min(spec.study.concurrency or fits, trials * spec.study.repeats)), trials
 
 
 def describe_resources(resources: dict) -> str:

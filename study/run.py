@@ -54,7 +54,10 @@ def describe(spec: Spec) -> str:
     custom = "".join(f" + {v:g} {k}" for k, v in r.custom.items())
     lines = [f"study {s.name!r} from {spec.source}",
              f"  objectives: {', '.join(f'{o.mode} {o.metric}' for o in s.objectives)}",
-             f"  search: {s.trials} trials, sampler {s.sampler} (seed {s.seed}), "
+             f"  search: {s.trials} trials"
+             + (f" (configurations), each trained {s.repeats} times (train.seed + 0..{s.repeats - 1}): "
+                f"{spec.total_trials} Tune trials" if s.repeats > 1 else "")
+             + f", sampler {s.sampler} (seed {s.seed}), "
              f"early stopping {spec.describe_scheduler()}{grid}",
              f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
              f"  storage: {redact(spec.location)}",

@@ -4,8 +4,8 @@
 
 The YAML has four sections:
 
-    study:      name, objectives [{metric, mode}, ...], trials, concurrency, sampler, scheduler,
-                seed, storage, experiment
+    study:      name, objectives [{metric, mode}, ...], trials, repeats, concurrency, sampler,
+                scheduler, seed, storage, experiment
     resources:  workers, cpus_per_worker, gpus_per_worker, custom   (per trial)
     base:       a trial config (trainables.config.TrialConfig); omitted fields keep their defaults
     space:      dotted trial-config path -> {choice: [...]} | {uniform: [lo, hi]}
@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from study.schema import TAG_CONFIG, TAG_REPEAT
 from study.space import DISTRIBUTIONS, FINITE, Param, enumerate_grid
 from trainables.config import (
     ConfigError,
@@ -46,6 +47,18 @@ from trainables.config import (
 )
 
 SECTIONS = ("study", "resources", "base", "space")
+SEED = "train.seed"  # varied per repeat of a configuration (study.repeats)
+# Keys a trial's Tune config carries besides the trainer's fields: the configuration it repeats, and which repeat.
+REPEAT_KEYS = (TAG_CONFIG, TAG_REPEAT)
+
+
+def trainer_values(config: dict) -> dict:
+    """A Tune trial's config without the repeat bookkeeping: only trainer fields (train.seed stays).
+
+    trainer_values({"optim.lr": 1e-3, "config.id": "a_00000", "config.repeat": 1, "train.seed": 1})
+    -> {"optim.lr": 1e-3, "train.seed": 1}
+    """
+    return {k: v for k, v in config.items() if k not in REPEAT_KEYS}
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 SCHEDULERS = ("auto", "none", "asha")  # auto: asha for one objective, none for several
 MODES = ("min", "max")
@@ -95,7 +108,7 @@ def parse_yaml(text: str, duplicates: list[str] | None = None):
 
 
 # Upper bounds where a larger number can only be a typo (a stray digit); the message says so.
-LIMITS = {"study.trials": 100_000, "study.concurrency": 10_000, "resources.workers": 1024}
+LIMITS = {"study.trials": 100_000, "study.repeats": 100, "study.concurrency": 10_000, "resources.workers": 1024}
 # study.name and study.experiment name a folder, an MLflow experiment and tag values in MLflow
 # filter strings: a small safe set keeps them valid everywhere (no quotes, no path tricks).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -138,7 +151,10 @@ class Scheduler:
 class StudySection:
     name: str
     objectives: list[Objective] = field(default_factory=lambda: [Objective("val/mre_mm", "min")])
-    trials: int = 8  # number of Optuna trials (grid: capped at the number of grid points)
+    trials: int = 8  # configurations Optuna samples (grid: capped at the number of grid points)
+    # Each configuration is trained this many times, train.seed = base seed + repeat; each repeat is its
+    # own Tune trial and MLflow run, and Optuna learns the mean (study.search.RepeatSearch).
+    repeats: int = 1
     concurrency: int = 0  # trials at once; 0 = as many as the cluster's resources hold
     sampler: str = "tpe"  # tpe | random | grid | nsga2 (several objectives: tpe or nsga2 fit best)
     scheduler: Scheduler = field(default_factory=Scheduler)  # early stopping on the first objective
@@ -211,8 +227,15 @@ class Spec:
         return enumerate_grid(self.space)
 
     def trial_config(self, sampled: dict) -> TrialConfig:
-        """A trial's config: the base with the sampled dotted values (Tune's trial.config) set."""
-        return self.base.with_values({k: v for k, v in sampled.items() if k in self.space})
+        """A trial's config: the base with the sampled dotted values (Tune's trial.config) set,
+        and the repeat's train.seed (study.search.RepeatSearch sets it)."""
+        return self.base.with_values({k: v for k, v in sampled.items() if k in self.space or k == SEED})
+
+    @property
+    def total_trials(self) -> int:
+        """Tune trials in all: every configuration (study.trials, grid-capped) times study.repeats."""
+        points = len(self.grid()) if self.study.sampler == "grid" else self.study.trials
+        return min(self.study.trials, points) * self.study.repeats
 
     @property
     def max_epochs(self) -> int:
@@ -331,7 +354,7 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         problems.append("study: missing; it needs at least study.name")
         return StudySection(name="study")
     d = _section(d, "study", problems)
-    scalar = {"name": str, "trials": int, "concurrency": int, "sampler": str, "seed": int, "storage": str,
+    scalar = {"name": str, "trials": int, "repeats": int, "concurrency": int, "sampler": str, "seed": int, "storage": str,
               "experiment": str, "optuna_storage": str}
     values = _fields({k: v for k, v in d.items() if k not in ("objectives", "scheduler")}, "study",
                      {**scalar, "objectives": list, "scheduler": dict}, problems)  # those two: below
@@ -347,10 +370,13 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         problems.append(f"study.experiment: {_shown(values['experiment'])} must be {NAME_RULE}, or empty for the "
                         f"study's name")
         values["experiment"] = ""
-    for key in ("trials", "concurrency"):
+    for key in ("trials", "repeats", "concurrency"):
         _check_limit(f"study.{key}", values.get(key, 0), problems)
     if values.get("trials", 1) < 1:
         problems.append(f"study.trials: must be at least 1, got {values['trials']}")
+    if values.get("repeats", 1) < 1:
+        problems.append(f"study.repeats: must be at least 1 (trainings per configuration, each with its own "
+                        f"train.seed), got {values['repeats']}")
     if values.get("concurrency", 0) < 0:
         problems.append(f"study.concurrency: must be 0 (auto) or more, got {values['concurrency']}")
     if values.get("sampler", "tpe") not in SAMPLERS:

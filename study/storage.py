@@ -183,6 +183,7 @@ def check_unchanged(spec: Spec, storage: StudyStorage, force: bool) -> None:
         print(f"warning: {storage.uri} has no {SNAPSHOT}; cannot check the spec against the one it started with")
         return
     old = json.loads(saved)["resolved"]
+    old.get("study", {}).setdefault("repeats", 1)  # a study started before study.repeats existed
     new = spec.resolved()
     changes = spec_diff(old, new)
     if not changes:

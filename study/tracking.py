@@ -7,7 +7,9 @@ one child run per Tune trial, looked up by tag so that a resumed study never dup
     callback = MlflowTracking(uri, study_run, spec, train_storage)   # a ray.tune.Callback
 
 Metric names are the trainer's (`val/mre_mm`) with `step=epoch`; params are the trial's dotted
-config (`optim.lr`). Tag names and statuses are study.schema's; the pictures and the comparison
+config (`optim.lr`, and `train.seed`, which differs between repeats); every trial run is tagged with
+the configuration it trains (`config.id`) and its repeat (`config.repeat`, 0 without repeats).
+Tag names and statuses are study.schema's; the pictures and the comparison
 are drawn by dashboards/, called through dashboards.publish.
 """
 
@@ -29,9 +31,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from dashboards.publish import StudyInfo, publish_study, publish_study_view, publish_trial
-from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_NODE, TAG_NODE_IP,
-                          TAG_PARENT, TAG_RESTARTS, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome,
-                          tag_filter)
+from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_CONFIG, TAG_NODE,
+                          TAG_NODE_IP, TAG_PARENT, TAG_REPEAT, TAG_RESTARTS, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL,
+                          Status, error_outcome, tag_filter)
 from study.spec import Spec
 from study.trial import RESTARTS, completed_outcome, train_run_name
 from trainables.config import flatten
@@ -94,6 +96,7 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
             Param("study.sampler", spec.study.sampler),
             Param("study.scheduler", spec.study.scheduler.type),
             Param("study.trials", str(spec.study.trials)),
+            Param("study.repeats", str(spec.study.repeats)),
             Param("study.space", "; ".join(f"{p.path} ~ {p.describe()}" for p in spec.space.values())[:6000]),
         ])
         client.log_text(run_id, spec.text, "spec.yaml")
@@ -318,9 +321,11 @@ class MlflowTracking(Callback):
         run = self.client.create_run(
             self.study_run.experiment_id,
             run_name=f"{self.study_name}-{tid.split('_')[-1]}",
-            tags={TAG_STUDY: self.study_name, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id},
+            tags={TAG_STUDY: self.study_name, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id,
+                  # the configuration this run repeats (study.repeats); a trial without them is its own, repeat 0
+                  TAG_CONFIG: str(config.get(TAG_CONFIG, tid)), TAG_REPEAT: str(config.get(TAG_REPEAT, 0))},
         )
-        params = flatten(self.spec.trial_config(config))
+        params = flatten(self.spec.trial_config(config))  # train.seed included: the repeat's seed
         logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run.info.run_id, params=logged[i:i + 100])

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 
 from study.schema import Status, is_diverged
-from study.spec import Spec
+from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
 from trainables.ray_adapter import DIVERGED, RESUMED_FROM, train_loop_per_worker  # noqa: F401 (RESUMED_FROM re-exported)
 
@@ -92,7 +92,7 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     outcome.raise_if_final()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=payload.base.with_values(config).to_dict(),
+        train_loop_config=payload.base.with_values(trainer_values(config)).to_dict(),  # no config.id/.repeat
         scaling_config=ScalingConfig(num_workers=payload.workers, use_gpu=payload.use_gpu,
                                      resources_per_worker=payload.per_worker),
         run_config=RunConfig(

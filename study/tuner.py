@@ -35,7 +35,8 @@ from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
 from study.progress import Progress  # noqa: E402
-from study.schema import TAG_RANK, Status, is_diverged  # noqa: E402
+from study.repeats import RepeatASHA, RepeatSearch  # noqa: E402
+from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
 from study.spec import Spec, SpecError, StudyError  # noqa: E402
 from study.storage import SNAPSHOT, StudyLock, StudyStorage, check_unchanged  # noqa: E402
@@ -118,7 +119,8 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     check_reachable(uri)
 
     init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
-    concurrency, num_samples = plan(spec)
+    concurrency, configurations = plan(spec)
+    num_samples = configurations * spec.study.repeats  # each repeat of a configuration is a Tune trial
     if not resume:
         storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": spec.resolved()}, indent=1))
     study_run = tracking.open_study_run(uri, spec)
@@ -128,7 +130,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
                                        outbox=storage.local / tracking.OUTBOX if storage.local else None)
     callbacks = [recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
-    print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
+    trials = (f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
+              if spec.study.repeats > 1 else f"{num_samples} trials")
+    print(f"study {spec.study.name!r}: {trials}, up to {concurrency} at a time, {objectives}; "
           f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}", flush=True)
     if resume:
         tuner = tune.Tuner.restore(storage.tune, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -157,7 +161,7 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     # the comparison on the study run, with importance (once MLflow has every result)
     ranked = recorder.refresh(importance=True) if delivered else None
     if ranked is not None:
-        table.insert(2, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
+        table.insert(table.columns.get_loc("status") + 1, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
         front = front_text(ranked, recorder.info)
     statuses = table["status"].value_counts()
     summary = {"study/trials_finished": float(statuses.get(Status.FINISHED, 0) + statuses.get(Status.STOPPED_EARLY, 0)),
@@ -195,10 +199,12 @@ def optuna_storage(spec: Spec, storage: StudyStorage):
     return optuna.storages.JournalStorage(JournalFileBackend(str(storage.local / OPTUNA_JOURNAL)))
 
 
-def _searcher(spec: Spec, storage: StudyStorage) -> OptunaSearch:
+def _searcher(spec: Spec, storage: StudyStorage) -> RepeatSearch:
+    """Optuna (one trial per configuration) inside RepeatSearch, which hands out each configuration
+    study.repeats times and tells Optuna the mean (repeats 1: each trial its own configuration)."""
     metrics = [o.metric for o in spec.study.objectives]
     modes = [o.mode for o in spec.study.objectives]
-    return OptunaSearch(
+    optuna_search = OptunaSearch(
         space=SpaceSampler(spec.space),
         metric=metrics if spec.multi_objective else metrics[0],
         mode=modes if spec.multi_objective else modes[0],
@@ -206,6 +212,7 @@ def _searcher(spec: Spec, storage: StudyStorage) -> OptunaSearch:
         study_name=spec.study.name,
         storage=optuna_storage(spec, storage),
     )
+    return RepeatSearch(optuna_search, spec.study.repeats, spec.base.train.seed, metrics)
 
 
 def _scheduler(spec: Spec):
@@ -213,8 +220,10 @@ def _scheduler(spec: Spec):
     if s.type != "asha":
         return None
     # Rungs are counted in epochs, not Tune iterations: a resumed trial restarts Tune's
-    # iteration count while its epoch continues.
-    return ASHAScheduler(time_attr="epoch", metric=spec.primary.metric, mode=spec.primary.mode,
+    # iteration count while its epoch continues. With repeats, configurations are compared on the
+    # mean of their repeats at each rung (study.repeats.RepeatASHA).
+    asha = RepeatASHA if spec.study.repeats > 1 else ASHAScheduler
+    return asha(time_attr="epoch", metric=spec.primary.metric, mode=spec.primary.mode,
                          max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
@@ -233,14 +242,16 @@ def _table(grid, spec: Spec, outcomes: dict[str, Status]) -> pd.DataFrame:
     for res in grid:
         m = res.metrics or {}
         tid = _trial_id(res)
-        row = {"trial": tid, "status": Status(outcomes.get(tid, Status.INTERRUPTED)).value}
+        config = res.config or {}
+        row = {"trial": tid, TAG_CONFIG: config.get(TAG_CONFIG, tid), TAG_REPEAT: config.get(TAG_REPEAT, 0),
+               "status": Status(outcomes.get(tid, Status.INTERRUPTED)).value}
         row.update({k: (res.config or {}).get(k) for k in spec.space})  # no config: failed before starting
         row["epoch"] = m.get("epoch")
         for key in dict.fromkeys([*objectives, *_ACCURACY, "train/loss", "cost/epoch_s"]):
             row[key] = m.get(key)
         rows.append(row)
     if not rows:  # interrupted before any trial reported
-        return pd.DataFrame(columns=["trial", "status", *spec.space, "epoch", *objectives])
+        return pd.DataFrame(columns=["trial", TAG_CONFIG, TAG_REPEAT, "status", *spec.space, "epoch", *objectives])
     df = pd.DataFrame(rows)
     # A face study has no mm metrics and a ceph study no NME: show only what some trial reported.
     df = df.drop(columns=[k for k in _ACCURACY if k not in objectives and k in df and df[k].isna().all()])

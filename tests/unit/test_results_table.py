@@ -29,3 +29,13 @@ def test_ceph_study_table_keeps_mm_columns():
     df = _table([_result("a", **{"val/mre_mm": 2.0, "val/sdr_2mm": 60.0, "val/fr": 3.0})], _spec("val/mre_mm"), {})
     assert {"val/mre_mm", "val/sdr_2mm", "val/fr"} <= set(df.columns) and "val/nme" not in df
     assert list(df["status"]) == ["interrupted"]  # nothing recorded its end
+
+
+def test_table_names_each_trials_configuration_and_repeat():
+    first = _result("a", **{"val/mre_mm": 2.0})
+    second = _result("b", **{"val/mre_mm": 3.0})
+    second.config = {"optim.lr": 1e-3, "config.id": "a", "config.repeat": 1, "train.seed": 1}
+    old = _result("c", **{"val/mre_mm": 4.0})  # a study without repeats keys: its own configuration
+    df = _table([first, second, old], _spec("val/mre_mm"), {})
+    assert list(df.columns[:4]) == ["trial", "config.id", "config.repeat", "status"]
+    assert list(zip(df["trial"], df["config.id"], df["config.repeat"])) == [("a", "a", 0), ("b", "a", 1), ("c", "c", 0)]
