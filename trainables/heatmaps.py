@@ -64,6 +64,15 @@ def head_sigma(sigma: Tensor, stride: int, units: str) -> Tensor:
     return sigma * (SIGMA_UNITS[units](stride) / stride)
 
 
+def sigma_frame(input_size: tuple[int, int], finest_stride: int, units: str) -> tuple[int, int]:
+    """(H, W) of the map a σ in `units` is measured on: the input, or the finest head's own map.
+
+    Adaloss's σ0 = 0 is a quarter of its smaller side, so the finest head starts with the same blob
+    in either unit: sigma_frame((128, 104), 4, "head") == (32, 26).
+    """
+    return tuple(n // SIGMA_UNITS[units](finest_stride) for n in input_size)
+
+
 def to_input_pixels(u: Tensor, stride: int) -> Tensor:
     """Heatmap pixel coordinate(s) at output stride s (float, any shape) -> input pixels: (u + 0.5)·s − 0.5."""
     return (u + 0.5) * stride - 0.5
