@@ -52,10 +52,11 @@ class Scorer:
     """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
 
     The forward pass runs at `train.precision` in `train.channels_last` layout, as training does;
-    the heatmaps are decoded and the loss computed in float32. Predictions are decoded (`eval.decode`;
-    DARK blurs with `eval.dark_blur`, or the target's σ at the finest head), optionally averaged with the mirrored image's heatmaps
-    (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
-    in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
+    the heatmaps are decoded and the loss computed in float32. Predictions are decoded
+    (`eval.decode`; DARK blurs with `eval.dark_blur`, or else the target's σ in the finest head's
+    pixels), optionally averaged with the mirrored image's heatmaps (`eval.flip_test`), mapped
+    back to the original image's pixels and scored there: radial errors in mm, or NME for faces.
+    Returns ({split/metric: value}, per-landmark table as text).
     """
 
     def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
