@@ -77,14 +77,17 @@ class DataConfig:
 class AdalossConfig:
     window: int = 3  # w: epochs of per-landmark loss history (adaloss paper §4: w = 3)
     rho: float = 0.9  # ρ in eq 5 (adaloss paper §4: 0.9)
-    sigma0: float = 0.0  # σ_0 in input pixels; 0 = a quarter of the smaller input side (the paper's choice)
-    min_sigma: float = 1.0  # σ never falls below this many input pixels
+    sigma0: float = 0.0  # σ_0 in target.sigma_units; 0 = a quarter of the smaller side of the input (units input)
+    #                      or of the finest head's map (units head): the paper's choice, the same blob either way
+    min_sigma: float = 1.0  # σ never falls below this, in target.sigma_units
 
 
 @dataclass
 class TargetConfig:
     schedule: str = "fixed"  # registry trainables.schedules.SCHEDULES: fixed | adaloss
-    sigma: float = 3.0  # Gaussian σ in input pixels (fixed schedule)
+    sigma: float = 3.0  # Gaussian σ in target.sigma_units (fixed schedule)
+    sigma_units: str = "input"  # registry trainables.heatmaps.SIGMA_UNITS: input (the same blob at every head) |
+    #                             head (σ in each head's own pixels: coarser at a coarser head, farnet §3.4)
     adaloss: AdalossConfig = field(default_factory=AdalossConfig)  # used when schedule == adaloss
     normalize: bool = False  # divide each target heatmap by its mean (adaloss paper §4.3)
 
@@ -138,6 +141,7 @@ class TrainConfig:
 class EvalConfig:
     split: str = "test2"  # tested once, after the last epoch (test/* metrics); "" = none
     decode: str = "argmax"  # registry trainables.heatmaps.DECODERS: argmax | subpixel | dark
+    dark_blur: float = 0.0  # σ of DARK's blur in the finest head's pixels; 0 = the target's σ there (DARK, MMPose)
     flip_test: bool = False  # average the heatmaps of the image and of its mirror (re-indexed by the flip map)
     fr_threshold: float = 0.0  # failure above this error; 0 = the field's: 4 mm, or 10 % NME for faces
     auc_threshold: float = 0.0  # CED and its AUC up to this error; 0 = 4 mm, or 8 % NME for faces

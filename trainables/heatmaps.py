@@ -11,13 +11,27 @@ relation of `F.interpolate`. Rendering and decoding both go through `to_input_pi
     decode_argmax(h)                                             # (B, K, 2) -> [[[12., 41.]]]
     decode_subpixel(h)                                           # (B, K, 2) -> [[[12.3, 40.7]]]
 
-Decoders (`eval.decode`):
+σ units (`target.sigma_units`): the schedule's σ is one number per landmark; what it means at a
+head of output stride s is a registry, `SIGMA_UNITS`:
+    input   σ input pixels at every head: the same blob at every stride (σ/s head pixels).
+    head    σ pixels of each head's own map (σ·s input pixels): the coarser the head, the coarser
+            its target (farnet §3.4 and the authors' code: σ = 10 at both the half-resolution MSFA
+            head and the full-resolution FR head).
+`input_sigma` and `head_sigma` convert; the renderer takes input pixels, DARK's blur head pixels.
+
+    input_sigma(torch.tensor([10.0]), stride=2, units="head")    # -> [20.]: input pixels to render with
+    head_sigma(torch.tensor([10.0]), stride=2, units="input")    # -> [5.]: DARK's blur at that head
+
+Decoders (`eval.decode`), all `decode(heatmaps, stride, sigma)` with σ the target's σ in that
+head's pixels ((K,), (B, K) or a number; only DARK uses it):
     argmax    the maximum's pixel centre.
     subpixel  argmax, then per axis the vertex of the parabola through the log of the maximum
-              and its two neighbours: exact for a Gaussian, whose log is a parabola.
-    dark      DARK (Zhang et al., CVPR 2020): blur the heatmap with a Gaussian to smooth a
-              network's ragged output, then one Newton step on its log from the maximum, using
-              the full 2×2 Hessian (the offset is −H⁻¹∇).
+              and its two neighbours: exact for a Gaussian at any σ, whose log is a parabola.
+    dark      DARK (Zhang et al., CVPR 2020): blur the heatmap with a Gaussian of the training
+              target's σ (DARK modulates with the training data's variance; MMPose's kernel 11 is
+              σ 2, 17 is σ 3) to smooth a network's ragged output, then one Newton step on its log from
+              the maximum, using the full 2×2 Hessian (the offset is −H⁻¹∇). Exact on a rendered
+              target only where the sampled Gaussians are smooth: σ ≥ about 1 head pixel.
 """
 
 from __future__ import annotations
@@ -31,6 +45,32 @@ from torch import Tensor
 # A missing landmark (NaN coordinates) is rendered this far outside the image: its target is
 # all zeros, and the losses leave it out through their mask anyway.
 _FAR = -1e6
+
+
+# target.sigma_units: input pixels per unit of σ at a head of output stride s.
+SIGMA_UNITS = {
+    "input": lambda stride: 1,  # σ in input pixels: the same blob at every stride
+    "head": lambda stride: stride,  # σ in the head's own pixels (farnet §3.4): coarser at a coarser head
+}
+
+
+def input_sigma(sigma: Tensor, stride: int, units: str) -> Tensor:
+    """The schedule's σ in `units` ((K,) or (B, K)) -> σ in input pixels at a head of this stride, same shape."""
+    return sigma * SIGMA_UNITS[units](stride)
+
+
+def head_sigma(sigma: Tensor, stride: int, units: str) -> Tensor:
+    """The schedule's σ in `units` ((K,) or (B, K)) -> σ in that head's pixels, same shape."""
+    return sigma * (SIGMA_UNITS[units](stride) / stride)
+
+
+def sigma_frame(input_size: tuple[int, int], finest_stride: int, units: str) -> tuple[int, int]:
+    """(H, W) of the map a σ in `units` is measured on: the input, or the finest head's own map.
+
+    Adaloss's σ0 = 0 is a quarter of its smaller side, so the finest head starts with the same blob
+    in either unit: sigma_frame((128, 104), 4, "head") == (32, 26).
+    """
+    return tuple(n // SIGMA_UNITS[units](finest_stride) for n in input_size)
 
 
 def to_input_pixels(u: Tensor, stride: int) -> Tensor:
@@ -54,7 +94,8 @@ def render_gaussians(
     """Unnormalised Gaussians exp(-d²/2σ²) (farnet paper eq 1), separably, in one batched call.
 
     coords: (B, K, 2) float (x, y) in input pixels, never quantised; NaN rows render as zeros.
-    sigma:  (K,) or (B, K) σ in input pixels, so the same σ means the same blob at any stride.
+    sigma:  (K,) or (B, K) σ in input pixels, so the same σ means the same blob at any stride
+            (`input_sigma` turns a σ in head pixels, `target.sigma_units: head`, into this).
     size:   (H, W) of the heatmap (input size // stride).
     normalize: divide each heatmap by its mean (adaloss paper §4.3), so every target carries
             the same mass whatever its σ.
@@ -114,8 +155,8 @@ def _to_input(u: Tensor, v: Tensor, stride: int) -> Tensor:
     return torch.stack([to_input_pixels(u, stride), to_input_pixels(v, stride)], dim=-1)
 
 
-def decode_argmax(heatmaps: Tensor, stride: int = 1) -> Tensor:
-    """(B, K, H, W) -> (B, K, 2) input-pixel (x, y) of each heatmap's maximum."""
+def decode_argmax(heatmaps: Tensor, stride: int = 1, sigma: float | Tensor | None = None) -> Tensor:
+    """(B, K, H, W) -> (B, K, 2) input-pixel (x, y) of each heatmap's maximum. sigma: unused (see DECODERS)."""
     u, v = _argmax(heatmaps)
     return _to_input(u.to(heatmaps.dtype), v.to(heatmaps.dtype), stride)
 
@@ -144,8 +185,8 @@ def _parabola_vertex(left: Tensor, centre: Tensor, right: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def decode_subpixel(heatmaps: Tensor, stride: int = 1) -> Tensor:
-    """(B, K, H, W) -> (B, K, 2): argmax refined per axis by a parabola through the log heatmap.
+def decode_subpixel(heatmaps: Tensor, stride: int = 1, sigma: float | Tensor | None = None) -> Tensor:
+    """(B, K, H, W) -> (B, K, 2): argmax refined per axis by a parabola through the log heatmap. sigma: unused.
 
     For a Gaussian exp(-(x - x0)²/2σ²) the log is exactly a parabola with its vertex at x0, so
     a rendered target decodes back to its landmark (to float precision) at any σ and stride.
@@ -161,32 +202,48 @@ def decode_subpixel(heatmaps: Tensor, stride: int = 1) -> Tensor:
     return _to_input(u + du, v + dv, stride).to(heatmaps.dtype)
 
 
-def _gaussian_blur(heatmaps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of each (H, W) map, kernel radius 3σ, zero padding; (B, K, H, W)."""
-    r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, device=heatmaps.device, dtype=heatmaps.dtype)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
+def _gaussian_blur(heatmaps: Tensor, sigma: float | Tensor) -> Tensor:
+    """Separable Gaussian blur of each (H, W) map with its own σ in heatmap pixels, zero padding; (B, K, H, W).
+
+    sigma: a number, (K,) or (B, K). The kernel has 2⌈3σ⌉ + 1 taps (odd, ±3σ; OpenCV's rule
+    σ = 0.3·((k − 1)/2 − 1) + 0.8, which MMPose's kernel sizes follow, gives 2.7σ–3σ), taken for
+    the largest σ in the batch and cut at the map's size: taps further out only meet the padding.
+    """
     b, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(b * k, 1, h, w)
-    flat = F.conv2d(flat, g.view(1, 1, 1, -1), padding=(0, r))
-    flat = F.conv2d(flat, g.view(1, 1, -1, 1), padding=(r, 0))
+    sig = torch.as_tensor(sigma, dtype=heatmaps.dtype, device=heatmaps.device).expand(b, k).reshape(-1, 1)
+    sig = sig.clamp_min(1e-3)  # σ → 0 is no blur: the kernel becomes a unit impulse
+    r = max(1, min(math.ceil(3 * sig.max().item()), max(h, w) - 1))
+    x = torch.arange(-r, r + 1, device=heatmaps.device, dtype=heatmaps.dtype)
+    g = torch.exp(-(x**2) / (2 * sig**2))  # (B·K, 2r + 1), one kernel per map
+    g = g / g.sum(-1, keepdim=True)
+    flat = heatmaps.reshape(1, b * k, h, w)
+    flat = F.conv2d(flat, g.view(b * k, 1, 1, -1), padding=(0, r), groups=b * k)
+    flat = F.conv2d(flat, g.view(b * k, 1, -1, 1), padding=(r, 0), groups=b * k)
     return flat.reshape(b, k, h, w)
 
 
 @torch.no_grad()
-def decode_dark(heatmaps: Tensor, stride: int = 1, blur_sigma: float = 1.0) -> Tensor:
+def decode_dark(heatmaps: Tensor, stride: int, sigma: float | Tensor) -> Tensor:
     """(B, K, H, W) -> (B, K, 2): DARK's distribution-aware decoding (Zhang et al. 2020, eqs 2–7).
 
-    The heatmap is blurred with a Gaussian of `blur_sigma` heatmap pixels and rescaled to its
-    former maximum (their "modulation"), then x = m − H⁻¹∇ with the gradient and Hessian of the
-    log heatmap at the maximum m taken by central differences. A Gaussian blurred by a Gaussian
-    stays a Gaussian, so a rendered target still decodes exactly. Offsets are clamped to ±1 px.
+    sigma: σ of the modulating blur in heatmap pixels, a number, (K,) or (B, K). DARK modulates
+    with the variance of the training targets: the target's σ at this head (`head_sigma`), which
+    is what the Scorer passes unless `eval.dark_blur` sets one. The heatmap is blurred and rescaled
+    to its former maximum (their "modulation"), then x = m − H⁻¹∇ with the gradient and Hessian of
+    the log heatmap at the blurred map's maximum m, by central differences. Offsets are clamped to ±1 px.
+
+    When it is exact: a sampled Gaussian blurred by a sampled Gaussian is again a sampled Gaussian
+    (log = parabola, the Newton step lands on the centre) only while both are smooth on the grid,
+    σ ≥ about 1 head pixel. Largest error on rendered targets with the matched blur, in head
+    pixels (the same at strides 1, 2, 4): σ ≥ 1: < 0.001; σ 0.75: 0.006; 0.5: 0.05; 0.25–0.375:
+    0.08–0.09 (the old fixed blur of 1 at σ 0.375: 0.14, i.e. 0.57 input px at stride 4). Below 1
+    head pixel prefer `subpixel`, exact on a clean Gaussian at any σ. Within ~3σ of the border the
+    zero-padded blur bends the map too.
     """
     h, w = heatmaps.shape[-2:]
     hm = heatmaps.float()
     peak = hm.amax(dim=(-2, -1), keepdim=True)
-    blurred = _gaussian_blur(hm, blur_sigma)
+    blurred = _gaussian_blur(hm, sigma)
     blurred = blurred * peak / blurred.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(hm.dtype).tiny)
     u, v = _argmax(blurred)
     lw = _log_window(blurred, u, v)
@@ -203,4 +260,6 @@ def decode_dark(heatmaps: Tensor, stride: int = 1, blur_sigma: float = 1.0) -> T
     return _to_input(u + du, v + dv, stride).to(heatmaps.dtype)
 
 
+# eval.decode. Each is decode(heatmaps (B, K, H, W), stride, sigma) -> (B, K, 2) input-pixel (x, y),
+# sigma the target's σ in that head's pixels (a number, (K,) or (B, K)), which only DARK uses.
 DECODERS = {"argmax": decode_argmax, "subpixel": decode_subpixel, "dark": decode_dark}

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from trainables.config import TrialConfig
 from trainables.data.dataset import LandmarkDataset, normalize, to_original
-from trainables.heatmaps import DECODERS, TargetRenderer
+from trainables.heatmaps import DECODERS, TargetRenderer, head_sigma, input_sigma
 from trainables.metrics import NME_AUC_PERCENT, NME_FR_PERCENT, normalized_errors, radial_errors_mm, summarize
 from trainables.precision import autocast, to_layout
 
@@ -23,19 +23,27 @@ class Objective:
     """The regression loss L_R: each head against a target rendered at its own stride, summed over heads.
 
     heads: [(B, K, H/s, W/s) for s in strides], coords (B, K, 2) (NaN rows = not annotated),
-    sigma (K,) -> (K,) per-landmark loss. Targets are rendered on the heads' device into buffers
-    reused every step (`TargetRenderer`).
+    sigma (K,) in `target.sigma_units` -> (K,) per-landmark loss. With units `input` every head's
+    target is σ input pixels wide; with `head` it is σ of that head's pixels, σ·s input pixels
+    (farnet §3.4: the coarse MSFA target at stride 2 is twice as wide as the FR target at stride 1).
+    Targets are rendered on the heads' device into buffers reused every step (`TargetRenderer`).
     """
 
     def __init__(self, loss_fn, cfg: TrialConfig, strides: tuple[int, ...]):
         self.loss_fn, self.loss_cfg, self.strides = loss_fn, cfg.loss, strides
+        self.sigma_units = cfg.target.sigma_units
         self.render = TargetRenderer(normalize=cfg.target.normalize)
+
+    def head_sigma(self, sigma, stride: int):
+        """The schedule's σ (K,) -> σ in the pixels of the head at this stride (K,): what its target is rendered with."""
+        return head_sigma(sigma, stride, self.sigma_units)
 
     def __call__(self, heads: list, coords, sigma):
         valid = ~coords.isnan().any(dim=-1)  # (B, K)
         total = 0
         for slot, (heatmaps, stride) in enumerate(zip(heads, self.strides)):
-            target = self.render(coords, sigma, tuple(heatmaps.shape[-2:]), stride, slot)
+            sigma_px = input_sigma(sigma, stride, self.sigma_units)  # the renderer works in input pixels
+            target = self.render(coords, sigma_px, tuple(heatmaps.shape[-2:]), stride, slot)
             total = total + self.loss_fn(heatmaps.float(), target, self.loss_cfg, valid)
         return total
 
@@ -44,13 +52,16 @@ class Scorer:
     """A split's loss and the field's metrics, from the finest head, in eval mode (BatchNorm uses running stats).
 
     The forward pass runs at `train.precision` in `train.channels_last` layout, as training does;
-    the heatmaps are decoded and the loss computed in float32. Predictions are decoded (`eval.decode`), optionally averaged with the mirrored image's heatmaps
-    (`eval.flip_test`), mapped back to the original image's pixels and scored there: radial errors
-    in mm, or NME for faces. Returns ({split/metric: value}, per-landmark table as text).
+    the heatmaps are decoded and the loss computed in float32. Predictions are decoded
+    (`eval.decode`; DARK blurs with `eval.dark_blur`, or else the target's σ in the finest head's
+    pixels), optionally averaged with the mirrored image's heatmaps (`eval.flip_test`), mapped
+    back to the original image's pixels and scored there: radial errors in mm, or NME for faces.
+    Returns ({split/metric: value}, per-landmark table as text).
     """
 
     def __init__(self, cfg: TrialConfig, spec, flip_index: list[int], device):
         self.decode, self.flip_test = DECODERS[cfg.eval.decode], cfg.eval.flip_test
+        self.dark_blur = cfg.eval.dark_blur
         self.flip_index, self.unit, self.nme_pair = flip_index, spec.unit, spec.nme_pair
         self.batch_size, self.device = cfg.train.batch_size, torch.device(device)
         self.precision, self.channels_last = cfg.train.precision, cfg.train.channels_last
@@ -72,11 +83,16 @@ class Scorer:
             heatmaps = (heatmaps + mirrored.float().flip(-1)[:, self.flip_index]) / 2
         return heatmaps, heads
 
+    def _decode(self, heatmaps, objective: Objective, sigma):
+        """Finest heatmaps (B, K, h, w) -> (B, K, 2) input px, with σ in that head's pixels for DARK."""
+        stride = objective.strides[-1]
+        blur = self.dark_blur or objective.head_sigma(sigma, stride).to(heatmaps.device)
+        return self.decode(heatmaps, stride, blur)
+
     @torch.no_grad()
     def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, torch.Tensor]:
         """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
         model.eval()
-        stride = objective.strides[-1]
         errors, loss_sum, n = [], 0.0, 0
         pin = self.device.type == "cuda"  # page-locked batches copy to the GPU without a staging copy
         for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size, pin_memory=pin):
@@ -84,7 +100,7 @@ class Scorer:
             heatmaps, heads = self._predict(model, images)
             loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
             n += len(images)
-            pred = to_original(self.decode(heatmaps, stride).cpu(), frames)
+            pred = to_original(self._decode(heatmaps, objective, sigma).cpu(), frames)
             gt = to_original(coords.cpu(), frames)
             if self.unit == "nme":
                 errors.append(normalized_errors(pred, gt, self.nme_pair))
@@ -96,11 +112,14 @@ class Scorer:
         return metrics, errors
 
     @torch.no_grad()
-    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, stride: int) -> dict:
+    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, objective: Objective,
+                sigma: torch.Tensor) -> dict:
         """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
         images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
         landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
-        whole split (for the CED); unit, ced_threshold and stride as 0-d arrays."""
+        whole split (for the CED); unit, ced_threshold and stride (the finest head's) as 0-d arrays.
+        sigma (K,): the schedule's σ this epoch, as for `__call__`."""
+        stride = objective.strides[-1]
         out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
                "stride": np.array(stride)}
         count = min(count, len(ds))
@@ -108,7 +127,7 @@ class Scorer:
             model.eval()
             images, coords, _, _ = next(iter(DataLoader(ds, batch_size=count)))
             heatmaps, _ = self._predict(model, images.to(self.device))
-            pred = self.decode(heatmaps, stride).cpu()
+            pred = self._decode(heatmaps, objective, sigma).cpu()
             peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
             out |= {
                 "images": images[:, 0].numpy(),  # the dataset's uint8 grey levels

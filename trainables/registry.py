@@ -16,7 +16,7 @@ from trainables import data as datasets
 from trainables.config import Problem, TrialConfig, suggest
 from trainables.data.augment import validate as augment_problems
 from trainables.distill import DISTILL_TERMS, distill_problems
-from trainables.heatmaps import DECODERS
+from trainables.heatmaps import DECODERS, SIGMA_UNITS
 from trainables.losses import LOSSES, loss_problems
 from trainables.metrics import all_metric_names, reported_metrics
 from trainables.models import MODELS, model_problems
@@ -35,6 +35,7 @@ REGISTRIES = {
     "model.name": MODELS,
     "data.dataset": datasets.DATASETS,
     "target.schedule": SCHEDULES,
+    "target.sigma_units": SIGMA_UNITS,
     "loss.type": LOSSES,
     "distill.type": DISTILL_TERMS,
     "optim.name": OPTIMIZERS,
@@ -73,7 +74,8 @@ def config_problems(cfg: TrialConfig) -> list[Problem]:
         out += datasets.problems(cfg.data)
         if cfg.eval.split:
             out += datasets.split_problems(cfg.data, cfg.eval.split, "eval.split")
-    for path, value in [("eval.fr_threshold", cfg.eval.fr_threshold), ("eval.auc_threshold", cfg.eval.auc_threshold)]:
+    for path, value in [("eval.fr_threshold", cfg.eval.fr_threshold), ("eval.auc_threshold", cfg.eval.auc_threshold),
+                        ("eval.dark_blur", cfg.eval.dark_blur)]:
         if value < 0:
             out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
     return [Problem.of(p) for p in out]

@@ -1,11 +1,19 @@
 """Target σ schedules: small stateful objects stepped once per epoch (`target.schedule`).
 
     sched = SCHEDULES["adaloss"](cfg.target, num_landmarks=19, input_size=(800, 640))
-    sigma = sched.sigma                    # (K,) σ in input pixels for this epoch
+    sigma = sched.sigma                    # (K,) σ in target.sigma_units for this epoch
     sched.step(per_landmark_loss, loss)    # after each epoch, with that epoch's training losses (K,)
     sched.load_state_dict(sched.state_dict())
 
 A checkpoint holds the state dict, so a resumed trial continues with the same σ and history.
+
+What σ means is `target.sigma_units` (trainables/heatmaps.py): a schedule knows nothing of heads.
+With `input` it is input pixels at every head; with `head` it is each head's own pixels, so one
+Adaloss σ per landmark widens every head's target in proportion to its stride (σ·s input pixels),
+and `sigma`, `sigma0`, `min_sigma` and the reported `target/sigma_<k>` are all in those pixels.
+`input_size` is the map σ is measured on: the trainer passes the input size, or with `head` the
+finest head's map size (input size // its stride), so σ0 = 0 starts that head's target at a
+quarter of its map either way.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ class Adaloss:
     "the training loss" of the paper's §3 as the landmark's own loss, since the rule is per landmark.
     Guards: no update until w + 1 losses exist (V_{t−1} needs them); none while V_t is zero, where
     the ratio is undefined (a loss that has not moved at all); σ never goes below `min_sigma`.
-    σ_0 is `sigma0`, or a quarter of the smaller input side when 0 (the paper's choice).
+    σ_0 is `sigma0`, or a quarter of the smaller side of `input_size` when 0 (the paper's choice).
     """
 
     def __init__(self, cfg: TargetConfig, num_landmarks: int, input_size: tuple[int, int]):

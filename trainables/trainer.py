@@ -38,6 +38,7 @@ from trainables.data.augment import augment, is_active
 from trainables.data.cache import default_cache_dir
 from trainables.data.dataset import LandmarkDataset, normalize
 from trainables.distill import Distiller, distill_term
+from trainables.heatmaps import sigma_frame
 from trainables.losses import LOSSES
 from trainables.metrics import format_table, per_landmark_table
 from trainables.models import build_model
@@ -90,7 +91,9 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
     distiller = Distiller(cfg.distill, model, cfg.model) if cfg.distill.type != "none" else None
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     scaler = grad_scaler(device, precision)
-    schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, cfg.data.input_size)
+    # Adaloss's σ0 = 0 is a quarter of the map σ is measured on: the input, or the finest head's own map.
+    frame = sigma_frame(cfg.data.input_size, strides[-1], cfg.target.sigma_units)
+    schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, frame)
     policy = CheckpointPolicy(cfg.train.checkpoint_every, cfg.train.epochs, cfg.train.checkpoint_metric,
                               cfg.train.checkpoint_mode)
     objective = Objective(LOSSES[cfg.loss.type], cfg, strides)
@@ -174,7 +177,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             report(metrics, None)
             continue
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
-        preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, strides[-1]) if rank == 0 else None
+        preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, objective, sigma) if rank == 0 else None
         report_with_checkpoint(report, metrics, rank, checkpoint_state(_unwrap(model), optimizer, scaler, schedule,
                                                                        policy, epoch + 1), tables, preview)
     return metrics

@@ -76,9 +76,9 @@ def _score(ds, model, flip_test: bool, flip_index: list[int]):
     seen_heatmaps, seen_preds = [], []
     decode = scorer.decode
 
-    def spy(heatmaps, stride):
+    def spy(heatmaps, stride, sigma):
         seen_heatmaps.append(heatmaps.clone())
-        seen_preds.append(decode(heatmaps, stride))
+        seen_preds.append(decode(heatmaps, stride, sigma))
         return seen_preds[-1]
 
     scorer.decode = spy

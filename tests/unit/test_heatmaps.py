@@ -110,12 +110,13 @@ def test_subpixel_round_trip_per_image_sigma(stride):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("sigma_hm", [2.0, 3.0, 4.0])
 def test_dark_round_trip(stride, sigma_hm):
-    # σ ≥ 2 heatmap pixels (σ_hm · stride in input pixels); landmarks kept 3σ + the blur kernel's
-    # radius (3) away from the border, where zero padding would bend the blurred map.
+    # σ ≥ 2 heatmap pixels (σ_hm · stride in input pixels), blurred with the same σ; landmarks kept
+    # 3σ + 4 heatmap pixels from the border, where the zero-padded blur bends the map.
     margin = (3 * sigma_hm + 4) * stride
+    assert 2 * margin < W_IN - 1
     coords = _random_coords(2, 5, margin=margin, seed=int(10 * sigma_hm) + stride)
     heat = render_gaussians(coords, torch.full((5,), sigma_hm * stride), (H_IN // stride, W_IN // stride), stride)
-    err = (decode_dark(heat, stride) - coords).abs()
+    err = (decode_dark(heat, stride, sigma_hm) - coords).abs()
     assert err.max().item() < 0.05, err.max().item()
 
 
@@ -140,7 +141,7 @@ def test_flip_then_dark(stride):
     coords = _random_coords(1, 4, margin=margin, seed=30 + stride)
     heat = render_gaussians(coords, torch.full((4,), 2.0 * stride), (H_IN // stride, W_IN // stride), stride)
     want = torch.stack([W_IN - 1 - coords[..., 0], coords[..., 1]], dim=-1)
-    assert (decode_dark(torch.flip(heat, dims=[-1]), stride) - want).abs().max().item() < 0.05
+    assert (decode_dark(torch.flip(heat, dims=[-1]), stride, 2.0) - want).abs().max().item() < 0.05
 
 
 @pytest.mark.parametrize("stride", [1, 4])
@@ -191,7 +192,7 @@ def test_nan_coordinates_render_an_all_zero_map(normalize):
     assert heat[0, 0].max().item() > 0.5  # the annotated landmark is untouched
     # Decoding an all-zero map (a missing landmark) gives numbers, not NaN.
     for decode in (decode_argmax, decode_subpixel, decode_dark):
-        assert torch.isfinite(decode(heat)).all()
+        assert torch.isfinite(decode(heat, 1, 2.0)).all()
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4])
@@ -202,7 +203,7 @@ def test_landmark_at_the_border_decodes_without_nan(stride):
     coords = torch.tensor([pts])
     heat = render_gaussians(coords, torch.full((len(pts),), 2.0), (H_IN // stride, W_IN // stride), stride)
     for decode in (decode_argmax, decode_subpixel, decode_dark):
-        out = decode(heat, stride)
+        out = decode(heat, stride, 2.0 / stride)
         assert torch.isfinite(out).all(), decode.__name__
         # At the border the decoders keep the pixel centre (no one-sided fit): within a heatmap pixel.
         assert (out - coords).abs().max().item() <= stride + 0.5, decode.__name__

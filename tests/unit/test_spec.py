@@ -723,6 +723,7 @@ def test_shipped_specs_express_the_papers_comparisons():
     assert farnet.base.data.input_size == (800, 640)
     assert [o.metric for o in farnet.study.objectives] == ["val/mre_mm", "val/sdr_2mm", "cost/gflops"]
     assert farnet.space["target.sigma"].when == {"target.schedule": ["fixed"]}
+    assert farnet.base.target.sigma_units == "head"  # farnet §3.4: the same σ at both heads, in their own pixels
     assert farnet.space["loss.alpha"].when == {"loss.type": ["ewc"]}
     adaloss = load_spec(REPO / "search_spaces" / "adaloss.yaml", check_data=False)
     assert adaloss.base.model.name == "unet" and adaloss.study.sampler == "grid"
