@@ -162,25 +162,30 @@ def per_configuration(trials: pd.DataFrame, objectives: list[tuple[str, str]], s
 
 
 def overlaps_front(configs: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Series:
-    """Per configuration (bool): not on the front, ranked, and its 95 % interval overlaps that of a
-    front configuration in every objective (a box overlap; a missing interval is the point mean)."""
+    """Per configuration (bool): ranked but not on the front, and no front configuration beats it
+    beyond the 95 % intervals, i.e. none whose interval's worse end is at least as good as this
+    one's better end in every objective, and better in one (a configuration without an interval
+    counts as its mean). With one objective: its interval overlaps the best one's."""
     metrics = [m for m, _ in objectives]
+    signs = np.array([1.0 if mode == "min" else -1.0 for _, mode in objectives])
     rank = pd.to_numeric(configs[TAG_RANK], errors="coerce").astype(float) if len(configs) else pd.Series(dtype=float)
-
-    def box(rows):
-        lo = np.stack([rows[f"{m}.ci_low"].astype(float).fillna(rows[m].astype(float)).to_numpy() for m in metrics], 1)
-        hi = np.stack([rows[f"{m}.ci_high"].astype(float).fillna(rows[m].astype(float)).to_numpy() for m in metrics], 1)
-        return lo, hi
-
-    front, rest = configs[(rank == 1).to_numpy()], (rank > 1).to_numpy()
+    front, rest = (rank == 1).to_numpy(), (rank > 1).to_numpy()
     out = np.zeros(len(configs), dtype=bool)
-    if not len(front) or not rest.any() or any(f"{m}.ci_low" not in configs for m in metrics):
+    if not front.any() or not rest.any() or any(f"{m}.ci_low" not in configs for m in metrics):
         return pd.Series(out, index=configs.index)
-    flo, fhi = box(front)
-    lo, hi = box(configs[rest])
-    # overlap[i, j]: configuration i's box meets front box j in every objective
-    overlap = ((lo[:, None, :] <= fhi[None]) & (flo[None] <= hi[:, None, :])).all(-1).any(-1)
-    out[np.flatnonzero(rest)] = overlap
+
+    def ends(rows):  # (better end, worse end) per row and objective, everything minimised
+        mean = np.stack([rows[m].astype(float).to_numpy() for m in metrics], 1)
+        lo = np.stack([pd.to_numeric(rows[f"{m}.ci_low"], errors="coerce").astype(float).to_numpy() for m in metrics], 1)
+        hi = np.stack([pd.to_numeric(rows[f"{m}.ci_high"], errors="coerce").astype(float).to_numpy() for m in metrics], 1)
+        lo, hi = np.where(np.isnan(lo), mean, lo) * signs, np.where(np.isnan(hi), mean, hi) * signs
+        return np.minimum(lo, hi), np.maximum(lo, hi)
+
+    _, f_worse = ends(configs[front])
+    c_better, _ = ends(configs[rest])
+    # beaten[i, j]: front configuration j beats configuration i beyond both intervals
+    beaten = ((f_worse[None] <= c_better[:, None]).all(-1) & (f_worse[None] < c_better[:, None]).any(-1)).any(-1)
+    out[np.flatnonzero(rest)] = ~beaten
     return pd.Series(out, index=configs.index)
 
 

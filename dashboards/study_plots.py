@@ -150,7 +150,7 @@ class _Pareto:
     def _value(self, r, m: str) -> str:
         """'val/mre_mm: 4.2 [3.703, 4.697] (95 % CI)', or the value alone without an interval."""
         lo, hi = r.get(f"{m}.ci_low"), r.get(f"{m}.ci_high")
-        if m in self.intervals and fmt(lo) != "—":
+        if m in self.intervals and fmt(lo) != "—" and lo != hi:  # a cost measured alike in every repeat: no interval
             return f"{m}: {fmt(r[m])} [{fmt(lo)}, {fmt(hi)}] (95 % CI)"
         return f"{m}: {fmt(r[m])}"
 
