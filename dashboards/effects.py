@@ -306,7 +306,8 @@ def configurations_text(configs: pd.DataFrame, objectives: list[tuple[str, str]]
                         TAG_RANK: rows[TAG_RANK].astype(object).where(rows[TAG_RANK].notna(), "-")})
     for m, _ in objectives:
         out[f"{m} (95% CI)"] = [interval_text(r[m], r[f"{m}.ci_low"], r[f"{m}.ci_high"], r[N]) for _, r in rows.iterrows()]
-    out[FAILED] = rows[FAILED]
+    if configs["trials"].astype(str).str.contains(",").any():  # with repeats: one trial's status says it all
+        out[FAILED] = rows[FAILED]
     for p in searched:
         if p in rows:
             out[p] = rows[p].map(lambda v: _num(v) if isinstance(v, float) else ("-" if v is None else str(v)))
@@ -322,11 +323,16 @@ def recipes_text(recipes: pd.DataFrame, objectives: list[tuple[str, str]]) -> st
         "param": recipes["param"], "value": recipes["value"].astype(str), "best config": recipes[TAG_CONFIG].fillna("-"),
         f"{metric} (95% CI)": [interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N])
                                for _, r in recipes.iterrows()],
-        "vs": recipes["vs"].map(lambda v: "-" if v is None else str(v)),
+        "vs": recipes["vs"].map(_cell),
         "diff (95% CI)": [_diff_text(r) for _, r in recipes.iterrows()],
         "method": recipes["method"].replace("", "-"), "verdict": recipes["verdict"]})
     head = f"recipe effects on {metric} ({mode}; diff = this value's best minus the best other value's):"
     return head + "\n" + view.to_string(index=False)
+
+
+def _cell(v) -> str:
+    """A param value for a table: '-' where there is none."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
 def _diff_text(r) -> str:
@@ -347,8 +353,8 @@ def recipes_markdown(recipes: pd.DataFrame, objectives: list[tuple[str, str]], t
              f"| param | value | best config | {metric} | vs | diff [95% CI] | method | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in recipes.iterrows():
-        cells = [r["param"], r["value"], r[TAG_CONFIG] or "-",
+        cells = [r["param"], r["value"], _cell(r[TAG_CONFIG]),
                  interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N]),
-                 "-" if r["vs"] is None else r["vs"], _diff_text(r), r["method"] or "-", r["verdict"]]
+                 _cell(r["vs"]), _diff_text(r), r["method"] or "-", r["verdict"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

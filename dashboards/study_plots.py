@@ -12,6 +12,11 @@ with every objective but no rank (running, failed, …) a hollow grey circle. On
 against a cost (`cost/gflops` where trials differ in it, else `cost/epoch_s`), so that what each
 gain costs is visible.
 
+A table of configurations with repeats (dashboards.effects.per_configuration: `m.ci_low`,
+`m.ci_high`, `repeats.n` > 1) is drawn at its means with the 95 % intervals as grey error bars, and
+a configuration the front does not beat beyond the intervals (effects.overlaps_front) as a hollow
+FRONT_EDGE circle with its own legend entry; with one repeat each it is the picture of the trials.
+
 The page embeds plotly.js: clusters have no internet, and MLflow shows HTML artefacts in an iframe.
 """
 
