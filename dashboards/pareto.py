@@ -9,8 +9,15 @@ By default it only reads: it prints the parameter importance and the front. The 
 (through dashboards.publish), and this command with --write, also tag every trial run
 `pareto.front=true|false` and `pareto.rank` (1 = non-dominated), give it a description (its
 objectives and costs, what its MLflow page shows first: dashboards.views.trial_note) and write
-`pareto/trials.{csv,parquet}`, `pareto/front.{html,png}` and `importance/*` on the study's run
-(the driver after each trial ends, importance only at the end).
+`pareto/trials.{csv,parquet}` (one row per run), `pareto/front.{html,png}`, `comparison/*` and
+`importance/*` on the study's run (the driver after each trial ends, importance only at the end).
+
+With `study.repeats` > 1 the runs that repeat a configuration (tag `config.id`) are compared as one
+(dashboards.effects): ranks on the means, and each run tagged with its configuration's rank;
+`comparison/configurations.{csv,parquet}` has one row per configuration (mean, .std, .ci_low,
+.ci_high of each objective, repeats.n, repeats.failed), `comparison/recipes.{csv,md}` the effect of
+each searched choice with its 95 % interval and verdict; the pictures draw configurations with
+their intervals as error bars. The printed front shows mean ± CI (n), then the recipe table.
 """
 
 from __future__ import annotations
@@ -26,25 +33,61 @@ import pandas as pd
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from dashboards.effects import (choice_params, configurations_text, per_configuration, recipe_effects,
+                                recipes_markdown, recipes_text)
 from dashboards.importance import importances, log_importance
 from dashboards.ranking import describe_excluded
 from dashboards.store import StudyInfo, StudyNotFound, check_reachable, trial_runs, trial_table
 from dashboards.study_plots import pareto_html, pareto_png
 from dashboards.ui import default_tracking_uri, missing_store
 from dashboards.views import NOTE_TAG, trial_note
-from study.schema import TAG_FRONT, TAG_RANK
+from study.schema import TAG_CONFIG, TAG_FRONT, TAG_RANK
 
 
 def compare(client, info: StudyInfo) -> pd.DataFrame:
-    """The study's trials from MLflow, ranked (dashboards.store.trial_table). Reads only."""
-    return trial_table(info, trial_runs(client, info))
+    """The study's trials from MLflow, ranked (dashboards.store.trial_table; with repeats, each run
+    carries its configuration's rank: ranked_by_configuration). Reads only."""
+    return ranked_by_configuration(trial_table(info, trial_runs(client, info)), info)
+
+
+def configurations(table: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
+    """One row per configuration (dashboards.effects.per_configuration): means, 95 % intervals, n."""
+    return per_configuration(table, info.objectives, list(info.space))
+
+
+def recipes(table: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
+    """The recipe table (dashboards.effects.recipe_effects) of every searched choice parameter."""
+    return recipe_effects(table, info.objectives, list(info.space), choice_params(info.space))
+
+
+def repeated(table: pd.DataFrame) -> bool:
+    """Whether some configuration has more than one run (study.repeats > 1)."""
+    return TAG_CONFIG in table and len(table) > 0 and bool(table[TAG_CONFIG].duplicated().any())
+
+
+def ranked_by_configuration(table: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
+    """With repeats, a run's pareto.rank / pareto.front are its configuration's, ranked on the
+    means (a run that itself ended without values stays unranked); with one repeat each, the
+    run's own rank is its configuration's already and the table is returned as it is."""
+    if not repeated(table):
+        return table
+    configs = configurations(table, info).set_index(TAG_CONFIG)
+    own = table[TAG_RANK].notna()
+    rank = table[TAG_CONFIG].map(configs[TAG_RANK]).where(own)
+    table = table.copy()
+    table[TAG_RANK] = pd.array([pd.NA if pd.isna(r) else int(r) for r in rank], dtype="Int64")
+    table[TAG_FRONT] = [None if pd.isna(r) else bool(r == 1) for r in rank]
+    primary, mode = info.objectives[0]
+    return table.sort_values([TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True],
+                             na_position="last", ignore_index=True)
 
 
 def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
     """Rank the study's trials from MLflow, tag their runs, and (re)write the study run's
     comparison artefacts; with importance=True also the parameter importance. -> the table."""
     runs = trial_runs(client, info)
-    table = trial_table(info, runs)
+    table = ranked_by_configuration(trial_table(info, runs), info)
+    configs = configurations(table, info)
     rows = {r["run_id"]: r for _, r in table.iterrows()}
     for run in runs:  # one batch per run whose tags change: a 100-trial study refreshes 100 times
         row = rows[run.info.run_id]
@@ -65,9 +108,18 @@ def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
         table.to_csv(folder / "trials.csv", index=False)
         _for_parquet(table).to_parquet(folder / "trials.parquet", index=False)
         title = f"study {info.name}"
-        (folder / "front.html").write_text(pareto_html(table, info.objectives, list(info.space), title))
-        pareto_png(table, info.objectives, title, folder / "front.png", searched=list(info.space))
+        # the pictures show configurations: with one repeat each, exactly the trials
+        (folder / "front.html").write_text(pareto_html(configs, info.objectives, list(info.space), title))
+        pareto_png(configs, info.objectives, title, folder / "front.png", searched=list(info.space))
         client.log_artifacts(info.run_id, str(folder), "pareto")
+        folder = Path(tmp) / "comparison"
+        folder.mkdir()
+        configs.to_csv(folder / "configurations.csv", index=False)
+        _for_parquet(configs).to_parquet(folder / "configurations.parquet", index=False)
+        effects = recipes(table, info)
+        effects.to_csv(folder / "recipes.csv", index=False)
+        (folder / "recipes.md").write_text(recipes_markdown(effects, info.objectives, title))
+        client.log_artifacts(info.run_id, str(folder), "comparison")
         if importance:
             log_importance(client, info, table, Path(tmp) / "importance")
     return table
@@ -85,15 +137,24 @@ def _for_parquet(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
-    """The front as a table for the terminal, with a line on what was left unranked."""
-    cols = ["trial", "status", *[m for m, _ in info.objectives], *info.space]
-    front = table[table[TAG_RANK] == 1][[c for c in cols if c in table]]
-    ranked = int(table[TAG_RANK].notna().sum())
-    head = f"study {info.name}: {len(table)} trials, {ranked} ranked, Pareto front of {len(front)} over " + \
-        ", ".join(f"{m} ({mode})" for m, mode in info.objectives)
-    unranked = describe_excluded(table, info.objectives)
-    body = front.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-") if len(front) else "(empty front)"
-    return "\n".join([head, body] + ([unranked] if unranked else []))
+    """The front for the terminal: its configurations, each objective as mean ± half its 95 %
+    interval (n), a line on what was left unranked, then the recipe table (dashboards.effects).
+    table: the trial table (one row per run, as refresh and compare return it)."""
+    configs = configurations(table, info)
+    front = configs[configs[TAG_RANK] == 1]
+    ranked = int(configs[TAG_RANK].notna().sum())
+    over = ", ".join(f"{m} ({mode})" for m, mode in info.objectives)
+    if repeated(table):
+        head = (f"study {info.name}: {len(table)} trials of {len(configs)} configurations, {ranked} configurations "
+                f"ranked on their means, Pareto front of {len(front)} over {over}")
+    else:
+        head = f"study {info.name}: {len(table)} trials, {ranked} ranked, Pareto front of {len(front)} over {over}"
+    unranked = describe_excluded(configs, info.objectives)
+    body = configurations_text(configs, info.objectives, list(info.space), front) if len(front) else "(empty front)"
+    lines = [head, body] + ([unranked] if unranked else [])
+    if choice_params(info.space):
+        lines += ["", recipes_text(recipes(table, info), info.objectives)]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m dashboards.pareto") -> int:

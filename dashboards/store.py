@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards.ranking import rank_table
-from study.schema import (RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_FRONT, TAG_RANK, TAG_ROLE, TAG_STATUS,
-                          TAG_STUDY, TAG_TRIAL, Status, tag_filter)
+from study.schema import (RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_CONFIG, TAG_FRONT, TAG_RANK, TAG_REPEAT,
+                          TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, tag_filter)
 from study.space import Param, active
 
 
@@ -109,6 +109,13 @@ def _param(p, raw: str | None):
     return int(number) if p.kind == "int" or (p.kind == "quniform" and isinstance(p.args[0], int)) else number
 
 
+def _repeat(raw: str | None) -> int:
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
 def trial_runs(client, info: StudyInfo) -> list:
     return _search_all(client, [info.experiment_id],
                        tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_STUDY: info.name}))
@@ -116,12 +123,17 @@ def trial_runs(client, info: StudyInfo) -> list:
 
 def trial_table(info: StudyInfo, runs: list) -> pd.DataFrame:
     """One row per trial run (mlflow Run objects): trial, status, pareto.rank, pareto.front, the
-    objectives, the searched params (None where a `when:` left one unsampled), then every final
-    metric but the per-landmark series, and run_id. Ranked trials first, best rank and primary first."""
+    objectives, the searched params (None where a `when:` left one unsampled), config.id and
+    config.repeat (the configuration the run repeats, from its tags; without them the trial id and
+    0), then every final metric but the per-landmark series, and run_id. Ranked trials first, best
+    rank and primary first. The ranks here are the runs' own; dashboards.effects.per_configuration
+    groups the runs into configurations and ranks those on their means."""
     rows = []
     for run in runs:
         tags = run.data.tags
-        row = {"trial": tags.get(TAG_TRIAL), "run_id": run.info.run_id, "status": tags.get(TAG_STATUS, Status.RUNNING.value)}
+        row = {"trial": tags.get(TAG_TRIAL), "run_id": run.info.run_id, "status": tags.get(TAG_STATUS, Status.RUNNING.value),
+               # the configuration this run repeats (a study from before repeats: its own trial id, repeat 0)
+               TAG_CONFIG: tags.get(TAG_CONFIG) or tags.get(TAG_TRIAL), TAG_REPEAT: _repeat(tags.get(TAG_REPEAT))}
         values: dict = {}
         for path, p in info.space.items():  # sampling order: a condition is decided before what it gates
             if active(p, values):
@@ -130,10 +142,11 @@ def trial_table(info: StudyInfo, runs: list) -> pd.DataFrame:
         row.update({k: v for k, v in sorted(run.data.metrics.items())
                     if not k.startswith(("train/loss_lm_", "target/sigma_", "importance/"))})
         rows.append(row)
-    columns = ["trial", "run_id", "status", *info.space, *[m for m, _ in info.objectives]]
+    columns = ["trial", "run_id", "status", TAG_CONFIG, TAG_REPEAT, *info.space, *[m for m, _ in info.objectives]]
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
     table = rank_table(table, info.objectives)
-    first = list(dict.fromkeys(["trial", "status", TAG_RANK, TAG_FRONT, *[m for m, _ in info.objectives], *info.space]))
+    first = list(dict.fromkeys(["trial", "status", TAG_RANK, TAG_FRONT, *[m for m, _ in info.objectives], *info.space,
+                                TAG_CONFIG, TAG_REPEAT]))
     table = table[first + [c for c in table.columns if c not in first and c != "run_id"] + ["run_id"]]
     primary, mode = info.objectives[0]
     return table.sort_values([TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True],

@@ -12,6 +12,11 @@ with every objective but no rank (running, failed, …) a hollow grey circle. On
 against a cost (`cost/gflops` where trials differ in it, else `cost/epoch_s`), so that what each
 gain costs is visible.
 
+A table of configurations with repeats (dashboards.effects.per_configuration: `m.ci_low`,
+`m.ci_high`, `repeats.n` > 1) is drawn at its means with the 95 % intervals as grey error bars, and
+a configuration the front does not beat beyond the intervals (effects.overlaps_front) as a hollow
+FRONT_EDGE circle with its own legend entry; with one repeat each it is the picture of the trials.
+
 The page embeds plotly.js: clusters have no internet, and MLflow shows HTML artefacts in an iframe.
 """
 
@@ -50,10 +55,13 @@ from dashboards.plots import (
     recipe,
     save,
 )
+from dashboards.effects import overlaps_front
 from dashboards.ranking import describe_excluded, pareto_ranks
 from study.schema import Status
 
 FRONT_EDGE = "#7a1f08"  # the front's outline and label colour
+ERROR_COLOR = "#8a8a8a"  # 95 % intervals (error bars), behind the points
+OVERLAP_NAME = "interval overlaps the front's"  # a hollow FRONT_EDGE marker: not told apart from the front
 COST_FRONT_COLOR = "#444444"  # one objective: the trials no cheaper trial beats
 
 # ---------------------------------------------------------------------------------------- Pareto data
@@ -92,8 +100,16 @@ class _Pareto:
             unranked = unranked[np.isfinite(unranked[self.cost].to_numpy(dtype=float))]
         self.ranked = ranked.reset_index(drop=True)
         self.unranked = unranked.reset_index(drop=True)
+        # Configurations with repeats (dashboards.effects.per_configuration): 95 % intervals per objective.
+        self.intervals = {m for m in self.metrics if f"{m}.ci_low" in table
+                          and np.isfinite(pd.to_numeric(table[f"{m}.ci_low"], errors="coerce").astype(float)).any()}
+        self.repeated = "repeats.n" in table and bool((pd.to_numeric(table["repeats.n"], errors="coerce") > 1).any())
+        overlap = overlaps_front(self.ranked, objectives).to_numpy() if self.intervals else \
+            np.zeros(len(self.ranked), dtype=bool)
         self.front = self.ranked[self.ranked["pareto.rank"] == 1]
-        self.others = self.ranked[self.ranked["pareto.rank"] > 1]
+        self.others = self.ranked[(self.ranked["pareto.rank"] > 1).to_numpy() & ~overlap]
+        self.overlapping = self.ranked[overlap]  # not on the front, but not told apart from it either
+        self.overlap = overlap
         self.max_rank = int(self.ranked["pareto.rank"].max()) if len(self.ranked) else 0
         if self.cost:  # the trials no cheaper-or-equal trial beats on the objective, cheapest first
             both = self.ranked[[m0, self.cost]].to_numpy(dtype=float)
@@ -101,7 +117,12 @@ class _Pareto:
                 [self.cost, m0], ascending=[True, mode0 == "min"], kind="stable")
         self.any_stopped = bool(stopped(self.ranked).any() or stopped(self.unranked).any())
         n, nf = len(self.ranked), len(self.front)
-        self.subtitle = f"{n} trial{'s' if n != 1 else ''} ranked, front of {nf}"
+        self.unit = "configuration" if self.repeated else "trial"
+        self.subtitle = f"{n} {self.unit}{'s' if n != 1 else ''} ranked, front of {nf}"
+        if self.repeated:
+            self.subtitle += " on the means (bars: 95 % intervals)"
+            if len(self.overlapping):
+                self.subtitle += f", {len(self.overlapping)} overlapping it"
         excluded = describe_excluded(table, objectives)  # the wording the CLI prints
         if excluded:
             self.subtitle += f"; {excluded}"
@@ -115,15 +136,39 @@ class _Pareto:
         for (_, r), label in zip(rows.iterrows(), self.labels(rows)):
             rank = r["pareto.rank"]
             lines = [f"<b>{html_lib.escape(label)}</b>"] if label != str(r["trial"]) else []
-            lines += [f"trial {html_lib.escape(str(r['trial']))}",
-                      f"status: {html_lib.escape(fmt(r.get('status')))}",
+            if self.repeated:
+                lines += [f"config.id {html_lib.escape(str(r['trial']))} (trials {html_lib.escape(fmt(r.get('trials')))})"]
+            else:
+                lines += [f"trial {html_lib.escape(str(r['trial']))}"]
+            lines += [f"status: {html_lib.escape(fmt(r.get('status')))}",
                       f"pareto.rank: {'unranked' if pd.isna(rank) else int(rank)}"]
-            lines += [f"{m}: {fmt(r[m])}" for m in self.metrics]
+            lines += [self._value(r, m) for m in self.metrics]
+            if self.repeated:
+                lines.append(f"repeats.n: {fmt(r.get('repeats.n'))}, repeats.failed: {fmt(r.get('repeats.failed'))}")
             if self.cost:
                 lines.append(f"{self.cost}: {fmt(r[self.cost])}")
             lines += [f"{p}: {html_lib.escape(fmt(r.get(p)))}" for p in self.searched]
             out.append("<br>".join(lines))
         return out
+
+
+    def _value(self, r, m: str) -> str:
+        """'val/mre_mm: 4.2 [3.703, 4.697] (95 % CI)', or the value alone without an interval."""
+        lo, hi = r.get(f"{m}.ci_low"), r.get(f"{m}.ci_high")
+        if m in self.intervals and fmt(lo) != "—" and lo != hi:  # a cost measured alike in every repeat: no interval
+            return f"{m}: {fmt(r[m])} [{fmt(lo)}, {fmt(hi)}] (95 % CI)"
+        return f"{m}: {fmt(r[m])}"
+
+    def errors(self, rows: pd.DataFrame, col) -> tuple[np.ndarray, np.ndarray] | None:
+        """(below, above) the mean of each row's 95 % interval of metric `col` (0 without one), or None."""
+        if not isinstance(col, str) or col not in self.intervals or not len(rows):
+            return None
+        mean = rows[col].astype(float).to_numpy()
+        lo = pd.to_numeric(rows[f"{col}.ci_low"], errors="coerce").astype(float).to_numpy()
+        hi = pd.to_numeric(rows[f"{col}.ci_high"], errors="coerce").astype(float).to_numpy()
+        if not np.isfinite(lo).any():
+            return None
+        return np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)
 
 
 def stopped(rows: pd.DataFrame) -> np.ndarray:
@@ -259,6 +304,12 @@ def _front_marker(rows: pd.DataFrame, size: int, base: str = "circle") -> dict:
                 symbol=_symbols(rows, base))
 
 
+def _overlap_marker(rows: pd.DataFrame, size: int = 12) -> dict:
+    open_ = ["triangle-down-open" if s else "circle-open" for s in stopped(rows)]
+    return dict(size=_sizes(rows, size), opacity=1, color=FRONT_EDGE, line=dict(width=2, color=FRONT_EDGE),
+                symbol=open_)
+
+
 def _unranked_marker(rows: pd.DataFrame, size: int = 10) -> dict:
     open_ = ["triangle-down-open" if s else "circle-open" for s in stopped(rows)]
     return dict(size=_sizes(rows, size), opacity=1, color=UNRANKED_COLOR, line=dict(width=1.5, color=UNRANKED_COLOR),
@@ -277,6 +328,11 @@ def _points(fig: go.Figure, p: _Pareto, rows: pd.DataFrame, x: str | np.ndarray,
         return
     rows = rows.assign(_x=rows[x] if isinstance(x, str) else np.asarray(x, dtype=float))
     rows = _finished_first(rows)
+    for axis, col in (("error_x", x), ("error_y", y)):  # the 95 % intervals of configurations with repeats
+        bars = p.errors(rows, col)
+        if bars is not None:
+            kw[axis] = dict(type="data", symmetric=False, arrayminus=bars[0], array=bars[1], color=ERROR_COLOR,
+                            thickness=1.2, width=3)
     fig.add_trace(go.Scatter(x=rows["_x"], y=rows[y], mode="markers", name=name, text=p.hover(rows),
                              hovertemplate="%{text}<extra></extra>", marker=marker(rows), **kw))
 
@@ -304,12 +360,17 @@ def _html_unranked(fig: go.Figure, p: _Pareto, x: str, y: str) -> None:
     _points(fig, p, p.unranked, x, y, "unranked (running, failed, …)", _unranked_marker)
 
 
+def _html_overlapping(fig: go.Figure, p: _Pareto, rows: pd.DataFrame, x, y: str) -> None:
+    _points(fig, p, rows, x, y, OVERLAP_NAME, _overlap_marker)
+
+
 def _html_one(fig: go.Figure, p: _Pareto) -> None:
     """One objective and no cost column: the trials best first (unranked ones after them)."""
     metric, mode = p.objectives[0]
     r, u = p.ranked.assign(order=np.arange(1, len(p.ranked) + 1)), p.unranked
     best = (r["pareto.rank"] == 1).to_numpy()
-    _points(fig, p, r[~best], "order", metric, "other trials", lambda rows: _rank_marker(p, rows))
+    _points(fig, p, r[~best & ~p.overlap], "order", metric, f"other {p.unit}s", lambda rows: _rank_marker(p, rows))
+    _html_overlapping(fig, p, r[p.overlap], "order", metric)
     _points(fig, p, r[best], "order", metric, "best (rank 1)", lambda rows: _front_marker(rows, 16, "star"))
     _html_labels(fig, p, r[best], "order", metric)
     _points(fig, p, u, np.arange(len(r) + 1, len(r) + len(u) + 1), metric, "unranked (running, failed, …)",
@@ -317,7 +378,7 @@ def _html_one(fig: go.Figure, p: _Pareto) -> None:
     ids = list(r["trial"]) + list(u["trial"])
     ticks = dict(tickmode="array", tickvals=np.arange(1, len(ids) + 1), ticktext=ids, tickangle=-45) \
         if len(ids) <= 40 else {}
-    fig.update_xaxes(title_text="trials, best first", **ticks)
+    fig.update_xaxes(title_text=f"{p.unit}s, best first", **ticks)
     fig.update_yaxes(title_text=axis_label(metric, mode, "y"))
 
 
@@ -326,7 +387,8 @@ def _html_cost(fig: go.Figure, p: _Pareto) -> None:
     metric, mode = p.objectives[0]
     cost, r = p.cost, p.ranked
     best = (r["pareto.rank"] == 1).to_numpy()
-    _points(fig, p, r[~best], cost, metric, "other trials", lambda rows: _rank_marker(p, rows))
+    _points(fig, p, r[~best & ~p.overlap], cost, metric, f"other {p.unit}s", lambda rows: _rank_marker(p, rows))
+    _html_overlapping(fig, p, r[p.overlap], cost, metric)
     _html_unranked(fig, p, cost, metric)
     cf = p.cost_front
     fig.add_trace(go.Scatter(x=cf[cost], y=cf[metric], mode="lines", name=f"best for its {cost}",
@@ -341,6 +403,7 @@ def _html_two(fig: go.Figure, p: _Pareto) -> None:
     (mx, modex), (my, modey) = p.objectives
     o, f = p.others, _front_order(p.front, mx, modex)
     _points(fig, p, o, mx, my, "other ranks", lambda rows: _rank_marker(p, rows))
+    _html_overlapping(fig, p, p.overlapping, mx, my)
     _html_unranked(fig, p, mx, my)
     # The attainment staircase: sorted better-first along x, horizontal then vertical.
     fig.add_trace(go.Scatter(
@@ -364,6 +427,10 @@ def _html_matrix(fig: go.Figure, p: _Pareto) -> None:
         marker = _rank_marker(p, o, size=8, colorbar_len=0.5)
         fig.add_trace(go.Splom(dimensions=dims(o), name="other ranks", text=p.hover(o), **common,
                                marker=dict(marker, showscale=True)))
+    if len(p.overlapping):
+        v = _finished_first(p.overlapping)
+        fig.add_trace(go.Splom(dimensions=dims(v), name=OVERLAP_NAME, text=p.hover(v), **common,
+                               marker=_overlap_marker(v, size=9)))
     if len(u):
         fig.add_trace(go.Splom(dimensions=dims(u), name="unranked (running, failed, …)", text=p.hover(u), **common,
                                marker=_unranked_marker(u, size=8)))
@@ -465,6 +532,26 @@ def _front_scatter(ax, rows: pd.DataFrame, x, y, size=110, marker="o", label="fr
             label = None
 
 
+def _overlap_scatter(ax, rows: pd.DataFrame, x, y, size=70):
+    """Configurations not on the front whose 95 % intervals overlap a front configuration's: hollow FRONT_EDGE."""
+    label = OVERLAP_NAME
+    for xs, ys, marker, _ in _split(rows, x, y):
+        if len(xs):
+            ax.scatter(xs, ys, s=size if marker == "o" else 1.5 * size, marker=marker, facecolors="none",
+                       edgecolors=FRONT_EDGE, linewidths=1.8, label=label, zorder=2.2)
+            label = None
+
+
+def _error_bars(ax, p: _Pareto, x, y, xcol=None, ycol=None) -> None:
+    """The 95 % intervals of every drawn configuration (ranked and unranked) as grey bars behind them."""
+    for rows, xs in ((p.ranked, x[0]), (p.unranked, x[1])):
+        xerr, yerr = p.errors(rows, xcol), p.errors(rows, ycol)
+        if len(rows) and (xerr is not None or yerr is not None):
+            ax.errorbar(np.asarray(xs, dtype=float), rows[y].astype(float), xerr=None if xerr is None else np.stack(xerr),
+                        yerr=None if yerr is None else np.stack(yerr), fmt="none", ecolor=ERROR_COLOR, elinewidth=1.0,
+                        capsize=2.5, zorder=1.5)
+
+
 def _stopped_handle() -> Line2D:
     return Line2D([], [], marker=STOPPED_SYMBOL[1], ls="", color="#555555", markersize=8, label="stopped early (ASHA)")
 
@@ -512,13 +599,16 @@ def _png_one(fig, ax, p: _Pareto) -> None:
     r, u = p.ranked, p.unranked
     order = np.arange(1, len(r) + 1)
     best = (r["pareto.rank"] == 1).to_numpy()
-    _rank_scatter(fig, ax, r[~best], order[~best], r.loc[~best, metric], p, colorbar=True, label="other trials")
+    rest = ~best & ~p.overlap
+    _error_bars(ax, p, (order, np.arange(len(r) + 1, len(r) + len(u) + 1)), metric, ycol=metric)
+    _rank_scatter(fig, ax, r[rest], order[rest], r.loc[rest, metric], p, colorbar=True, label=f"other {p.unit}s")
+    _overlap_scatter(ax, r[p.overlap], order[p.overlap], r.loc[p.overlap, metric])
     _unranked_scatter(ax, u, np.arange(len(r) + 1, len(r) + len(u) + 1), u[metric])
     _front_scatter(ax, r[best], order[best], r.loc[best, metric], size=220, marker="*", label="best (rank 1)")
     ids = list(r["trial"]) + list(u["trial"])
     if len(ids) <= 30:
         ax.set_xticks(np.arange(1, len(ids) + 1), ids, rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel("trials, best first")
+    ax.set_xlabel(f"{p.unit}s, best first")
     ax.set_ylabel(axis_label(metric, mode, "y"))
     ax.margins(x=0.08, y=0.12)
     ax.grid(alpha=0.3)
@@ -530,7 +620,10 @@ def _png_cost(fig, ax, p: _Pareto) -> None:
     metric, mode = p.objectives[0]
     cost, r, cf = p.cost, p.ranked, p.cost_front
     best = (r["pareto.rank"] == 1).to_numpy()
-    _rank_scatter(fig, ax, r[~best], r.loc[~best, cost], r.loc[~best, metric], p, colorbar=True, label="other trials")
+    rest = ~best & ~p.overlap
+    _error_bars(ax, p, (r[cost], p.unranked[cost]), metric, ycol=metric)
+    _rank_scatter(fig, ax, r[rest], r.loc[rest, cost], r.loc[rest, metric], p, colorbar=True, label=f"other {p.unit}s")
+    _overlap_scatter(ax, r[p.overlap], r.loc[p.overlap, cost], r.loc[p.overlap, metric])
     _unranked_scatter(ax, p.unranked, p.unranked[cost], p.unranked[metric])
     ax.step(cf[cost], cf[metric], where="post", color=COST_FRONT_COLOR, lw=1.3, ls=":", zorder=2.5,
             label=f"best for its {cost}")
@@ -546,7 +639,9 @@ def _png_cost(fig, ax, p: _Pareto) -> None:
 def _png_two(fig, ax, p: _Pareto) -> None:
     (mx, modex), (my, modey) = p.objectives
     f = _front_order(p.front, mx, modex)
+    _error_bars(ax, p, (p.ranked[mx], p.unranked[mx]), my, xcol=mx, ycol=my)
     _rank_scatter(fig, ax, p.others, p.others[mx], p.others[my], p, colorbar=True)
+    _overlap_scatter(ax, p.overlapping, p.overlapping[mx], p.overlapping[my])
     _unranked_scatter(ax, p.unranked, p.unranked[mx], p.unranked[my])
     ax.step(f[mx], f[my], where="post", color=FRONT_COLOR, lw=1.5, ls=":", zorder=2.5)
     _front_scatter(ax, f, f[mx], f[my])
@@ -570,7 +665,9 @@ def _png_matrix(fig, p: _Pareto) -> None:
             y0 = h - top - (i + 1) * cell
             ax = fig.add_axes(((x0 + gap) / w, (y0 + gap * 2) / h, (cell - gap * 1.5) / w, (cell - gap * 2.5) / h))
             (mxj, _), (myi, _) = p.objectives[j], p.objectives[i + 1]
+            _error_bars(ax, p, (p.ranked[mxj], p.unranked[mxj]), myi, xcol=mxj, ycol=myi)
             _rank_scatter(fig, ax, p.others, p.others[mxj], p.others[myi], p, colorbar=False, size=30)
+            _overlap_scatter(ax, p.overlapping, p.overlapping[mxj], p.overlapping[myi], size=40)
             _unranked_scatter(ax, p.unranked, p.unranked[mxj], p.unranked[myi], size=30)
             _front_scatter(ax, p.front, p.front[mxj], p.front[myi], size=70)
             ax.grid(alpha=0.3)
@@ -586,6 +683,9 @@ def _png_matrix(fig, p: _Pareto) -> None:
                       label="front (rank 1)")]
     if len(p.others):
         handles.append(Line2D([], [], marker="o", ls="", color=RANK_COLORS[0], markersize=8, label="other ranks"))
+    if len(p.overlapping):
+        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=FRONT_EDGE, mew=1.8, markersize=8,
+                              label=OVERLAP_NAME))
     if len(p.unranked):
         handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=UNRANKED_COLOR, mew=1.4, markersize=8,
                               label="unranked (running, failed, …)"))

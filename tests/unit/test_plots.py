@@ -476,3 +476,72 @@ def test_importance_png(tmp_path, n):
     names = ["optim.lr", "target.schedule", "target.adaloss.rho", "model.backbone.pretrained_weights"]
     imp = {(names[i] if i < len(names) else f"space.param_{i}"): 1.0 / (i + 1) for i in range(n)}
     _png(importance_png(imp, tmp_path / f"importance_{n}.png", "farnet importances"), importance_png_size(n))
+
+
+# ------------------------------------------------------------------------------ Pareto with repeats
+
+
+def _repeats():
+    """Configurations of 2-3 repeats (dashboards.effects.per_configuration), val/mre_mm and cost/gflops min.
+    A 2.0, 2.2, 2.4 at 5 GFLOPs: mean 2.2, sd 0.2, half 4.303 · 0.2 / √3 = 0.49687: [1.70313, 2.69687].
+    B 3.0, 3.1 (+ a failed repeat) at 2 GFLOPs: 3.05, half 12.706 · 0.070711 / √2 = 0.6353: [2.4147, 3.6853].
+    A and B are the front. C 2.5, 2.6, 2.7 at 6: sd 0.1, half 4.303 · 0.1 / √3 = 0.24843: [2.35157, 2.84843],
+    dominated by A on the means but not beyond the intervals (A's worse end 2.69687 > C's better end 2.35157):
+    marked. D 4.0, 4.2, 4.4 at 6:
+    [3.70313, 4.69687]: A beats it beyond both intervals (2.69687 < 3.70313, 5 < 6): not marked."""
+    from dashboards.effects import per_configuration
+
+    rows = []
+    for cid, values, gf, schedule in (("A", [2.0, 2.2, 2.4], 5.0, "adaloss"), ("B", [3.0, 3.1, NAN], 2.0, "fixed"),
+                                      ("C", [2.5, 2.6, 2.7], 6.0, "adaloss"), ("D", [4.0, 4.2, 4.4], 6.0, "fixed")):
+        for k, v in enumerate(values):
+            rows.append({"trial": f"{cid}{k}", "config.id": cid, "config.repeat": k,
+                         "status": "failed" if math.isnan(v) else "finished", "val/mre_mm": v, "cost/gflops": gf,
+                         "optim.lr": 1e-3, "target.schedule": schedule, "target.adaloss.rho": None})
+    return per_configuration(pd.DataFrame(rows), [MRE, GF], SEARCHED)
+
+
+def test_pareto_with_repeats_draws_intervals_and_marks_what_overlaps_the_front(tmp_path, drawn):
+    from dashboards.ranking import rank_table
+
+    configs = _repeats()
+    fig = pareto_figure(configs, [MRE, GF], SEARCHED, "repeats")
+    traces = {t.name: t for t in fig.data}
+    front = traces["front (rank 1)"]
+    assert sorted(front.text[i].split("config.id ")[1][0] for i in range(2)) == ["A", "B"]
+    i = [t.split("config.id ")[1][0] for t in front.text].index("A")
+    # x = val/mre_mm: 2.2 - 1.70313 below, 2.69687 - 2.2 above; y = cost/gflops has no spread: 0
+    assert front.error_x.arrayminus[i] == pytest.approx(0.49687, abs=2e-3)
+    assert front.error_x.array[i] == pytest.approx(0.49687, abs=2e-3)
+    assert front.error_y.array[i] == pytest.approx(0.0)
+    overlap = traces[study_plots.OVERLAP_NAME]
+    assert len(overlap.x) == 1 and "config.id C" in overlap.text[0] and "cost/gflops: 6<br>" in overlap.text[0]
+    assert len(traces["other ranks"].x) == 1 and "config.id D" in traces["other ranks"].text[0]
+    assert "val/mre_mm: 2.6 [2.352, 2.848] (95 % CI)" in overlap.text[0] and "repeats.n: 3" in overlap.text[0]
+    assert "repeats.failed: 1" in front.text[[t.split("config.id ")[1][0] for t in front.text].index("B")]
+    html = _readable(pareto_html(configs, [MRE, GF], SEARCHED, "repeats"))
+    assert "4 configurations ranked, front of 2 on the means (bars: 95 % intervals), 1 overlapping it" in html
+    _png(pareto_png(configs, [MRE, GF], "repeats", tmp_path / "pareto_repeats.png", searched=SEARCHED),
+         pareto_png_size(2))
+    _png(pareto_png(rank_table(configs, [MRE]), [MRE], "repeats 1d", tmp_path / "pareto_repeats_1d.png", searched=SEARCHED),
+         pareto_png_size(1))
+    assert study_plots.OVERLAP_NAME in drawn[0]["legend"] and study_plots.OVERLAP_NAME in drawn[1]["legend"]
+    # one objective (ranked on it alone): A is best; C's 2.35157 and B's 2.4147 are below A's 2.69687: both
+    # marked; D's 3.70313 is not
+    one = {t.name: t for t in pareto_figure(rank_table(configs, [MRE]), [MRE], SEARCHED, "1d").data}
+    assert sorted(t.split("config.id ")[1][0] for t in one[study_plots.OVERLAP_NAME].text) == ["B", "C"]
+
+
+def test_pareto_with_one_repeat_each_looks_as_before():
+    from dashboards.effects import per_configuration
+
+    table = _table()
+    configs = per_configuration(table, [MRE, GF], SEARCHED)
+    fig = pareto_figure(configs, [MRE, GF], SEARCHED, "t")
+    assert all(t.error_x.array is None and t.error_y.array is None for t in fig.data if isinstance(t, type(fig.data[0])))
+    assert study_plots.OVERLAP_NAME not in {t.name for t in fig.data}
+    before = {t.name: sorted(map(str, t.x)) for t in pareto_figure(table, [MRE, GF], SEARCHED, "t").data}
+    assert {t.name: sorted(map(str, t.x)) for t in fig.data} == before
+    html = _readable(pareto_html(configs, [MRE, GF], SEARCHED, "t"))
+    assert "6 trials ranked, front of 3; 1 unranked: 1 diverged" in html and "trial a1a1a1a1" in html
+    assert "95 % CI" not in html and "repeats.n" not in html
