@@ -60,7 +60,11 @@ def cluster(tmp_path_factory, s3_store):
     tmp = tmp_path_factory.mktemp("nodes", numbered=True)
     # short paths: Ray's unix sockets live in the temp folder and have a ~107-byte limit
     folders = {k: Path(f"/tmp/ls-{k}-{os.getpid()}") for k in ("A", "B")}
-    env = clean_env(**s3_store["env"], RAY_AUTH_MODE="token")  # `ray start --head` turns on token auth
+    # RAY_AUTH_MODE: `ray start --head` turns on token auth, and the other commands must use it too.
+    # The lost trial's new worker group waits for the head's one CPU until the other trial has finished
+    # (tens of seconds on a loaded 2-core machine): give it longer than Train's 60 s before it counts
+    # as one more failure.
+    env = clean_env(**s3_store["env"], RAY_AUTH_MODE="token", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300")
     port = free_port()
     sids = []
     try:
