@@ -157,7 +157,7 @@ def test_every_epoch_is_in_mlflow_once_and_the_restart_is_counted(lost):
     restarted = {tid for tid, _, _, _ in RESTARTED.findall(lost["output"])}
     assert {tid: tags[tid].get("trial.restarts") for tid in restarted} == {tid: "1" for tid in restarted}
     # `ray.node_id` follows the trial's latest worker group: after the loss both name the one node left, the head
-    # (seen: the restarted trial's tag moved from the worker node to the head's id)
+    # (seen here: both tags name one node at the end, though the restarted trial started on the worker node)
     assert len({t["ray.node_id"] for t in tags.values()}) == 1
 
 
