@@ -8,6 +8,8 @@ holds `study.json` (the resolved spec it started with), `tune/` (Tune's experime
 
 study.storage is a local folder (relative to the working directory) or a URI that pyarrow
 understands (file://, s3://, gs://, ...); on a multi-node cluster it must be shared by all nodes.
+An s3:// store takes its endpoint and credentials from the usual AWS variables of each process
+(AWS_ENDPOINT_URL for a server that is not AWS, AWS_ACCESS_KEY_ID, ...), never from the spec.
 """
 
 from __future__ import annotations

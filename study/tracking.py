@@ -52,6 +52,11 @@ def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
     return f"sqlite:///{spec.storage_path / 'mlflow.db'}"
 
 
+def _sqlite_folder(uri: str) -> Path:
+    """The folder of a `sqlite:///path` store's file (relative paths from the working directory)."""
+    return Path(uri.split(":///", 1)[-1].split("?", 1)[0]).expanduser().resolve().parent
+
+
 @dataclass
 class StudyRun:
     experiment_id: str
@@ -72,8 +77,10 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
     if exp is None:
         artifacts = None
         if uri.startswith("sqlite:"):
-            # Keep artefacts beside the SQLite file rather than in whatever folder we were started from.
-            artifacts = (spec.storage_path / "mlartifacts" / name).as_uri()
+            # Keep artefacts beside the SQLite file rather than in whatever folder we were started from:
+            # in the study storage when it is a folder, else (an object store) in the database's folder.
+            home = spec.storage_path if "://" not in spec.location else _sqlite_folder(uri)
+            artifacts = (home / "mlartifacts" / name).as_uri()
         exp_id = client.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id

@@ -73,3 +73,29 @@ def chromium() -> str:
     if exe is None:
         pytest.skip("no headless browser: apt-get install chromium (Debian) to run the Pareto page tests")
     return exe
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    """A real S3-compatible server (moto's, from the `test` extra) on a free loopback port, with a bucket.
+
+    Yields {"endpoint", "bucket", "env", "client"}: `env` holds the usual AWS variables that a CLI
+    subprocess (and the Ray processes it starts) reads the endpoint and credentials from; they are
+    never in a spec. `client` is a boto3 S3 client for checking what landed in the bucket.
+    """
+    moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' brings moto[server]")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test-key",
+               "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": "us-east-1"}
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket="studies")
+        yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "studies", "env": env, "client": client}
+    finally:
+        server.stop()

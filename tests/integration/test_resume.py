@@ -100,10 +100,11 @@ class Runs:
         self.sids: list[int] = []
         self.leftovers: dict[str, dict[int, str]] = {}
 
-    def run(self, label: str, *args: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    def run(self, label: str, *args: str, cwd: Path, timeout: float = 400,
+            env: dict | None = None) -> subprocess.CompletedProcess:
         """subprocess.run with a hard timeout that also kills the Ray processes the CLI started."""
         cmd = [sys.executable, "-m", "study.run", *args]
-        p = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        p = subprocess.Popen(cmd, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
         self.sids.append(p.pid)
         try:
