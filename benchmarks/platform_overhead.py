@@ -1,8 +1,8 @@
 """Per-trial start-up cost: the same quickstart trials through `fit` directly vs through `study.run`.
 
 The four trial configs are the grid of a finite version of search_spaces/quickstart.yaml's space
-(`optim.lr` ∈ {1e-3, 3e-3} × `target.schedule` ∈ {fixed (σ 3), adaloss}), in the grid's order;
-the grid sampler gives study trial n grid point n, so both paths train exactly these configs.
+(`optim.lr` ∈ {1e-3, 3e-3} × `target.schedule` ∈ {fixed (σ 3), adaloss}), in the grid sampler's
+seeded order (study trial n takes point n), so both paths train exactly these configs.
 
     bare:      `trainables.fit` on each config in this process, one after another, 1 torch thread
                (what a 1-CPU Ray Train worker sets); the data generated and cached beforehand
@@ -68,10 +68,13 @@ def write_spec(folder: Path, epochs: int, concurrency: int, trials: int, overrid
 
 
 def trial_configs(spec_path: Path) -> list:
+    """The configs the study's grid sampler gives its first `study.trials` trials, in its order."""
+    from study.search import ConditionalGridSampler
     from study.spec import load_spec
 
     spec = load_spec(str(spec_path))
-    return [spec.trial_config(point) for point in spec.grid()[: spec.study.trials]]
+    points = ConditionalGridSampler(spec.space, spec.study.seed).points  # trial n takes point n
+    return [spec.trial_config(point) for point in points[: spec.study.trials]]
 
 
 def run_bare(configs: list) -> tuple[float, float]:
