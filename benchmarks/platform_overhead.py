@@ -11,7 +11,8 @@ seeded order (study trial n takes point n), so both paths train exactly these co
 
 For each `--epochs` value it prints bare wall, platform wall (the whole subprocess: Python start,
 imports, Ray start, the trials, MLflow's comparison, Ray shutdown), their ratio, and the fixed
-cost per trial, (platform − bare) / trials; and, read from the study's progress lines (1 s
+cost per trial, (platform − bare) / trials, and one at a time the cost inside a trial (its start-to-end
+less a bare trial); and, read from the study's progress lines (1 s
 resolution), where a trial's seconds go: Ray up to the first trial start, trial start to its first
 epoch result, the epochs after, last epoch to trial end, trial end to the next start.
 
@@ -125,6 +126,7 @@ def phases(lines: list[str]) -> dict[str, float]:
     med = statistics.median
     gaps = [s - e for s, e in zip(starts[1:], ends) if s >= e]  # a trial's end to the next start, one at a time
     return {"to 1st trial": min(starts),
+            "start→end": med(end[t] - start[t] for t in trials),
             "start→1st epoch": med(first[t] - start[t] for t in trials),
             "1st→last epoch": med(last[t] - first[t] for t in trials),
             "last epoch→end": med(end[t] - last[t] for t in trials),
@@ -172,11 +174,15 @@ def main() -> None:
     print(f"\nsame {args.trials} quickstart grid trials (U-Net 0.25, 128×104, batch 4), bare `fit` at 1 thread vs "
           f"`python -m study.run` (local Ray, no early stopping); overrides {args.overrides or 'none'}")
     print(f"{'epochs':>6} {'at once':>7} {'bare s':>7} {'platform s':>10} {'(in study)':>10} {'ratio':>6} "
-          f"{'fixed s/trial':>13} {'load':>5}")
-    for epochs, c, bare, wall, inside, n, load, _ in rows:
+          f"{'fixed s/trial':>13} {'in a trial':>10} {'load':>5}")
+    for epochs, c, bare, wall, inside, n, load, ph in rows:
         shown = "spec" if c == 0 else str(c)
+        # one at a time, a trial's own fixed cost: its start to its end (median) less a bare trial's mean
+        own = ph["start→end"] - bare / n if c == 1 and ph else float("nan")
         print(f"{epochs:>6} {shown:>7} {bare:7.1f} {wall:10.1f} {inside if inside is not None else float('nan'):10.0f} "
-              f"{wall / bare:6.2f} {(wall - bare) / n:13.1f} {load:5.2f}")
+              f"{wall / bare:6.2f} {(wall - bare) / n:13.1f} {own:10.1f} {load:5.2f}")
+    print("(fixed s/trial: (platform - bare) / trials, the study's own start and end included; in a trial: one at a "
+          "time, a trial's start-to-end line less a bare trial, ±1 s)")
     print("\nwhere a platform trial's seconds go (median over its trials, from the progress lines, ±1 s):")
     keys = ["to 1st trial", "start→1st epoch", "1st→last epoch", "last epoch→end", "end→next start"]
     print(f"{'epochs':>6} {'at once':>7} " + " ".join(f"{k:>16}" for k in keys))
