@@ -80,6 +80,10 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
             port = _free_port()
             kwargs.update(dashboard_port=port,
                           runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+        # One node that no autoscaler drains: Train's preemption watcher (one more actor process per
+        # trial, started beside the worker and polling the node's drain state) has nothing to watch, and
+        # its start competes with the worker's for the CPUs. Joined clusters keep it.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         print(f"started a local Ray: {describe_resources(ray.cluster_resources())}", flush=True)
 

@@ -23,6 +23,13 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Train V2 (the default in Ray 2.60) is what study.trial is written for; set before Ray is imported,
 # here rather than in a caller, so that study.run and the Python API (study.run_study) agree.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Train's controller collects the workers' reports, and notices that they finished, by polling them
+# every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s): each epoch's result and each trial's end
+# waited up to that long (benchmarks/platform_overhead.py). A poll is one small RPC per worker; one that
+# does not answer in time is awaited in the next round, and a worker is declared dead only after
+# RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 min), unchanged. Train passes it on to its controller;
+# a local Ray's processes inherit it from here (a `ray start` cluster: set it where the nodes start).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -145,6 +152,11 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, storage), scheduler=_scheduler(spec), num_samples=num_samples,
                 max_concurrent_trials=concurrency,
+                # The next trial's trial_driver runs in the process the last one ended in, which has
+                # its imports (Ray Train, torch) done: seconds per trial. Not with ASHA: Tune would keep
+                # a stopped trial's process, its TorchTrainer still training, until the next trial asks
+                # for it (then waits 2 s and kills it); without reuse it is killed at once.
+                reuse_actors=spec.study.scheduler.type != "asha",
             ),
             run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0,
                                       # a trial whose process or node is lost is retried (from its checkpoint)

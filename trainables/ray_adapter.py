@@ -26,7 +26,6 @@ import torch
 
 from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import METRICS_FILE
-from trainables.trainer import fit
 
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
@@ -51,6 +50,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _fit_in_worker(config: dict) -> None:
+    # Imported here, not at the top: this module is also unpickled by the Tune trial's process and the
+    # Train controller (study.trial hands them train_loop_per_worker), which never train; the trainer
+    # brings the models and torchvision (seconds per process, on every trial's critical path).
+    from trainables.trainer import fit
+
     cfg = TrialConfig.from_dict(config)
     threads = cpu_threads(ray.get_runtime_context().get_assigned_resources())
     if threads is not None:

@@ -22,6 +22,9 @@ TINY = {  # script -> arguments that run it in seconds
     "gpu_throughput.py": ["--device", "cpu", "--size", "64", "64", "--batches", "1", "--warmup", "1", "--steps", "1",
                           "--fit-epochs", "1", "--fit-train", "8"],
     "data_check.py": ["--images", "3", "--decode", "1"],
+    "platform_overhead.py": ["--epochs", "1", "--trials", "1", "--concurrency", "1",  # starts one local Ray
+                             "--set", "base.data.phantom.num_train=4", "--set", "base.data.phantom.num_test1=2",
+                             "--set", "base.data.phantom.num_test2=2"],
     "trainer_throughput.py": ["--epochs", "1", "--set", "data.phantom.num_train=4", "--set", "data.phantom.num_test1=2",
                               "--set", "data.phantom.num_test2=2"],
 }

@@ -34,13 +34,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision import models as tvm
-from torchvision.models import WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision import models as tvm
+    from torchvision.models import WeightsEnum
 
 from trainables.data.dataset import PIXEL_MEAN, PIXEL_STD
 from trainables.problems import Problem
@@ -175,21 +177,39 @@ def _block_out(block: nn.Module) -> int:
 
 
 class BackboneSpec(NamedTuple):
-    build: Callable[..., nn.Module]  # torchvision builder, called with weights=None
-    imagenet: WeightsEnum  # the weights "imagenet" means (torchvision's DEFAULT for that model)
+    builder: str  # torchvision.models.<builder>, called with weights=None
+    weights: str  # torchvision.models.<Enum>.<member>: the weights "imagenet" means (torchvision's DEFAULT)
     family: type[Backbone]
+
+    @property
+    def build(self) -> Callable[..., nn.Module]:
+        return getattr(_torchvision_models(), self.builder)
+
+    @property
+    def imagenet(self) -> WeightsEnum:
+        enum, member = self.weights.split(".")
+        return getattr(getattr(_torchvision_models(), enum), member)
+
+
+def _torchvision_models():
+    # Imported on first use, not with this module: `import torchvision.models` takes seconds (3.2-5.4 s
+    # at load 4-5 on the 2-core machine), which every Train worker paid at its start, and a U-Net
+    # never needs it (benchmarks/README.md, per-trial start-up).
+    from torchvision import models
+
+    return models
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vgg16": BackboneSpec(tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, VGGBackbone),
-    "vgg19": BackboneSpec(tvm.vgg19, tvm.VGG19_Weights.IMAGENET1K_V1, VGGBackbone),
-    "resnet18": BackboneSpec(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, ResNetBackbone),
-    "resnet34": BackboneSpec(tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, ResNetBackbone),
-    "resnet50": BackboneSpec(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, ResNetBackbone),
-    "resnet101": BackboneSpec(tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V2, ResNetBackbone),
-    "resnet152": BackboneSpec(tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V2, ResNetBackbone),
-    "densenet121": BackboneSpec(tvm.densenet121, tvm.DenseNet121_Weights.IMAGENET1K_V1, DenseNetBackbone),
-    "densenet169": BackboneSpec(tvm.densenet169, tvm.DenseNet169_Weights.IMAGENET1K_V1, DenseNetBackbone),
+    "vgg16": BackboneSpec("vgg16", "VGG16_Weights.IMAGENET1K_V1", VGGBackbone),
+    "vgg19": BackboneSpec("vgg19", "VGG19_Weights.IMAGENET1K_V1", VGGBackbone),
+    "resnet18": BackboneSpec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", ResNetBackbone),
+    "resnet34": BackboneSpec("resnet34", "ResNet34_Weights.IMAGENET1K_V1", ResNetBackbone),
+    "resnet50": BackboneSpec("resnet50", "ResNet50_Weights.IMAGENET1K_V2", ResNetBackbone),
+    "resnet101": BackboneSpec("resnet101", "ResNet101_Weights.IMAGENET1K_V2", ResNetBackbone),
+    "resnet152": BackboneSpec("resnet152", "ResNet152_Weights.IMAGENET1K_V2", ResNetBackbone),
+    "densenet121": BackboneSpec("densenet121", "DenseNet121_Weights.IMAGENET1K_V1", DenseNetBackbone),
+    "densenet169": BackboneSpec("densenet169", "DenseNet169_Weights.IMAGENET1K_V1", DenseNetBackbone),
 }
 
 
