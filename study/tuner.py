@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
+from study.integrity import SpaceGuard, StorageFull, check_tune_state, disk_full, storage_full_message  # noqa: E402
 from study.progress import Progress  # noqa: E402
 from study.schema import TAG_RANK, Status, is_diverged  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
@@ -86,7 +87,15 @@ def run_study(
     lock = StudyLock(storage, break_lock)
     lock.acquire()  # before looking at the state: a second driver started a second later must not pass
     try:
-        return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
+        try:
+            return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
+        except Exception as e:
+            # A full disk (Train's checkpoint upload, the SQLite store, the outbox): one line naming the
+            # folder and its free space, not a traceback; what was saved before is kept for --resume.
+            what = disk_full(e) if storage.local is not None else ""
+            if what and not isinstance(e, StudyError):
+                raise StorageFull(storage_full_message(storage.local, what)) from e
+            raise
     except (StudyError, SpecError, ConnectionError):
         if fresh:  # refused before anything ran: leave no folder behind
             lock.release()
@@ -114,6 +123,7 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
         )
     if resume:
         check_unchanged(spec, storage, force)
+        check_tune_state(storage)  # Tune would start over silently from a truncated state file
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
@@ -126,7 +136,8 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
     recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train,
                                        outbox=storage.local / tracking.OUTBOX if storage.local else None)
-    callbacks = [recorder, Progress(spec)]
+    guard = SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
+    callbacks = [guard, recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     print(f"study {spec.study.name!r}: {num_samples} trials, up to {concurrency} at a time, {objectives}; "
           f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}", flush=True)
@@ -147,6 +158,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
                                       failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
         )
     grid = tuner.fit()
+    if guard.short:  # stopped by the guard: the state is saved; MLflow has what it could take
+        recorder.deliver(force=True)
+        raise guard.error()
     # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
     # callback recorded as they ended is what tells them apart.
     outcomes = {tid: recorder.outcome(tid) for tid in map(_trial_id, grid)}
