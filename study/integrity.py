@@ -150,8 +150,9 @@ class SpaceGuard(Callback):
         """Bytes that must stay free: the floor, or three of the trial's newest checkpoints."""
         if trial_id is None or self.storage.local is None:
             return self.min_free
-        newest = _newest(self.storage.local / "train" / f"train_{trial_id}", "checkpoint_*")
-        size = sum(f.stat().st_size for f in newest.iterdir() if f.is_file()) if newest else 0
+        run = self.storage.local / "train" / f"train_{trial_id}"
+        folders = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # not checkpoint_manager_snapshot.json
+        size = sum(f.stat().st_size for f in folders[-1].iterdir() if f.is_file()) if folders else 0
         return max(self.min_free, 3 * size)
 
     def check(self, trial_id: str | None = None) -> None:

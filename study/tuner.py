@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
+from study.leftovers import forget_ray_session, record_ray_session, remove_orphan_checkpoints, stop_leftover_ray  # noqa: E402
 from study.integrity import SpaceGuard, StorageFull, check_tune_state, disk_full, storage_full_message  # noqa: E402
 from study.progress import Progress  # noqa: E402
 from study.schema import TAG_RANK, Status, is_diverged  # noqa: E402
@@ -86,8 +87,14 @@ def run_study(
     fresh = storage.local is not None and not storage.local.exists()
     lock = StudyLock(storage, break_lock)
     lock.acquire()  # before looking at the state: a second driver started a second later must not pass
+    ours = False
     try:
         try:
+            # What a killed driver of this study left (its local Ray's agents, unregistered checkpoints):
+            # safe now that the lock says no driver of this study runs.
+            stop_leftover_ray(storage)
+            remove_orphan_checkpoints(storage)
+            ours = True  # from here a Ray this driver starts is recorded; forgotten again at its end
             return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
         except Exception as e:
             # A full disk (Train's checkpoint upload, the SQLite store, the outbox): one line naming the
@@ -99,9 +106,12 @@ def run_study(
     except (StudyError, SpecError, ConnectionError):
         if fresh:  # refused before anything ran: leave no folder behind
             lock.release()
+            forget_ray_session(storage)
             _remove_if_empty(storage.local)
         raise
     finally:
+        if ours:
+            forget_ray_session(storage)
         lock.release()
 
 
@@ -127,7 +137,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
-    init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+    session = init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+    if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
+        record_ray_session(storage, session)
     concurrency, num_samples = plan(spec)
     if not resume:
         storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": spec.resolved()}, indent=1))

@@ -145,6 +145,7 @@ def test_the_guard_stops_the_study_below_its_reserve(tmp_path, monkeypatch):
     run = storage.local / "train" / "train_t1" / "checkpoint_2026-11-27_10-00-00.000001"
     run.mkdir(parents=True)
     (run / CHECKPOINT_FILE).write_bytes(b"x" * 3_000_000)
+    (run.parent / "checkpoint_manager_snapshot.json").write_text("{}")  # Train's, beside the folders
     stops = []
     old = signal.signal(signal.SIGUSR1, lambda *_: stops.append(1))  # Tune's graceful stop, caught here
     try:
@@ -177,3 +178,81 @@ def test_the_guard_keeps_a_copy_of_the_readable_state_only(tmp_path):
     state.write_text(STATE[:10])  # caught half-written: the older copy stays
     guard.copy_state()
     assert (tune / COPY / state.name).read_text() == STATE
+
+
+# --- what a killed driver leaves (issue 14, item 5) ------------------------------------------------
+
+def _holder(folder):
+    """A process that keeps a file open in `folder`, as a Ray agent keeps its log open in its session."""
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", f"f = open({str(folder / 'agent.log')!r}, 'a'); print('up', flush=True); "
+                          "import time; time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "up"
+    return p
+
+
+def test_the_next_start_stops_the_processes_of_the_killed_drivers_ray_only(tmp_path):
+    from study.leftovers import RAY_SESSION, record_ray_session, session_processes, stop_leftover_ray
+
+    storage = _storage(tmp_path)
+    ours = tmp_path / "ray" / "session_2026-11-27_10-00-00_000001_42"
+    other = tmp_path / "ray" / "session_2026-11-27_10-00-00_000001_420"  # same prefix, another Ray
+    agent, bystander = _holder(ours / "logs"), _holder(other / "logs")
+    try:
+        assert set(session_processes(str(ours))) == {agent.pid}
+        record_ray_session(storage, str(ours))
+        rec = json.loads((storage.local / RAY_SESSION).read_text())
+        assert rec["pids"] == {str(agent.pid): rec["pids"][str(agent.pid)]}
+        # this process wrote it and is alive: a record of a live driver is left alone
+        assert stop_leftover_ray(storage) == []
+        assert agent.poll() is None
+        record_ray_session(storage, str(ours))
+        rec = json.loads((storage.local / RAY_SESSION).read_text())
+        rec["driver_pid"] = 2**22 + 7  # a driver that is gone (no such pid)
+        (storage.local / RAY_SESSION).write_text(json.dumps(rec))
+        killed = stop_leftover_ray(storage)
+        assert [k.split()[0] for k in killed] == [str(agent.pid)]
+        assert agent.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None  # another session: untouched
+        assert not (storage.local / RAY_SESSION).exists()
+        assert stop_leftover_ray(storage) == []  # nothing recorded: nothing to do
+    finally:
+        for p in (agent, bystander):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_a_record_from_another_host_is_only_reported(tmp_path, capsys):
+    from study.leftovers import RAY_SESSION, stop_leftover_ray
+
+    storage = _storage(tmp_path)
+    (storage.local / RAY_SESSION).write_text(json.dumps(
+        {"host": "elsewhere", "driver_pid": 1, "driver_start": "1", "session_dir": "/tmp/ray/session_x", "pids": {}}))
+    assert stop_leftover_ray(storage) == []
+    assert "on elsewhere" in capsys.readouterr().out
+
+
+def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
+    from study.leftovers import remove_orphan_checkpoints
+
+    storage = _storage(tmp_path)
+    run = storage.local / "train" / "train_t1"
+    names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(4)]
+    for name in names:
+        (run / name).mkdir(parents=True)
+        (run / name / CHECKPOINT_FILE).write_bytes(b"x")
+    # Train's snapshot (Ray 2.60's layout): epochs 1-2 registered, 3-4 written ahead and never registered
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps({
+        "checkpoint_results": [{"checkpoint_dir_name": names[0], "metrics": {"epoch": 1}},
+                               {"checkpoint_dir_name": names[1], "metrics": {"epoch": 2}}],
+        "latest_checkpoint_result": {"checkpoint_dir_name": names[1]}, "pending_training_results": [],
+        "validated_checkpoint_dir_names": []}))
+    never = storage.local / "train" / "train_t2" / names[0]  # killed before its first registration
+    never.mkdir(parents=True)
+    removed = remove_orphan_checkpoints(storage)
+    assert sorted(removed) == sorted([run / names[2], run / names[3], never])
+    assert sorted(p.name for p in run.iterdir()) == [*names[:2], "checkpoint_manager_snapshot.json"]
