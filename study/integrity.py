@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
-import pickle
 import shutil
 import signal
 import time
@@ -132,6 +132,11 @@ def check_tune_state(storage: StudyStorage) -> None:
                          f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
 
 
+class _QuietStop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Stop signal received", "Experiment has been interrupted"))
+
+
 class SpaceGuard(Callback):
     """Stops the study while its storage still has room to save the state, and keeps a copy of the
     last readable Tune state. Local and NFS storage only (an object store does not fill up).
@@ -167,6 +172,9 @@ class SpaceGuard(Callback):
             self.short = (free, total)
             print(f"stopping: {mib(free)} free in {self.storage.local} (less than {mib(reserve)}); saving the "
                   f"study's state while there is room", flush=True)
+            # Tune's own words for this stop speak of Ctrl-C and Tuner.restore: the line above and the
+            # error line at the end say what happened and what to run instead.
+            logging.getLogger("ray.tune.tune").addFilter(_QuietStop())
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop: save the state, keep trials unfinished
             return
         if time.monotonic() - self._copied >= COPY_EVERY_S:

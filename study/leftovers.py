@@ -162,7 +162,7 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[Path]:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     if removed:
-        print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written when "
-              f"the driver was killed): {', '.join(str(p.relative_to(storage.local)) for p in removed[:5])}"
+        print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
+              f"last driver stopped or was killed): {', '.join(str(p.relative_to(storage.local)) for p in removed[:5])}"
               + (" ..." if len(removed) > 5 else ""), flush=True)
     return removed

@@ -25,10 +25,9 @@ import ray.train.torch
 import ray.util
 import torch
 
-from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import METRICS_FILE, IncompleteCheckpoint, is_complete
+from trainables.config import Diverged, TrialConfig
 from trainables.trainer import fit
-
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
 RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
@@ -80,7 +79,7 @@ def _fit_in_worker(config: dict) -> None:
             fit(cfg, report, resume_from=Path(folder), device=device)
 
 
-def _complete_or_older(checkpoint: "ray.train.Checkpoint | None") -> "ray.train.Checkpoint | None":
+def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:
     """The checkpoint Train hands back if it is complete (trainables.checkpoint's manifest), else the
     newest complete one beside it in the same Train run (local or NFS storage), else an error.
     Train registers a checkpoint only after its upload, so this guards against a folder damaged after."""
