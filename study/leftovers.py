@@ -83,9 +83,8 @@ def stop_leftover_ray(storage: StudyStorage) -> list[str]:
         return []
     if rec.get("host") != socket.gethostname():
         print(f"note: {storage.local / RAY_SESSION}: the driver that ran this study last on {rec.get('host')} "
-              f"(pid {rec.get('driver_pid')}) may have left Ray processes there; on that host: "
-              f"pkill -KILL -f 'ray::' only if no other Ray runs there, or kill the processes that hold files "
-              f"open in {session}", flush=True)
+              f"(pid {rec.get('driver_pid')}) may have left Ray processes there; on that host run "
+              f"fuser -k -KILL {session}/logs/* (or ray stop, if no other Ray of yours runs there)", flush=True)
         forget_ray_session(storage)
         return []
     driver = int(rec.get("driver_pid") or 0)
