@@ -34,6 +34,7 @@ from study.storage import StudyStorage
 MIN_FREE_MB = 64  # below this (or 3 newest checkpoints' worth) the study stops; LANDMARK_STUDY_MIN_FREE_MB overrides
 COPY = ".state-copy"  # in tune/: the last readable experiment state, searcher and callback states
 COPY_EVERY_S = 10.0  # at most this often (a 100-trial state is a few MB)
+LOOK_EVERY_S = 2.0  # free space is also looked at this often between results
 STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")  # what a restore reads
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 _DISK_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded", "disk i/o error")
@@ -132,6 +133,20 @@ def check_tune_state(storage: StudyStorage) -> None:
                          f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
 
 
+class _QuietFullDisk(logging.Filter):
+    """Tune's traceback for a state sync that failed on a full disk: the guard stops the study at its
+    next look and says so in one line; a truncated state file is what check_tune_state is for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith(("Saving experiment state to storage",
+                                                    "Experiment state snapshotting failed")) and disk_full(error))
+
+
+for _name in ("ray.tune.execution.experiment_state", "ray.tune.tune"):
+    logging.getLogger(_name).addFilter(_QuietFullDisk())
+
+
 class _QuietStop(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(("Stop signal received", "Experiment has been interrupted"))
@@ -150,6 +165,7 @@ class SpaceGuard(Callback):
         self.min_free = int(float(os.environ.get("LANDMARK_STUDY_MIN_FREE_MB", MIN_FREE_MB)) * 2**20)
         self.short: tuple[int, int] | None = None  # (free, total) when it stopped the study
         self._copied = 0.0
+        self._looked = 0.0
 
     def reserve(self, trial_id: str | None) -> int:
         """Bytes that must stay free: the floor, or three of the trial's newest checkpoints."""
@@ -202,6 +218,16 @@ class SpaceGuard(Callback):
 
     def error(self) -> StorageFull:
         return StorageFull(storage_full_message(self.storage.local))
+
+    def on_step_end(self, iteration, trials, **info):
+        # Between results too: a disk filled by someone else is seen within seconds, before a worker's
+        # checkpoint upload fails (Train retries those several times before Tune hears of it).
+        if time.monotonic() - self._looked >= LOOK_EVERY_S:
+            self._looked = time.monotonic()
+            self.check()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.check(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.check(trial.trial_id)

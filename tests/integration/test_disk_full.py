@@ -3,8 +3,9 @@ SQLite store, all on a small tmpfs (mounted here, as root; skipped with a messag
 
 The study (2 trials of 4 epochs, one at a time) keeps its state, checkpoints and MLflow store on a
 48 MiB tmpfs, with LANDMARK_STUDY_MIN_FREE_MB=16. When the second trial has printed epoch 1, a
-filler file leaves 12 MiB free: the study stops at its next result with one `error:` line naming
-the folder and the free space, exit 2, no traceback. The filler is removed and `--resume` finishes
+filler file leaves 12 MiB free (case `guard`: the study stops itself at its next result) or
+nothing (case `abrupt`: the next writes fail). Either way the study ends with one `error:` line
+naming the folder and the free space, exit 2, no traceback. The filler is removed and `--resume` finishes
 the study: the first trial is not run again, the second continues under its own id, and MLflow
 holds one run per trial with each epoch exactly once.
 """
@@ -46,12 +47,22 @@ def _fill(disk: Path, leave: int) -> Path:
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
     with open(filler, "wb") as f:
         os.posix_fallocate(f.fileno(), 0, free - leave)
+    if not leave:  # take the last blocks too (fallocate rounds to pages; tmpfs may hand out a few more)
+        with open(disk / "filler2.bin", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
     return filler
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory, tiny_phantom):
-    tmp = tmp_path_factory.mktemp("diskfull")
+@pytest.fixture(scope="module", params=["guard", "abrupt"])
+def full(request, tmp_path_factory, tiny_phantom):
+    """guard: 12 MiB left, under the 16 MiB the study keeps free (it stops itself); abrupt: nothing
+    left (writes fail: Train's checkpoint upload, the outbox, the SQLite store)."""
+    leave = LEAVE_MB * 2**20 if request.param == "guard" else 0
+    tmp = tmp_path_factory.mktemp(f"diskfull-{request.param}")
     disk = tmp / "disk"
     why = _mount_tmpfs(disk)
     if why:
@@ -73,14 +84,15 @@ def full(tmp_path_factory, tiny_phantom):
                 starts.append(m[1])
             m = EPOCH.match(line)
             if filled is None and m and len(starts) == 2 and m[1] == starts[1] and m[2] == "1":
-                filled = _fill(disk, LEAVE_MB * 2**20)
+                filled = _fill(disk, leave)
         rc = p.wait(timeout=120)
         err = p.stderr.read()
         first = {"rc": rc, "out": "".join(seen), "err": err, "starts": starts, "filled": filled}
         (tmp / "first.out").write_text(first["out"])
         (tmp / "first.err").write_text(err)
         assert filled is not None, f"the second trial never printed epoch 1 (exit {rc}):\n{first['out'][-3000:]}"
-        filled.unlink()  # space is back
+        for f in disk.glob("filler*.bin"):
+            f.unlink()  # space is back
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
         uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
         trials, parents, n_trial_runs = trial_runs(uri)
