@@ -4,10 +4,13 @@
     result.table          # one row per trial, best first
     result.interrupted    # True after Ctrl-C: `--resume` continues from the saved state
 
-The walk of a study: study.storage (refuse or resume) -> dashboards check the tracking store ->
+The walk of a study: study.storage (the lock; refuse or resume) -> study.leftovers (what a killed
+driver left: its Ray's processes, unregistered checkpoints) -> study.integrity (on --resume, Tune's
+state must read back) -> dashboards check the tracking store ->
 study.cluster (Ray up, the plan) -> study.tracking (the study's MLflow run) -> Tune with the
 Optuna searcher and ASHA, each trial a study.trial.trial_driver -> callbacks study.tracking and
-study.progress on every result -> the final table and the Pareto front.
+study.progress on every result (study.integrity.SpaceGuard first: it stops the study while the
+storage has room for its state) -> the final table and the Pareto front.
 """
 
 from __future__ import annotations
