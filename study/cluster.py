@@ -1,7 +1,7 @@
 """The Ray side of a study before any trial: joining or starting Ray, what the cluster holds,
 and the plan (trials at once, trials in all) that follows from the spec's resources.
 
-    init_ray(address=None, verbose=False, dashboard=True)   # a local Ray, or join --address
+    session = init_ray(address=None, verbose=False, dashboard=True)   # a local Ray (its session folder), or join --address
     concurrency, configurations = plan(spec)                 # SpecError if no trial can ever be placed
 """
 
@@ -51,10 +51,12 @@ def _fmt_request(need: dict[str, float]) -> str:
     return " + ".join(f"{v:g} {k}" for k, v in need.items())
 
 
-def init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
+def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
+    """Join `address` (or RAY_ADDRESS), or start a local Ray; returns the session folder of a Ray
+    started here (what study.leftovers records, to clean up after a killed driver), else None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
-        return
+        return None
     address = address or os.environ.get("RAY_ADDRESS")
     # Worker output (Train's per-report lines, placement-group notices) would bury the progress
     # lines; it stays in Ray's session logs, and a failed trial's traceback is in its error.txt.
@@ -66,6 +68,7 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
             raise StudyError(f"cannot join the Ray cluster at {address}: {e}") from None
         print(f"joined Ray cluster at {address}: {describe_resources(ray.cluster_resources())} "
               f"on {len(alive_nodes())} node(s)", flush=True)
+        return None
     else:
         # When ASHA stops a trial, Tune kills its driver ungracefully, and Train V2 frees that
         # trial's placement group only through the state API, which the dashboard serves: without
@@ -84,8 +87,9 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> None:
         # trial, started beside the worker and polling the node's drain state) has nothing to watch, and
         # its start competes with the worker's for the CPUs. Joined clusters keep it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         print(f"started a local Ray: {describe_resources(ray.cluster_resources())}", flush=True)
+        return context.address_info.get("session_dir")
 
 
 def _free_port() -> int:

@@ -34,6 +34,7 @@ from dashboards.publish import StudyInfo, publish_study, publish_study_view, pub
 from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_COMMIT, TAG_CONFIG, TAG_NODE,
                           TAG_NODE_IP, TAG_PARENT, TAG_REPEAT, TAG_RESTARTS, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL,
                           Status, error_outcome, tag_filter)
+from study.integrity import disk_full
 from study.spec import Spec
 from study.trial import RESTARTS, completed_outcome, train_run_name
 from trainables.config import flatten
@@ -221,6 +222,8 @@ class MlflowTracking(Callback):
             try:
                 self._apply(self.queue[0])
             except Exception as e:  # noqa: BLE001 - sorted below: unreachable waits, anything else is dropped
+                if disk_full(e):  # the SQLite store's disk is full: kept in the outbox; the study ends (run_study)
+                    raise
                 if not unreachable(e):
                     print(f"warning: MLflow refused {self.queue[0]['op']} of trial {self.queue[0].get('tid')}: "
                           f"{str(e)[:300]}; skipped", flush=True)

@@ -23,6 +23,7 @@ from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 
+from study.integrity import disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
@@ -115,6 +116,8 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     except WorkerGroupError as e:
         # A NaN loss is an outcome of the recipe, not a crash: say so in one line (tracked as "diverged").
         for failure in e.worker_failures.values():
+            if disk_full(failure):  # not the recipe's fault: no final outcome, so a resume trains it again
+                raise
             if is_diverged(failure):
                 outcome.save(DIVERGED, str(failure).strip().splitlines()[-1])
                 raise Diverged(str(failure).strip().splitlines()[-1]) from None

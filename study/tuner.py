@@ -4,10 +4,13 @@
     result.table          # one row per trial, best first
     result.interrupted    # True after Ctrl-C: `--resume` continues from the saved state
 
-The walk of a study: study.storage (refuse or resume) -> dashboards check the tracking store ->
+The walk of a study: study.storage (the lock; refuse or resume) -> study.leftovers (what a killed
+driver left: its Ray's processes, unregistered checkpoints) -> study.integrity (on --resume, Tune's
+state must read back) -> dashboards check the tracking store ->
 study.cluster (Ray up, the plan) -> study.tracking (the study's MLflow run) -> Tune with the
 Optuna searcher and ASHA, each trial a study.trial.trial_driver -> callbacks study.tracking and
-study.progress on every result -> the final table and the Pareto front.
+study.progress on every result (study.integrity.SpaceGuard first: it stops the study while the
+storage has room for its state) -> the final table and the Pareto front.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
+from study.leftovers import forget_ray_session, record_ray_session, remove_orphan_checkpoints, stop_leftover_ray  # noqa: E402
+from study.integrity import SpaceGuard, StorageFull, check_tune_state, disk_full, storage_full_message  # noqa: E402
 from study.progress import Progress  # noqa: E402
 from study.repeats import RepeatASHA, RepeatSearch  # noqa: E402
 from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  # noqa: E402
@@ -93,14 +98,31 @@ def run_study(
     fresh = storage.local is not None and not storage.local.exists()
     lock = StudyLock(storage, break_lock)
     lock.acquire()  # before looking at the state: a second driver started a second later must not pass
+    ours = False
     try:
-        return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
+        try:
+            # What a killed driver of this study left (its local Ray's agents, unregistered checkpoints):
+            # safe now that the lock says no driver of this study runs.
+            stop_leftover_ray(storage)
+            remove_orphan_checkpoints(storage)
+            ours = True  # from here a Ray this driver starts is recorded; forgotten again at its end
+            return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
+        except Exception as e:
+            # A full disk (Train's checkpoint upload, the SQLite store, the outbox): one line naming the
+            # folder and its free space, not a traceback; what was saved before is kept for --resume.
+            what = disk_full(e) if storage.local is not None else ""
+            if what and not isinstance(e, StudyError):
+                raise StorageFull(storage_full_message(storage.local, what)) from e
+            raise
     except (StudyError, SpecError, ConnectionError):
         if fresh:  # refused before anything ran: leave no folder behind
             lock.release()
+            forget_ray_session(storage)
             _remove_if_empty(storage.local)
         raise
     finally:
+        if ours:
+            forget_ray_session(storage)
         lock.release()
 
 
@@ -122,10 +144,13 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
         )
     if resume:
         check_unchanged(spec, storage, force)
+        check_tune_state(storage)  # Tune would start over silently from a truncated state file
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
-    init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+    session = init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+    if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
+        record_ray_session(storage, session)
     concurrency, configurations = plan(spec)
     num_samples = configurations * spec.study.repeats  # each repeat of a configuration is a Tune trial
     if not resume:
@@ -135,7 +160,8 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
     recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train,
                                        outbox=storage.local / tracking.OUTBOX if storage.local else None)
-    callbacks = [recorder, Progress(spec)]
+    guard = SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
+    callbacks = [guard, recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     trials = (f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
               if spec.study.repeats > 1 else f"{num_samples} trials")
@@ -163,6 +189,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
                                       failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
         )
     grid = tuner.fit()
+    if guard.short:  # stopped by the guard: the state is saved; MLflow has what it could take
+        recorder.deliver(force=True)
+        raise guard.error()
     # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
     # callback recorded as they ended is what tells them apart.
     outcomes = {tid: recorder.outcome(tid) for tid in map(_trial_id, grid)}

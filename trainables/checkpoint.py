@@ -4,6 +4,12 @@
     <checkpoint>/metrics.json           the epoch's reported metrics
     <checkpoint>/preview.npz            the arrays behind the trial's pictures (Scorer.preview)
     <checkpoint>/<name>_per_landmark.txt  the final test's per-landmark table (last epoch only)
+    <checkpoint>/manifest.json          written last: every other file's name and size in bytes
+
+A folder is complete only when its manifest is there and every file it lists has that size: a
+checkpoint whose writer (or whose copy to the study storage, which copies files in any order) was
+killed or ran out of disk is never taken for a complete one. `check_complete(folder)` raises
+`IncompleteCheckpoint` naming the file that is short or missing; `fit(resume_from=...)` calls it.
 
 Plain files, no torch needed to read metrics.json or preview.npz (dashboards/ reads them).
 
@@ -33,6 +39,7 @@ import numpy as np
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
 PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
+MANIFEST_FILE = "manifest.json"  # written last: {file name: bytes} of everything else in the folder
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -55,9 +62,49 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
             np.savez_compressed(folder / PREVIEW_FILE, **preview)
         for name, table in tables.items():
             (folder / f"{name}_per_landmark.txt").write_text(table + "\n")
+        write_manifest(folder)
         report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class IncompleteCheckpoint(RuntimeError):
+    """A checkpoint folder whose writing (or copying) did not finish."""
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file's size in manifest.json, written to a temporary name and renamed: the
+    manifest exists only once everything it lists has been written."""
+    sizes = {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir()) if f.is_file() and f.name != MANIFEST_FILE}
+    tmp = Path(folder) / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(sizes))
+    tmp.replace(Path(folder) / MANIFEST_FILE)
+
+
+def check_complete(folder: Path) -> None:
+    """Raise IncompleteCheckpoint unless `folder` holds its manifest and every file at its listed size."""
+    folder = Path(folder)
+    try:
+        sizes = json.loads((folder / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
+                                   f"(the process was killed or the disk was full)") from None
+    except ValueError as e:
+        raise IncompleteCheckpoint(f"{folder}/{MANIFEST_FILE}: unreadable ({e})") from None
+    for name, size in sizes.items():
+        path = folder / name
+        have = path.stat().st_size if path.is_file() else None
+        if have != size:
+            raise IncompleteCheckpoint(f"{path}: {'missing' if have is None else f'{have} bytes'}, the manifest "
+                                       f"says {size}; the checkpoint was not completely written or copied")
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        check_complete(folder)
+    except IncompleteCheckpoint:
+        return False
+    return True
 
 
 # The default cadence keeps a trial to this many periodic checkpoints, whatever its length.

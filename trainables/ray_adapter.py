@@ -18,15 +18,15 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
 import ray.util
 import torch
 
+from trainables.checkpoint import METRICS_FILE, IncompleteCheckpoint, is_complete
 from trainables.config import Diverged, TrialConfig
-from trainables.checkpoint import METRICS_FILE
-
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
 RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
@@ -68,7 +68,7 @@ def _fit_in_worker(config: dict) -> None:
         ray.train.report({**metrics, **node}, checkpoint=checkpoint)
 
     device = ray.train.torch.get_device()
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = _complete_or_older(ray.train.get_checkpoint())
     if checkpoint is None:
         fit(cfg, report, device=device)
     else:
@@ -81,3 +81,26 @@ def _fit_in_worker(config: dict) -> None:
             if metrics and ray.train.get_context().get_world_rank() == 0:
                 ray.train.report({**metrics, **node})
             fit(cfg, report, resume_from=Path(folder), device=device)
+
+
+def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:
+    """The checkpoint Train hands back if it is complete (trainables.checkpoint's manifest), else the
+    newest complete one beside it in the same Train run (local or NFS storage), else an error.
+    Train registers a checkpoint only after its upload, so this guards against a folder damaged after."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        if is_complete(Path(folder)):
+            return checkpoint
+    if not isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete (no valid manifest.json); delete it to resume "
+                                   f"from the one before")
+    older = []
+    for folder in Path(checkpoint.path).parent.glob("checkpoint_*"):
+        if folder != Path(checkpoint.path) and is_complete(folder):
+            older.append((json.loads((folder / METRICS_FILE).read_text()).get("epoch", 0), folder))
+    if not older:
+        raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete, and no complete checkpoint beside it")
+    epoch, folder = max(older)
+    print(f"warning: {checkpoint.path} is incomplete; resuming from {folder.name} (epoch {epoch})", flush=True)
+    return ray.train.Checkpoint(str(folder), filesystem=checkpoint.filesystem)

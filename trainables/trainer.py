@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
 from trainables.checkpoint import (CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, CheckpointPolicy,  # noqa: F401 (re-exported)
-                                   Report, report_with_checkpoint)
+                                   Report, check_complete, report_with_checkpoint)
 from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
 from trainables.cost import cost_figures
 from trainables.data.augment import augment, is_active
@@ -100,7 +100,8 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
     scorer = Scorer(cfg, spec, flip_index, device)
 
     start_epoch = 0
-    if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
+    if resume_from is not None:
+        check_complete(resume_from)  # a half-written checkpoint is an error, never a silent fresh start
         # Load to CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest.
         state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])

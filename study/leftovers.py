@@ -1,0 +1,167 @@
+"""What a killed driver leaves behind, cleaned up by the next `study.run` / `--resume` of its study
+(issue 14, item 5): the processes of the local Ray it started, and checkpoint folders that no Train
+run registered.
+
+    record_ray_session(storage, session_dir)   # after starting a local Ray: <study>/ray_session.json
+    stop_leftover_ray(storage)                 # on the next start (holding StudyLock): kill what is left
+    remove_orphan_checkpoints(storage)         # Train run folders: drop checkpoint_* not in Train's snapshot
+    forget_ray_session(storage)                # on a normal end
+
+Measured on a 2-core machine (SIGKILL of the driver while a tiny trial trained): the Train worker,
+controller and Tune trial processes were gone within 3 s (Ray's fate sharing: a driver's workers
+die with it) and no checkpoint folder appeared after that; what stayed, 30 s later and for good,
+were the local Ray's DashboardAgent and RuntimeEnvAgent, plus 2 checkpoint folders the worker had
+written ahead of the controller, which never registered them.
+
+A Ray process belongs to the killed driver's Ray when it holds files open in that Ray's session
+folder (`/tmp/ray/session_<time>_<pid>/`, unique to each `ray.init` that starts a Ray), or is one
+of the processes recorded at start with the same start time. Only a Ray the driver started itself
+is recorded: a cluster joined with --address (`ray start`, KubeRay, ...) is never touched, nor is a
+Ray of another study (another session folder). A record written on another host is only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+from study.storage import StudyStorage, _pid_start
+
+RAY_SESSION = "ray_session.json"  # in a local study folder, beside driver.lock
+
+
+def session_processes(session_dir: str) -> dict[int, str]:
+    """Live processes (not this one) holding a file open under session_dir: pid -> start time."""
+    prefix = session_dir.rstrip("/") + "/"
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in fds]
+        except OSError:
+            continue  # gone, or not ours to look at
+        if any(link.startswith(prefix) for link in links):
+            start = _pid_start(int(entry))
+            if start is not None:
+                found[int(entry)] = start
+    return found
+
+
+def record_ray_session(storage: StudyStorage, session_dir: str) -> None:
+    """Note the local Ray this driver started (its session folder and processes) in the study folder."""
+    if storage.local is None:
+        return
+    storage.write(RAY_SESSION, json.dumps({
+        "host": socket.gethostname(), "driver_pid": os.getpid(), "driver_start": _pid_start(os.getpid()),
+        "session_dir": session_dir, "pids": session_processes(session_dir)}, indent=1))
+
+
+def forget_ray_session(storage: StudyStorage) -> None:
+    if storage.local is not None:
+        (storage.local / RAY_SESSION).unlink(missing_ok=True)
+
+
+def stop_leftover_ray(storage: StudyStorage) -> list[str]:
+    """Kill the processes left by the local Ray of a driver that is gone; returns what was killed
+    (one 'pid name' each). Call while holding the study's lock."""
+    if storage.local is None:
+        return []
+    text = storage.read(RAY_SESSION)
+    if text is None:
+        return []
+    try:
+        rec = json.loads(text)
+        session = rec["session_dir"]
+    except (ValueError, KeyError):
+        forget_ray_session(storage)
+        return []
+    if rec.get("host") != socket.gethostname():
+        print(f"note: {storage.local / RAY_SESSION}: the driver that ran this study last on {rec.get('host')} "
+              f"(pid {rec.get('driver_pid')}) may have left Ray processes there; on that host run "
+              f"fuser -k -KILL {session}/logs/* (or ray stop, if no other Ray of yours runs there)", flush=True)
+        forget_ray_session(storage)
+        return []
+    driver = int(rec.get("driver_pid") or 0)
+    if driver == os.getpid() or (driver > 0 and _pid_start(driver) not in (None, "?") and _pid_start(driver) == rec.get("driver_start")):
+        return []  # that driver still runs (this process, or the lock was broken): its Ray is not left over
+    victims = session_processes(session)
+    for pid, start in (rec.get("pids") or {}).items():  # recorded at start; a reused pid has another start time
+        if _pid_start(int(pid)) == start:
+            victims[int(pid)] = start
+    killed = []
+    for pid, start in sorted(victims.items()):
+        if _pid_start(pid) != start:
+            continue  # ended meanwhile
+        name = _name(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(f"{pid} {name}")
+    if killed:
+        print(f"note: stopped {len(killed)} Ray process(es) left by the killed driver (pid {driver}, Ray session "
+              f"{session}): {', '.join(killed)}", flush=True)
+    forget_ray_session(storage)
+    return killed
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")[:60]
+    except OSError:
+        return "?"
+
+
+def registered_checkpoints(snapshot: dict) -> set[str]:
+    """Every checkpoint folder name Train's checkpoint_manager_snapshot.json refers to."""
+    names: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "checkpoint_dir_name" and isinstance(value, str):
+                    names.add(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, str) and value.startswith("checkpoint_"):
+                    names.add(value)
+                else:
+                    walk(value)
+
+    walk(snapshot)
+    return names
+
+
+def remove_orphan_checkpoints(storage: StudyStorage) -> list[Path]:
+    """Delete checkpoint_* folders that their Train run never registered (a worker writes a checkpoint
+    before its controller registers it; a killed driver leaves such folders). A run whose snapshot is
+    unreadable is left alone. Local/NFS storage only. Call while holding the study's lock."""
+    if storage.local is None or not (storage.local / "train").is_dir():
+        return []
+    removed = []
+    for run in sorted((storage.local / "train").iterdir()):
+        folders = [p for p in run.glob("checkpoint_*") if p.is_dir()] if run.is_dir() else []
+        if not folders:
+            continue
+        snapshot = run / "checkpoint_manager_snapshot.json"
+        try:
+            registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
+        except (OSError, ValueError):
+            continue
+        for folder in folders:
+            if folder.name not in registered:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    if removed:
+        print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
+              f"last driver stopped or was killed): {', '.join(str(p.relative_to(storage.local)) for p in removed[:5])}"
+              + (" ..." if len(removed) > 5 else ""), flush=True)
+    return removed

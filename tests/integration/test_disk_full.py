@@ -1,0 +1,143 @@
+"""A full disk under a running study (issue 14, item 2): the real CLI, a real local Ray, a real MLflow
+SQLite store, all on a small tmpfs (mounted here, as root; skipped with a message otherwise).
+
+The study (2 trials of 4 epochs, one at a time) keeps its state, checkpoints and MLflow store on a
+48 MiB tmpfs, with LANDMARK_STUDY_MIN_FREE_MB=16. When the second trial has printed epoch 1, a
+filler file leaves 12 MiB free (case `guard`: the study stops itself at its next result) or
+nothing (case `abrupt`: the next writes fail). Either way the study ends with one `error:` line
+naming the folder and the free space, exit 2, no traceback. The filler is removed and `--resume` finishes
+the study: the first trial is not run again, the second continues under its own id, and MLflow
+holds one run per trial with each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from study_cli import clean_env
+from test_resume import EPOCH, START, Runs, histories, trial_runs, write_spec
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 4
+SIZE_MB, MIN_FREE_MB, LEAVE_MB = 48, 16, 12
+
+
+def _mount_tmpfs(folder: Path) -> str:
+    """'' once a SIZE_MB tmpfs is mounted at folder, else why not."""
+    if os.geteuid() != 0:
+        return "not root: cannot mount a small tmpfs to fill up"
+    folder.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", f"tmpfs-{uuid.uuid4().hex[:8]}",
+                           str(folder)], capture_output=True, text=True)
+    return "" if done.returncode == 0 else f"mount of a tmpfs refused here: {done.stderr.strip()}"
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file that takes all but `leave` bytes of the filesystem's free space."""
+    filler = disk / "filler.bin"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, free - leave)
+    if not leave:  # take the last blocks too (fallocate rounds to pages; tmpfs may hand out a few more)
+        with open(disk / "filler2.bin", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+    return filler
+
+
+ABRUPT_GAP = ("seen 19:55 UTC: the copy replaced a truncated experiment_state, yet Tune restarted the study "
+              "(the finished configuration ran again under a new id) and stderr held a Train ControllerError "
+              "traceback; not fixed yet")
+
+
+@pytest.fixture(scope="module", params=["guard", pytest.param("abrupt", marks=pytest.mark.xfail(reason=ABRUPT_GAP))])
+def full(request, tmp_path_factory, tiny_phantom):
+    """guard: 12 MiB left, under the 16 MiB the study keeps free (it stops itself); abrupt: nothing
+    left (writes fail: Train's checkpoint upload, the outbox, the SQLite store)."""
+    leave = LEAVE_MB * 2**20 if request.param == "guard" else 0
+    tmp = tmp_path_factory.mktemp(f"diskfull-{request.param}")
+    disk = tmp / "disk"
+    why = _mount_tmpfs(disk)
+    if why:
+        pytest.skip(why)
+    os.environ["LANDMARK_STUDY_MIN_FREE_MB"] = str(MIN_FREE_MB)  # CLI runs inherit it (clean_env)
+    runs = Runs()
+    try:
+        spec = write_spec(tmp / "diskfull.yaml", disk / "store", tiny_phantom, epochs=EPOCHS)
+        p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        runs.sids.append(p.pid)
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=lambda: ([lines.put(x) for x in p.stdout], lines.put(None)), daemon=True).start()
+        seen, starts, filled = [], [], None
+        deadline = time.monotonic() + 400
+        while (line := lines.get(timeout=max(1.0, deadline - time.monotonic()))) is not None:
+            seen.append(line)
+            if m := START.match(line):
+                starts.append(m[1])
+            m = EPOCH.match(line)
+            if filled is None and m and len(starts) == 2 and m[1] == starts[1] and m[2] == "1":
+                filled = _fill(disk, leave)
+        rc = p.wait(timeout=120)
+        err = p.stderr.read()
+        first = {"rc": rc, "out": "".join(seen), "err": err, "starts": starts, "filled": filled}
+        (tmp / "first.out").write_text(first["out"])
+        (tmp / "first.err").write_text(err)
+        assert filled is not None, f"the second trial never printed epoch 1 (exit {rc}):\n{first['out'][-3000:]}"
+        for f in disk.glob("filler*.bin"):
+            f.unlink()  # space is back
+        resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
+        uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
+        trials, parents, n_trial_runs = trial_runs(uri)
+        yield {"disk": disk, "first": first, "resumed": resumed, "trials": trials, "parents": parents,
+               "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+    finally:
+        runs.cleanup()
+        os.environ.pop("LANDMARK_STUDY_MIN_FREE_MB", None)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_ends_the_study_with_one_line_naming_the_folder_and_the_free_space(full):
+    first = full["first"]
+    store = full["disk"] / "store" / "resumable"
+    assert first["rc"] == 2, first["out"][-3000:] + first["err"][-3000:]
+    errors = [line for line in first["err"].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, first["err"][-3000:]
+    assert errors[0].startswith(f"error: the study storage {store} is out of space"), errors
+    assert f"MiB free of {SIZE_MB:.1f} MiB" in errors[0] and errors[0].endswith("then continue with --resume")
+    free = float(errors[0].split("out of space: ")[1].split(" MiB")[0])
+    assert free <= LEAVE_MB, errors  # what was left, not a number from before the filler
+    assert "Traceback" not in first["err"], first["err"][-3000:]
+    assert f"finished  {first['starts'][0]}" in first["out"]  # the first trial had ended before
+
+
+def test_resume_after_freeing_space_trains_every_configuration_once(full):
+    first_id, second_id = full["first"]["starts"]
+    resumed = full["resumed"]
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    out = resumed.stdout
+    assert f"start  {first_id}" not in out  # the finished configuration is not run again
+    assert f"start  {second_id}" in out  # the stopped one continues under its own id
+    assert not [line for line in out.splitlines() if START.match(line) and second_id not in line], out[-3000:]
+    assert "2 trials (0 failed or diverged)" in out
+    assert full["parents"] == 1 and full["n_trial_runs"] == 2
+    assert sorted(full["trials"]) == sorted([first_id, second_id])
+    assert {t["outcome"] for t in full["trials"].values()} == {"finished"}
+    steps = list(range(1, EPOCHS + 1))
+    assert full["histories"] == {tid: {"train/loss": steps, "val/mre_mm": steps} for tid in (first_id, second_id)}
+
+
+def test_no_process_of_the_study_outlives_it(full):
+    assert {label: left for label, left in full["runs"].leftovers.items() if left} == {}

@@ -1,0 +1,114 @@
+"""Nothing left behind after a driver SIGKILL (issue 14, item 5): the real CLI, a real local Ray, a
+real MLflow SQLite store.
+
+One study (1 trial of 12 epochs, a checkpoint every epoch). When the trial has printed epoch 2 the
+driver is SIGKILLed. 10 s later the test looks at what is left in the killed driver's session
+(it must not touch it itself): the trial's worker processes must be gone, no checkpoint folder may
+appear after that, and what is left (the local Ray's agents) must be stopped by the next
+`--resume`, which also removes the checkpoint folders the Train run never registered, and then
+finishes the trial with every epoch once in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from study_cli import clean_env
+
+from study.leftovers import registered_checkpoints
+from test_resume import EPOCH, START, Runs, histories, session_pids, trial_runs, write_spec
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 12
+WATCH_S = 10
+
+
+def _checkpoints(run_dir):
+    return sorted(p.name for p in run_dir.glob("checkpoint_2*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, tiny_phantom):
+    tmp = tmp_path_factory.mktemp("leftovers")
+    spec = write_spec(tmp / "leftovers.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
+    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1").replace(
+        "batch_size: 4", "batch_size: 4\n    checkpoint_every: 1"))
+    runs = Runs()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        runs.sids.append(p.pid)
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=lambda: ([lines.put(x) for x in p.stdout], lines.put(None)), daemon=True).start()
+        seen, trial = [], None
+        deadline = time.monotonic() + 400
+        while True:
+            line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
+            seen.append(line)
+            if m := START.match(line):
+                trial = m[1]
+            if (m := EPOCH.match(line)) and m[2] == "2":
+                break
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        t0 = time.monotonic()
+        run_dir = tmp / "store" / "resumable" / "train" / f"train_{trial}"
+        at_kill = _checkpoints(run_dir)
+        samples = []  # (seconds after the kill, live processes, checkpoint folders)
+        while (t := time.monotonic() - t0) < WATCH_S:
+            samples.append((t, session_pids(p.pid), _checkpoints(run_dir)))
+            time.sleep(0.5)
+        snapshot = run_dir / "checkpoint_manager_snapshot.json"
+        registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
+        orphans = [name for name in _checkpoints(run_dir) if name not in registered]
+        resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
+        uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
+        trials, _, n_trial_runs = trial_runs(uri)
+        yield {"trial": trial, "sid": p.pid, "at_kill": at_kill, "samples": samples, "resumed": resumed,
+               "left_after_resume": session_pids(p.pid), "run_dir": run_dir, "orphans": orphans, "trials": trials,
+               "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+    finally:
+        runs.cleanup()
+
+
+def test_workers_stop_and_stop_writing_checkpoints_once_the_driver_is_gone(killed):
+    t, procs, folders = killed["samples"][-1]
+    assert not [c for c in procs.values() if "RayTrainWorker" in c or "TrainController" in c], procs
+    # nothing written after the first look (up to WATCH_S s after the kill)
+    assert {tuple(f) for _, _, f in killed["samples"]} == {tuple(killed["samples"][0][2])}, killed["samples"]
+
+
+def test_resume_stops_the_killed_drivers_ray_and_removes_unregistered_checkpoints(killed):
+    left = killed["samples"][-1][1]
+    out = killed["resumed"].stdout
+    assert killed["resumed"].returncode == 0, out[-3000:] + killed["resumed"].stderr[-3000:]
+    if left:  # what Ray left running 10 s after the kill (here: its DashboardAgent and RuntimeEnvAgent)
+        assert re.search(rf"note: stopped \d+ Ray process\(es\) left by the killed driver \(pid {killed['sid']}", out), \
+            (left, out[-3000:])
+    assert killed["left_after_resume"] == {}
+    orphans = killed["orphans"]
+    if orphans:  # written by the worker ahead of its controller, which never registered them
+        assert f"note: removed {len(orphans)} checkpoint folder(s) that no Train run registered" in out, out[-3000:]
+    assert not set(orphans) & set(_checkpoints(killed["run_dir"]))
+
+
+def test_the_trial_finishes_with_every_epoch_once(killed):
+    assert killed["n_trial_runs"] == 1
+    steps = list(range(1, EPOCHS + 1))
+    assert killed["histories"] == {killed["trial"]: {"train/loss": steps, "val/mre_mm": steps}}
+    assert f"epoch  {killed['trial']}  {EPOCHS}/{EPOCHS}" in killed["resumed"].stdout
+
+
+def test_no_process_of_the_study_outlives_it(killed):
+    assert {label: left for label, left in killed["runs"].leftovers.items() if left} == {}
