@@ -142,8 +142,10 @@ def per_configuration(trials: pd.DataFrame, objectives: list[tuple[str, str]], s
             runs = runs.sort_values(TAG_REPEAT, kind="stable")
         valued = _valued(runs, metrics)
         row = {TAG_CONFIG: cid, "trial": cid, "status": _status(runs, valued)}
-        for m in metrics:
-            values = pd.to_numeric(valued[m], errors="coerce").astype(float) if m in valued else []
+        ended = runs[runs["status"].isin([s.value for s in RANKED])]
+        for m in metrics:  # over the repeats that ended with values; with none, what the runs reached (unranked)
+            got = pd.to_numeric((ended if len(ended) else runs)[m], errors="coerce").astype(float) if m in runs else []
+            values = got[np.isfinite(got)] if len(got) else []
             row.update(zip((m, f"{m}.std", f"{m}.ci_low", f"{m}.ci_high"), mean_ci(values)))
         row[N] = len(valued)
         row[FAILED] = int(runs["status"].isin(NOT_AVERAGED).sum())
