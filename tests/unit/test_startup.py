@@ -34,9 +34,9 @@ def test_the_trial_driver_and_the_worker_loop_import_no_trainer():
     assert got["modules"] == [], f"imported by a trial's Tune process and its Train controller: {got['modules']}"
 
 
-def test_the_study_polls_train_workers_every_half_second():
-    # Ray's default is 2 s: each epoch's result and each trial's end waited up to that long.
-    assert _imported_after("import study.tuner")["env"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+def test_the_study_keeps_rays_poll_of_train_workers():
+    # A 0.5 s poll lost epochs to a controller outliving its SIGKILLed driver (study/tuner.py).
+    assert _imported_after("import study.tuner")["env"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": None}  # Ray's 2 s
 
 
 def test_a_train_worker_imports_torchvision_only_for_a_backbone():
