@@ -530,10 +530,12 @@ def _base(d: Any, problems: list[str]) -> TrialConfig:
     from trainables.registry import config_problems  # lazy for start-up time: torch takes ~3 s to import
 
     d = _section(d, "base", problems)
-    data = d.get("data")
-    if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"]:
-        # Trials run in their own working folders: make the data path absolute now.
-        d = apply_overrides(d, {"data.root": str(Path(data["root"]).expanduser().resolve())})
+    # Trials run in their own working folders: make the data and weights paths absolute now.
+    for path, keep in (("data.root", ("",)), ("model.weights", ("", "none", "imagenet")), ("distill.teacher", ("",))):
+        section, _, key = path.partition(".")
+        value = d.get(section, {}).get(key) if isinstance(d.get(section), dict) else None
+        if isinstance(value, str) and value not in keep:
+            d = apply_overrides(d, {path: str(Path(value).expanduser().resolve())})
     try:
         cfg = TrialConfig.from_dict(d, prefix="base.")
     except ConfigError as e:

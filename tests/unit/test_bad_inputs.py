@@ -119,7 +119,7 @@ CASES: dict[str, Case] = {
     "bad_range": Case("study: {name: a}\nspace:\n  optim.lr: {loguniform: [0.1, 0.001]}\n", ["spec.yaml"],
                       ["space.optim.lr.loguniform: low 0.1 > high 0.001; swap them"]),
     "missing_weights": Case("study: {name: a}\nbase:\n  model: {name: farnet, backbone: resnet18, weights: nope.pt}\n  data: {input_size: [128, 128]}\n",
-                            ["spec.yaml"], ["base.model.weights: nope.pt does not exist"]),
+                            ["spec.yaml"], ["base.model.weights: /", "/nope.pt does not exist"]),  # made absolute: trials run elsewhere
     "isbi_root_missing": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: no_isbi}\n", ["spec.yaml"],
                               ["base.data.root: ", "no_isbi: dataset root does not exist"]),
     # --- data files, checked for real before any trial (the same check as python -m trainables.data.*)

@@ -267,6 +267,22 @@ def test_relative_data_root_is_made_absolute(tmp_path, monkeypatch):
     assert spec.base.data.root == str(tmp_path.resolve() / "other")  # also when set by --set
 
 
+def test_relative_weights_files_are_made_absolute_and_names_kept(tmp_path, monkeypatch, r18_file):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "r18.pt").write_bytes(r18_file.read_bytes())
+    spec = load_spec(_write(tmp_path, """\
+        study: {name: x}
+        base:
+          model: {name: simple_baseline, backbone: resnet18, weights: w/r18.pt}
+          data: {input_size: [64, 64]}
+          distill: {type: ed, teacher: w/r18.pt}
+        """))
+    assert spec.base.model.weights == spec.base.distill.teacher == str(tmp_path.resolve() / "w" / "r18.pt")
+    spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {model: {weights: none}}\n"))
+    assert spec.base.model.weights == "none" and spec.base.distill.teacher == ""  # names, not paths: kept
+
+
 def test_empty_data_root_stays_empty(tmp_path):
     # phantom: "" means "a cache folder keyed by its config"; resolving it would give the cwd.
     spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {data: {root: ''}}\n"))
