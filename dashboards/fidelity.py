@@ -250,25 +250,32 @@ def sigma_claim(study: StudyData) -> tuple[dict, pd.DataFrame]:
 
 
 def claims_figure(claims: pd.DataFrame, path: Path) -> Path:
-    """A forest plot: each comparison's difference (better − other, test/mre_mm) with its 95 % interval;
-    left of 0 is what the paper claims. Per-study panels share nothing but the layout."""
+    """A forest plot: each comparison's difference (better − other, test/mre_mm) with its 95 % interval,
+    coloured by verdict, one band per study; left of 0 is the paper's direction."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
     rows = claims[claims["method"] != "mean ρ, t interval"].reset_index(drop=True)
-    fig = Figure(figsize=(10, 0.45 * len(rows) + 1.6), dpi=100)
+    fig = Figure(figsize=(11, 0.55 * len(rows) + 1.6), dpi=100)
     ax = fig.add_subplot(111)
     colours = {HELD: "#1a7f37", NOT_HELD: "#b42318", UNCLEAR: "#6e7781"}
-    for i, r in rows.iterrows():
-        y = len(rows) - 1 - i
+    ys = [len(rows) - 1 - i for i in range(len(rows))]
+    for (i, r), y in zip(rows.iterrows(), ys):
+        if i > 0 and r["study"] != rows["study"].iloc[i - 1]:
+            ax.axhline(y + 0.5, color="#d0d7de", lw=1)  # a band per study
+        colour = colours[r["verdict"]]
         if math.isfinite(r["diff"]):
             if math.isfinite(r["ci_low"]):
-                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colours[r["verdict"]], lw=2.5)
-            ax.plot([r["diff"]], [y], "o", color=colours[r["verdict"]], ms=7)
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colour, lw=2.5)
+            ax.plot([r["diff"]], [y], "o", color=colour, ms=7)
         else:
-            ax.text(0, y, f"  {r['why'] or r['verdict']}", va="center", fontsize=8, color=colours[r["verdict"]])
+            ax.text(0.01, y, textwrap.shorten(r["why"] or r["verdict"], 45), va="center", fontsize=8, color=colour,
+                    transform=ax.get_yaxis_transform())
     ax.axvline(0, color="black", lw=1)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['claim'][:62]} [{r['verdict']}]" for _, r in rows.iloc[::-1].iterrows()], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([textwrap.fill(f"{r['claim']} [{r['verdict']}]", 58) for _, r in rows.iterrows()], fontsize=8)
     ax.set_xlabel(f"difference in {METRIC}, claimed-better minus other (95 % CI); < 0: the claim's direction")
     ax.set_title("Paper claims on phantom data (green held, red not held, grey unclear)", fontsize=11)
     fig.tight_layout()
