@@ -27,7 +27,9 @@ from study.integrity import disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
-from trainables.ray_adapter import DIVERGED, RESUMED_FROM, train_loop_per_worker  # noqa: F401 (RESUMED_FROM re-exported)
+from trainables.checkpoint import HISTORY_FILE
+from trainables.ray_adapter import (DIVERGED, RESUMED_CHECKPOINT, RESUMED_FROM,  # noqa: F401 (re-exported)
+                                    train_loop_per_worker)
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
@@ -133,12 +135,27 @@ class TrialFailed(RuntimeError):
     """The trial's workers failed more often than resources.max_failures allows (on a retry by Tune)."""
 
 
+def _storage_fs(train_storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def checkpoint_history(train_storage: str, trial_id: str, checkpoint: str) -> list[dict]:
+    """The metrics of every epoch up to checkpoint `checkpoint` (a folder name) of the trial's Train
+    run, in order (its history.json); [] for a checkpoint written before history.json existed."""
+    fs, root = _storage_fs(train_storage)
+    try:
+        with fs.open_input_stream(f"{root}/{train_run_name(trial_id)}/{checkpoint}/{HISTORY_FILE}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return []
+
+
 class _Outcome:
     """`outcome.json` beside a Train run: a final outcome that a retry of the trial must not redo."""
 
     def __init__(self, train_storage: str, run_name: str):
-        uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
-        self.fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        self.fs, root = _storage_fs(train_storage)
         self.folder = f"{root}/{run_name}"
         self.path = f"{self.folder}/outcome.json"
 

@@ -2,9 +2,14 @@
 
     <checkpoint>/checkpoint.pt          model, optimizer, σ schedule, RNG, epoch, … (torch.save)
     <checkpoint>/metrics.json           the epoch's reported metrics
+    <checkpoint>/history.json           every epoch's reported metrics up to this one, in order
     <checkpoint>/preview.npz            the arrays behind the trial's pictures (Scorer.preview)
     <checkpoint>/<name>_per_landmark.txt  the final test's per-landmark table (last epoch only)
     <checkpoint>/manifest.json          written last: every other file's name and size in bytes
+
+history.json lets a resume deliver epochs that were reported but never reached the tracking
+(a driver killed while Train went on for a moment and saved this checkpoint): study.tracking
+replays the epochs its run lacks. Folders written before it existed resume without that replay.
 
 A folder is complete only when its manifest is there and every file it lists has that size: a
 checkpoint whose writer (or whose copy to the study storage, which copies files in any order) was
@@ -38,6 +43,7 @@ import numpy as np
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
+HISTORY_FILE = "history.json"  # [metrics of epoch 1, …, of this epoch]: what a resume can replay
 PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
 MANIFEST_FILE = "manifest.json"  # written last: {file name: bytes} of everything else in the folder
 
@@ -45,10 +51,11 @@ Report = Callable[[dict, "Path | None"], None]
 
 
 def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str],
-                            preview: dict | None) -> None:
+                            preview: dict | None, history: list[dict] | None = None) -> None:
     """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
-    interrupted between saving and delivering them can report them again on resume), preview.npz
-    (Scorer.preview) and, at the end, <name>_per_landmark.txt tables."""
+    interrupted between saving and delivering them can report them again on resume), the metrics
+    of every epoch so far (history.json, this one last), preview.npz (Scorer.preview) and, at the
+    end, <name>_per_landmark.txt tables."""
     if rank != 0:
         report(metrics, None)
         return
@@ -58,6 +65,7 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
 
         torch.save(state, folder / CHECKPOINT_FILE)
         (folder / METRICS_FILE).write_text(json.dumps(metrics))
+        (folder / HISTORY_FILE).write_text(json.dumps(history if history is not None else [metrics]))
         if preview is not None:
             np.savez_compressed(folder / PREVIEW_FILE, **preview)
         for name, table in tables.items():
@@ -66,6 +74,17 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
         report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def saved_history(folder: Path) -> list[dict]:
+    """The metrics of every epoch up to a checkpoint's, in order: its history.json, else (a folder
+    written before history.json existed) its own metrics.json alone, else []."""
+    for name, wrap in ((HISTORY_FILE, False), (METRICS_FILE, True)):
+        path = Path(folder) / name
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return [saved] if wrap else saved
+    return []
 
 
 class IncompleteCheckpoint(RuntimeError):
