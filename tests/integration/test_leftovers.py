@@ -75,6 +75,10 @@ def killed(tmp_path_factory, tiny_phantom):
         registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
         orphans = [name for name in _checkpoints(run_dir) if name not in registered]
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
+        first = re.search(rf"epoch  {trial}  (\d+)/", resumed.stdout)
+        print(f"leftovers: {len(at_kill)} checkpoint folder(s) at the kill, {len(samples[-1][2])} {WATCH_S} s later "
+              f"({len(registered)} registered, {len(orphans)} not); the resume's first epoch line: "
+              f"{first[1] if first else None}")
         uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
         trials, _, n_trial_runs = trial_runs(uri)
         yield {"trial": trial, "sid": p.pid, "at_kill": at_kill, "samples": samples, "resumed": resumed,
