@@ -15,6 +15,8 @@ A folder is complete only when its manifest is there and every file it lists has
 checkpoint whose writer (or whose copy to the study storage, which copies files in any order) was
 killed or ran out of disk is never taken for a complete one. `check_complete(folder)` raises
 `IncompleteCheckpoint` naming the file that is short or missing; `fit(resume_from=...)` calls it.
+A folder written before manifests existed (no manifest.json, no history.json) counts as complete
+when its checkpoint.pt loads with `torch.load(weights_only=True)` and its metrics.json reads.
 
 Plain files, no torch needed to read metrics.json or preview.npz (dashboards/ reads them).
 
@@ -106,8 +108,11 @@ def check_complete(folder: Path) -> None:
     try:
         sizes = json.loads((folder / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
-                                   f"(the process was killed or the disk was full)") from None
+        problem = _unmanifested_problem(folder)
+        if problem:
+            raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
+                                       f"(the process was killed or the disk was full): {problem}") from None
+        return
     except ValueError as e:
         raise IncompleteCheckpoint(f"{folder}/{MANIFEST_FILE}: unreadable ({e})") from None
     for name, size in sizes.items():
@@ -116,6 +121,28 @@ def check_complete(folder: Path) -> None:
         if have != size:
             raise IncompleteCheckpoint(f"{path}: {'missing' if have is None else f'{have} bytes'}, the manifest "
                                        f"says {size}; the checkpoint was not completely written or copied")
+
+
+def _unmanifested_problem(folder: Path) -> str:
+    """'' if a folder without a manifest is a whole checkpoint written before manifests existed: no
+    history.json (which came with them: with it, the manifest is what is missing), metrics.json
+    (if any) reads, and checkpoint.pt loads (torch.load, weights_only); else what is wrong."""
+    if (folder / HISTORY_FILE).exists():
+        return f"{HISTORY_FILE} is there, so {MANIFEST_FILE} was due"
+    if (folder / METRICS_FILE).exists():
+        try:
+            json.loads((folder / METRICS_FILE).read_text())
+        except ValueError as e:
+            return f"{METRICS_FILE} is cut short ({e})"
+    if not (folder / CHECKPOINT_FILE).is_file():
+        return f"no {CHECKPOINT_FILE}"
+    try:
+        import torch  # only a folder from before the manifests costs a load
+
+        torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not a whole checkpoint
+        return f"{CHECKPOINT_FILE} does not load ({type(e).__name__}: {str(e)[:200]})"
+    return ""
 
 
 def is_complete(folder: Path) -> bool:

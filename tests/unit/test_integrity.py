@@ -14,7 +14,7 @@ import pytest
 from study.integrity import COPY, SpaceGuard, check_tune_state, disk_full, state_problem
 from study.spec import StudyError, load_spec
 from study.storage import StudyStorage
-from trainables.checkpoint import (CHECKPOINT_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
+from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
                                    check_complete, is_complete, report_with_checkpoint)
 from trainables.config import TrialConfig
 from trainables.trainer import fit
@@ -33,7 +33,7 @@ def _written(tmp_path, recorder):
 def test_a_written_checkpoint_lists_every_file_with_its_size(tmp_path, recorder):
     folder = _written(tmp_path, recorder)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    assert sorted(manifest) == [CHECKPOINT_FILE, METRICS_FILE]
+    assert sorted(manifest) == [CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE]
     assert manifest[CHECKPOINT_FILE] == (folder / CHECKPOINT_FILE).stat().st_size > 0
     assert not list(folder.glob(".*.tmp"))
     check_complete(folder)
@@ -51,6 +51,25 @@ def test_a_truncated_or_unfinished_checkpoint_is_never_complete(tmp_path, record
     with pytest.raises(IncompleteCheckpoint, match="no manifest.json"):
         check_complete(folder)
     assert not is_complete(folder)
+    (folder / HISTORY_FILE).unlink()  # looks like a folder from before the manifests: checkpoint.pt decides
+    with pytest.raises(IncompleteCheckpoint, match="checkpoint.pt does not load"):
+        check_complete(folder)
+
+
+def test_a_whole_checkpoint_from_before_the_manifests_is_complete(tmp_path, recorder):
+    folder = _written(tmp_path, recorder)
+    (folder / MANIFEST_FILE).unlink()
+    (folder / HISTORY_FILE).unlink()  # what report_with_checkpoint wrote before manifests existed
+    check_complete(folder)
+    assert is_complete(folder)
+    (folder / METRICS_FILE).write_text('{"epoch": 3, "val/')  # its copy was cut off
+    with pytest.raises(IncompleteCheckpoint, match="metrics.json is cut short"):
+        check_complete(folder)
+    (folder / METRICS_FILE).unlink()  # killed between checkpoint.pt (whole) and metrics.json: the weights are whole
+    assert is_complete(folder)
+    (folder / CHECKPOINT_FILE).unlink()
+    with pytest.raises(IncompleteCheckpoint, match="no checkpoint.pt"):
+        check_complete(folder)
 
 
 def test_fit_refuses_an_incomplete_checkpoint_instead_of_starting_over(tiny_config, recorder):
@@ -58,11 +77,15 @@ def test_fit_refuses_an_incomplete_checkpoint_instead_of_starting_over(tiny_conf
     first = recorder("first")
     fit(cfg, first)
     folder = first.checkpoints[-1]
-    (folder / MANIFEST_FILE).unlink()
+    (folder / MANIFEST_FILE).unlink()  # killed after history.json, before the manifest
     resumed = recorder("resumed")
     with pytest.raises(IncompleteCheckpoint, match=str(folder)):
         fit(cfg, resumed, resume_from=folder)
     assert resumed.metrics == []  # not one epoch trained from scratch
+    (folder / HISTORY_FILE).unlink()  # a folder from before the manifests: its checkpoint.pt loads, so it resumes
+    longer = recorder("longer")
+    fit(TrialConfig.from_dict({**tiny_config, "train": {**tiny_config["train"], "epochs": 3}}), longer, resume_from=folder)
+    assert [m["epoch"] for m in longer.metrics] == [3]
 
 
 # --- Tune's state before a resume ----------------------------------------------------------------
