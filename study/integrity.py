@@ -4,6 +4,7 @@
     ...                                    # there is still room to save its state; keeps a copy of it
     if guard.short: raise guard.error()    # StorageFull: one line naming the folder and the free space
     check_tune_state(storage)              # before Tuner.restore: StudyError if the state is unreadable
+    check_train_snapshots(storage)         # and Train's per-run records: a truncated one is moved aside
     disk_full(exc)                         # is this exception a full disk / quota / I/O error?
 
 Why: Tune writes its experiment state in place (no temporary name), in a background sync after
@@ -133,6 +134,27 @@ def check_tune_state(storage: StudyStorage) -> None:
                          f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
 
 
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train's record of a run's checkpoints (rewritten in place)
+BROKEN = ".broken"  # a state file that could not be read is kept under its name + this
+
+
+def check_train_snapshots(storage: StudyStorage) -> None:
+    """Before a resume: Train rewrites each run's checkpoint_manager_snapshot.json in place too, and
+    a write cut off by a full disk leaves it truncated; Train then refuses to start that run again
+    and the trial fails. A snapshot that does not read is moved aside (`.broken`), and the trial
+    continues from the newest complete checkpoint folder of its run (study.trial.fallback_checkpoint),
+    else from epoch 1, under its own id; a `note:` names the file."""
+    if storage.local is None:
+        return
+    for snapshot in sorted((storage.local / "train").glob(f"train_*/{TRAIN_SNAPSHOT}")):
+        problem = state_problem(snapshot)
+        if not problem:
+            continue
+        snapshot.replace(snapshot.with_name(snapshot.name + BROKEN))
+        print(f"note: {snapshot} was {problem} (cut off by a full disk?); kept as {snapshot.name}{BROKEN}: "
+              f"its trial continues from the newest complete checkpoint in {snapshot.parent.name}/", flush=True)
+
+
 class _QuietFullDisk(logging.Filter):
     """Tune's traceback for a state sync that failed on a full disk: the guard stops the study at its
     next look and says so in one line; a truncated state file is what check_tune_state is for."""
@@ -145,6 +167,18 @@ class _QuietFullDisk(logging.Filter):
 
 for _name in ("ray.tune.execution.experiment_state", "ray.tune.tune"):
     logging.getLogger(_name).addFilter(_QuietFullDisk())
+
+
+class _QuietUnhandledFullDisk(logging.Filter):
+    """Ray's `Unhandled error` traceback of a trial that failed on the full disk after the study
+    stopped looking at it: the study's one error line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Unhandled error") and any(m in message.lower() for m in _DISK_MESSAGES))
+
+
+logging.getLogger("ray._private.worker").addFilter(_QuietUnhandledFullDisk())
 
 
 class _QuietStop(logging.Filter):

@@ -33,6 +33,9 @@ RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these w
 # Result key, on the one result that re-reports the checkpoint a run resumed from: that checkpoint's
 # folder name, whose history.json the driver reads to deliver epochs the tracking never got.
 RESUMED_CHECKPOINT = "resumed_checkpoint"
+# train_loop_config key (not a TrialConfig field): a complete checkpoint folder to start from when Train
+# hands back none (its record of the run was truncated by a full disk and moved aside: study.integrity).
+FALLBACK_CHECKPOINT = "_fallback_checkpoint"
 
 
 def cpu_threads(assigned: dict[str, float]) -> int | None:
@@ -58,6 +61,8 @@ def _fit_in_worker(config: dict) -> None:
     # brings the models and torchvision (seconds per process, on every trial's critical path).
     from trainables.trainer import fit
 
+    config = dict(config)
+    fallback = config.pop(FALLBACK_CHECKPOINT, None)
     cfg = TrialConfig.from_dict(config)
     threads = cpu_threads(ray.get_runtime_context().get_assigned_resources())
     if threads is not None:
@@ -72,6 +77,8 @@ def _fit_in_worker(config: dict) -> None:
 
     device = ray.train.torch.get_device()
     checkpoint = _complete_or_older(ray.train.get_checkpoint())
+    if checkpoint is None and fallback:  # Train's record of the run was lost (study.trial.fallback_checkpoint)
+        checkpoint = ray.train.Checkpoint(fallback)
     if checkpoint is None:
         fit(cfg, report, device=device)
     else:

@@ -11,7 +11,10 @@ import textwrap
 
 import pytest
 
-from study.integrity import COPY, SpaceGuard, check_tune_state, disk_full, state_problem
+from study.integrity import (COPY, TRAIN_SNAPSHOT, SpaceGuard, check_train_snapshots, check_tune_state, disk_full,
+                             state_problem)
+from study.leftovers import remove_orphan_checkpoints
+from study.trial import fallback_checkpoint, train_run_name
 from study.spec import StudyError, load_spec
 from study.storage import StudyStorage
 from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
@@ -127,6 +130,32 @@ def test_the_kept_copy_stands_in_for_a_truncated_state(tmp_path, capsys):
     check_tune_state(storage)
     assert broken.read_text() == STATE
     assert f"note: {broken} was truncated or corrupt (0 bytes" in capsys.readouterr().out
+
+
+def test_a_truncated_train_record_is_moved_aside_and_its_trial_continues_from_its_newest_complete_checkpoint(
+        tmp_path, recorder, capsys):
+    # Seen on a tmpfs filled at once: Train's checkpoint_manager_snapshot.json cut off at 4096 bytes.
+    storage = _storage(tmp_path)
+    run = storage.local / "train" / train_run_name("t1")
+    run.mkdir(parents=True)
+    snapshot = run / TRAIN_SNAPSHOT
+    snapshot.write_text('{"ray_version": "2.60.0", "checkpoint_results": [{"version": 0, "checkpoint_dir_')
+    for epoch in (1, 2, 3):
+        rec = recorder(f"e{epoch}")
+        report_with_checkpoint(rec, {"epoch": epoch}, rank=0, state={"w": [epoch]}, tables={}, preview=None)
+        rec.checkpoints[0].rename(run / f"checkpoint_2026-11-27_22-47-3{epoch}.000000")
+    (run / "checkpoint_2026-11-27_22-47-33.000000" / MANIFEST_FILE).unlink()  # epoch 3: its writing was cut off
+    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) is None  # Train's record decides
+
+    check_train_snapshots(storage)
+    assert not snapshot.exists() and (run / f"{TRAIN_SNAPSHOT}.broken").exists()
+    assert f"note: {snapshot} was truncated or corrupt" in capsys.readouterr().out
+    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) == \
+        str(run / "checkpoint_2026-11-27_22-47-32.000000")
+    # a later start leaves those folders alone (no snapshot, but the one moved aside)
+    assert remove_orphan_checkpoints(storage) == []
+    check_train_snapshots(storage)  # nothing more to say
+    assert capsys.readouterr().out == ""
 
 
 def test_a_truncated_searcher_pickle_is_refused(tmp_path):
