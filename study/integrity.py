@@ -36,7 +36,9 @@ MIN_FREE_MB = 64  # below this (or 3 newest checkpoints' worth) the study stops;
 COPY = ".state-copy"  # in tune/: the last readable experiment state, searcher and callback states
 COPY_EVERY_S = 10.0  # at most this often (a 100-trial state is a few MB)
 LOOK_EVERY_S = 2.0  # free space is also looked at this often between results
-STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")  # what a restore reads
+# What a restore reads. search_gen_state-*.json is a pickle despite its name (Tune's SearchGenerator);
+# a truncated one made Tune's restore fail and start the study over.
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 _DISK_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded", "disk i/o error")
 
@@ -90,7 +92,7 @@ def state_problem(path: Path) -> str:
         data = path.read_bytes()
     except OSError as e:
         return f"unreadable ({e})"
-    if path.suffix == ".json":
+    if path.suffix == ".json" and not data.startswith(b"\x80"):  # a pickle starts with its PROTO opcode
         try:
             json.loads(data)
         except ValueError as e:
@@ -241,7 +243,8 @@ class SpaceGuard(Callback):
                 if newest is None:
                     continue
                 # a pickle is only checked for its end mark here: unpickling a searcher each time costs
-                whole = not state_problem(newest) if newest.suffix == ".json" else newest.read_bytes().endswith(b".")
+                data = newest.read_bytes()
+                whole = data.endswith(b".") if data.startswith(b"\x80") else not state_problem(newest)
                 if not whole:
                     continue  # being written right now (or broken): keep the older copy
                 tmp = tune_dir / COPY / f".{newest.name}.tmp"

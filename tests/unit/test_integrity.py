@@ -308,3 +308,19 @@ def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
     removed = remove_orphan_checkpoints(storage)
     assert sorted(removed) == sorted([run / names[2], run / names[3], never])
     assert sorted(p.name for p in run.iterdir()) == [*names[:2], "checkpoint_manager_snapshot.json"]
+
+
+def test_tunes_search_generator_state_is_a_pickle_named_json_and_is_checked(tmp_path):
+    import pickle
+
+    storage = _storage(tmp_path)
+    tune = storage.local / "tune"
+    (tune / "experiment_state-2026-11-27_11-00-00.json").write_text(STATE)
+    gen = tune / "search_gen_state-2026-11-27_11-00-00.json"
+    data = pickle.dumps({"counter": 2, "total_samples": 2, "pad": list(range(300))})
+    gen.write_bytes(data)
+    assert state_problem(gen) == ""
+    check_tune_state(storage)
+    gen.write_bytes(data[: len(data) // 2])  # a restore would fail on it and Tune would start over
+    with pytest.raises(StudyError, match=f"Tune's state {gen} is truncated"):
+        check_tune_state(storage)
