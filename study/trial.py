@@ -23,7 +23,7 @@ from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 
-from study.integrity import disk_full
+from study.integrity import BROKEN, TRAIN_SNAPSHOT, disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
@@ -150,7 +150,7 @@ def fallback_checkpoint(train_storage: str, run_name: str) -> str | None:
     if "://" in train_storage:
         return None
     run = Path(train_storage) / run_name
-    if (run / "checkpoint_manager_snapshot.json").exists() or not (run / "checkpoint_manager_snapshot.json.broken").exists():
+    if (run / TRAIN_SNAPSHOT).exists() or not (run / f"{TRAIN_SNAPSHOT}{BROKEN}").exists():
         return None  # Train's own record decides
     found = []
     for folder in run.glob("checkpoint_*"):
