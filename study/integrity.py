@@ -4,6 +4,7 @@
     ...                                    # there is still room to save its state; keeps a copy of it
     if guard.short: raise guard.error()    # StorageFull: one line naming the folder and the free space
     check_tune_state(storage)              # before Tuner.restore: StudyError if the state is unreadable
+    check_train_snapshots(storage)         # and Train's per-run records: a truncated one is moved aside
     disk_full(exc)                         # is this exception a full disk / quota / I/O error?
 
 Why: Tune writes its experiment state in place (no temporary name), in a background sync after
@@ -35,7 +36,9 @@ MIN_FREE_MB = 64  # below this (or 3 newest checkpoints' worth) the study stops;
 COPY = ".state-copy"  # in tune/: the last readable experiment state, searcher and callback states
 COPY_EVERY_S = 10.0  # at most this often (a 100-trial state is a few MB)
 LOOK_EVERY_S = 2.0  # free space is also looked at this often between results
-STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")  # what a restore reads
+# What a restore reads. search_gen_state-*.json is a pickle despite its name (Tune's SearchGenerator);
+# a truncated one made Tune's restore fail and start the study over.
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "callback-states-*.pkl")
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 _DISK_MESSAGES = ("database or disk is full", "no space left on device", "disk quota exceeded", "disk i/o error")
 
@@ -89,7 +92,7 @@ def state_problem(path: Path) -> str:
         data = path.read_bytes()
     except OSError as e:
         return f"unreadable ({e})"
-    if path.suffix == ".json":
+    if path.suffix == ".json" and not data.startswith(b"\x80"):  # a pickle starts with its PROTO opcode
         try:
             json.loads(data)
         except ValueError as e:
@@ -133,6 +136,27 @@ def check_tune_state(storage: StudyStorage) -> None:
                          f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
 
 
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train's record of a run's checkpoints (rewritten in place)
+BROKEN = ".broken"  # a state file that could not be read is kept under its name + this
+
+
+def check_train_snapshots(storage: StudyStorage) -> None:
+    """Before a resume: Train rewrites each run's checkpoint_manager_snapshot.json in place too, and
+    a write cut off by a full disk leaves it truncated; Train then refuses to start that run again
+    and the trial fails. A snapshot that does not read is moved aside (`.broken`), and the trial
+    continues from the newest complete checkpoint folder of its run (study.trial.fallback_checkpoint),
+    else from epoch 1, under its own id; a `note:` names the file."""
+    if storage.local is None:
+        return
+    for snapshot in sorted((storage.local / "train").glob(f"train_*/{TRAIN_SNAPSHOT}")):
+        problem = state_problem(snapshot)
+        if not problem:
+            continue
+        snapshot.replace(snapshot.with_name(snapshot.name + BROKEN))
+        print(f"note: {snapshot} was {problem} (cut off by a full disk?); kept as {snapshot.name}{BROKEN}: "
+              f"its trial continues from the newest complete checkpoint in {snapshot.parent.name}/", flush=True)
+
+
 class _QuietFullDisk(logging.Filter):
     """Tune's traceback for a state sync that failed on a full disk: the guard stops the study at its
     next look and says so in one line; a truncated state file is what check_tune_state is for."""
@@ -145,6 +169,18 @@ class _QuietFullDisk(logging.Filter):
 
 for _name in ("ray.tune.execution.experiment_state", "ray.tune.tune"):
     logging.getLogger(_name).addFilter(_QuietFullDisk())
+
+
+class _QuietUnhandledFullDisk(logging.Filter):
+    """Ray's `Unhandled error` traceback of a trial that failed on the full disk after the study
+    stopped looking at it: the study's one error line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Unhandled error") and any(m in message.lower() for m in _DISK_MESSAGES))
+
+
+logging.getLogger("ray._private.worker").addFilter(_QuietUnhandledFullDisk())
 
 
 class _QuietStop(logging.Filter):
@@ -207,7 +243,8 @@ class SpaceGuard(Callback):
                 if newest is None:
                     continue
                 # a pickle is only checked for its end mark here: unpickling a searcher each time costs
-                whole = not state_problem(newest) if newest.suffix == ".json" else newest.read_bytes().endswith(b".")
+                data = newest.read_bytes()
+                whole = data.endswith(b".") if data.startswith(b"\x80") else not state_problem(newest)
                 if not whole:
                     continue  # being written right now (or broken): keep the older copy
                 tmp = tune_dir / COPY / f".{newest.name}.tmp"

@@ -152,6 +152,8 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[Path]:
         if not folders:
             continue
         snapshot = run / "checkpoint_manager_snapshot.json"
+        if not snapshot.exists() and snapshot.with_name(snapshot.name + ".broken").exists():
+            continue  # moved aside by study.integrity: its folders are what the trial continues from
         try:
             registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
         except (OSError, ValueError):

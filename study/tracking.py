@@ -36,7 +36,7 @@ from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_
                           Status, error_outcome, tag_filter)
 from study.integrity import disk_full
 from study.spec import Spec
-from study.trial import RESTARTS, completed_outcome, train_run_name
+from study.trial import RESTARTS, RESUMED_CHECKPOINT, checkpoint_history, completed_outcome, train_run_name
 from trainables.config import flatten
 
 # Recorded on the study run (environment.json, and version.* tags for the first few).
@@ -174,6 +174,7 @@ class MlflowTracking(Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged_epochs: dict[str, set[int]] = {}
+        self._last_ms: dict[str, int] = {}  # trial id -> the timestamp of its last logged epoch
         self.outcomes: dict[str, Status] = {}  # trial id -> one of FINAL, once the trial has ended
         self._placed: set[str] = set()  # trials whose node is tagged
         self._restarts: dict[str, tuple[int, int]] = {}  # trial id -> (restarts before this session, seen now)
@@ -274,10 +275,26 @@ class MlflowTracking(Callback):
         self._enqueue({"op": "start", "tid": trial.trial_id, "config": trial.config})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        keep = {k: v for k, v in result.items() if ("/" in k or k in ("epoch", RESTARTS, "worker_node_id",
-                                                                          "worker_node_ip"))
-                and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-        self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config, "result": keep})
+        if RESUMED_CHECKPOINT in result:  # a resumed run: first the epochs before its checkpoint's that MLflow lacks
+            for earlier in self._unlogged(trial.trial_id, result[RESUMED_CHECKPOINT], result.get("epoch")):
+                self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config,
+                               "result": _loggable(earlier)})
+        self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config, "result": _loggable(result)})
+
+    def _unlogged(self, tid: str, checkpoint: str, epoch) -> list[dict]:
+        """The epochs before `epoch` in the checkpoint's history.json that are not known to be in MLflow,
+        oldest first. After a driver SIGKILL, Train can go on for a moment and save a checkpoint whose
+        epochs never reached the dead driver, and the resume continues after it: those epochs are
+        delivered from the history (each epoch is still logged once: _log_result skips logged ones)."""
+        try:
+            history = checkpoint_history(self.train_storage, tid, checkpoint)
+        except Exception as e:  # noqa: BLE001 - unreadable storage: the study goes on, but say what may be missing
+            print(f"warning: trial {tid}: the history of {checkpoint} was not read ({e!r}); epochs before "
+                  f"{epoch} that MLflow lacks stay missing", flush=True)
+            return []
+        logged = self._logged_epochs.get(tid, set())
+        return sorted((m for m in history if isinstance(m.get("epoch"), int) and isinstance(epoch, int)
+                       and m["epoch"] < epoch and m["epoch"] not in logged), key=lambda m: m["epoch"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Tune retries a trial whose process was lost: one more restart; its new controller counts from 0.
@@ -366,7 +383,9 @@ class MlflowTracking(Callback):
             if tags:  # a resumed trial re-reports its checkpoint's epoch: log each (trial, epoch) once
                 self.client.log_batch(run_id, tags=tags)
             return
-        now = int(time.time() * 1000)
+        # Strictly increasing per trial, so that replayed epochs (logged within one millisecond) keep their order.
+        now = max(int(time.time() * 1000), self._last_ms.get(tid, 0) + 1)
+        self._last_ms[tid] = now
         metrics = [
             Metric(k, float(v), now, int(epoch))
             for k, v in result.items()
@@ -414,6 +433,12 @@ class MlflowTracking(Callback):
             print(f"warning: the Pareto comparison was not updated: {e!r}; "
                   f"`python -m dashboards.pareto {self.study_name} --write` redoes it", flush=True)
             return None
+
+
+def _loggable(result: dict) -> dict:
+    """What an outbox event keeps of a Tune result: the metrics, the epoch, the restarts and the node."""
+    return {k: v for k, v in result.items() if ("/" in k or k in ("epoch", RESTARTS, "worker_node_id", "worker_node_ip"))
+            and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
 def _read_outbox(path: Path | None) -> list[dict]:

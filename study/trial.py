@@ -23,11 +23,13 @@ from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 
-from study.integrity import disk_full
+from study.integrity import BROKEN, TRAIN_SNAPSHOT, disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
-from trainables.ray_adapter import DIVERGED, RESUMED_FROM, train_loop_per_worker  # noqa: F401 (RESUMED_FROM re-exported)
+from trainables.checkpoint import HISTORY_FILE, METRICS_FILE, is_complete
+from trainables.ray_adapter import (DIVERGED, FALLBACK_CHECKPOINT, RESUMED_CHECKPOINT,  # noqa: F401 (re-exported)
+                                    RESUMED_FROM, train_loop_per_worker)
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
@@ -91,9 +93,13 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     trial_id = tune.get_context().get_trial_id()
     outcome = _Outcome(payload.train_storage, train_run_name(trial_id))
     outcome.raise_if_final()
+    loop_config = payload.base.with_values(trainer_values(config)).to_dict()  # no config.id/.repeat
+    fallback = fallback_checkpoint(payload.train_storage, train_run_name(trial_id))
+    if fallback:
+        loop_config[FALLBACK_CHECKPOINT] = fallback
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=payload.base.with_values(trainer_values(config)).to_dict(),  # no config.id/.repeat
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=payload.workers, use_gpu=payload.use_gpu,
                                      resources_per_worker=payload.per_worker),
         run_config=RunConfig(
@@ -133,12 +139,45 @@ class TrialFailed(RuntimeError):
     """The trial's workers failed more often than resources.max_failures allows (on a retry by Tune)."""
 
 
+def _storage_fs(train_storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def fallback_checkpoint(train_storage: str, run_name: str) -> str | None:
+    """The newest complete checkpoint folder of a Train run whose record (checkpoint_manager_snapshot.json)
+    was moved aside as unreadable (study.integrity.check_train_snapshots), else None. Local/NFS only."""
+    if "://" in train_storage:
+        return None
+    run = Path(train_storage) / run_name
+    if (run / TRAIN_SNAPSHOT).exists() or not (run / f"{TRAIN_SNAPSHOT}{BROKEN}").exists():
+        return None  # Train's own record decides
+    found = []
+    for folder in run.glob("checkpoint_*"):
+        if folder.is_dir() and is_complete(folder):
+            try:
+                found.append((json.loads((folder / METRICS_FILE).read_text()).get("epoch", 0), folder.name, folder))
+            except (OSError, ValueError):
+                continue
+    return str(max(found)[2].resolve()) if found else None
+
+
+def checkpoint_history(train_storage: str, trial_id: str, checkpoint: str) -> list[dict]:
+    """The metrics of every epoch up to checkpoint `checkpoint` (a folder name) of the trial's Train
+    run, in order (its history.json); [] for a checkpoint written before history.json existed."""
+    fs, root = _storage_fs(train_storage)
+    try:
+        with fs.open_input_stream(f"{root}/{train_run_name(trial_id)}/{checkpoint}/{HISTORY_FILE}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return []
+
+
 class _Outcome:
     """`outcome.json` beside a Train run: a final outcome that a retry of the trial must not redo."""
 
     def __init__(self, train_storage: str, run_name: str):
-        uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
-        self.fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        self.fs, root = _storage_fs(train_storage)
         self.folder = f"{root}/{run_name}"
         self.path = f"{self.folder}/outcome.json"
 

@@ -43,7 +43,8 @@ from dashboards.publish import check_reachable, front_text  # noqa: E402
 from study import tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
 from study.leftovers import forget_ray_session, record_ray_session, remove_orphan_checkpoints, stop_leftover_ray  # noqa: E402
-from study.integrity import SpaceGuard, StorageFull, check_tune_state, disk_full, storage_full_message  # noqa: E402
+from study.integrity import (SpaceGuard, StorageFull, check_train_snapshots, check_tune_state, disk_full,  # noqa: E402
+                             storage_full_message)
 from study.progress import Progress  # noqa: E402
 from study.repeats import RepeatASHA, RepeatSearch  # noqa: E402
 from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  # noqa: E402
@@ -143,6 +144,7 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     if resume:
         check_unchanged(spec, storage, force)
         check_tune_state(storage)  # Tune would start over silently from a truncated state file
+        check_train_snapshots(storage)  # and Train would fail a trial whose checkpoint record is truncated
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 

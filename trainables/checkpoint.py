@@ -2,14 +2,21 @@
 
     <checkpoint>/checkpoint.pt          model, optimizer, σ schedule, RNG, epoch, … (torch.save)
     <checkpoint>/metrics.json           the epoch's reported metrics
+    <checkpoint>/history.json           every epoch's reported metrics up to this one, in order
     <checkpoint>/preview.npz            the arrays behind the trial's pictures (Scorer.preview)
     <checkpoint>/<name>_per_landmark.txt  the final test's per-landmark table (last epoch only)
     <checkpoint>/manifest.json          written last: every other file's name and size in bytes
+
+history.json lets a resume deliver epochs that were reported but never reached the tracking
+(a driver killed while Train went on for a moment and saved this checkpoint): study.tracking
+replays the epochs its run lacks. Folders written before it existed resume without that replay.
 
 A folder is complete only when its manifest is there and every file it lists has that size: a
 checkpoint whose writer (or whose copy to the study storage, which copies files in any order) was
 killed or ran out of disk is never taken for a complete one. `check_complete(folder)` raises
 `IncompleteCheckpoint` naming the file that is short or missing; `fit(resume_from=...)` calls it.
+A folder written before manifests existed (no manifest.json, no history.json) counts as complete
+when its checkpoint.pt loads with `torch.load(weights_only=True)` and its metrics.json reads.
 
 Plain files, no torch needed to read metrics.json or preview.npz (dashboards/ reads them).
 
@@ -38,6 +45,7 @@ import numpy as np
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
+HISTORY_FILE = "history.json"  # [metrics of epoch 1, …, of this epoch]: what a resume can replay
 PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
 MANIFEST_FILE = "manifest.json"  # written last: {file name: bytes} of everything else in the folder
 
@@ -45,10 +53,11 @@ Report = Callable[[dict, "Path | None"], None]
 
 
 def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str],
-                            preview: dict | None) -> None:
+                            preview: dict | None, history: list[dict] | None = None) -> None:
     """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
-    interrupted between saving and delivering them can report them again on resume), preview.npz
-    (Scorer.preview) and, at the end, <name>_per_landmark.txt tables."""
+    interrupted between saving and delivering them can report them again on resume), the metrics
+    of every epoch so far (history.json, this one last), preview.npz (Scorer.preview) and, at the
+    end, <name>_per_landmark.txt tables."""
     if rank != 0:
         report(metrics, None)
         return
@@ -58,6 +67,7 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
 
         torch.save(state, folder / CHECKPOINT_FILE)
         (folder / METRICS_FILE).write_text(json.dumps(metrics))
+        (folder / HISTORY_FILE).write_text(json.dumps(history if history is not None else [metrics]))
         if preview is not None:
             np.savez_compressed(folder / PREVIEW_FILE, **preview)
         for name, table in tables.items():
@@ -66,6 +76,17 @@ def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict
         report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def saved_history(folder: Path) -> list[dict]:
+    """The metrics of every epoch up to a checkpoint's, in order: its history.json, else (a folder
+    written before history.json existed) its own metrics.json alone, else []."""
+    for name, wrap in ((HISTORY_FILE, False), (METRICS_FILE, True)):
+        path = Path(folder) / name
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return [saved] if wrap else saved
+    return []
 
 
 class IncompleteCheckpoint(RuntimeError):
@@ -87,8 +108,11 @@ def check_complete(folder: Path) -> None:
     try:
         sizes = json.loads((folder / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
-                                   f"(the process was killed or the disk was full)") from None
+        problem = _unmanifested_problem(folder)
+        if problem:
+            raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
+                                       f"(the process was killed or the disk was full): {problem}") from None
+        return
     except ValueError as e:
         raise IncompleteCheckpoint(f"{folder}/{MANIFEST_FILE}: unreadable ({e})") from None
     for name, size in sizes.items():
@@ -97,6 +121,28 @@ def check_complete(folder: Path) -> None:
         if have != size:
             raise IncompleteCheckpoint(f"{path}: {'missing' if have is None else f'{have} bytes'}, the manifest "
                                        f"says {size}; the checkpoint was not completely written or copied")
+
+
+def _unmanifested_problem(folder: Path) -> str:
+    """'' if a folder without a manifest is a whole checkpoint written before manifests existed: no
+    history.json (which came with them: with it, the manifest is what is missing), metrics.json
+    (if any) reads, and checkpoint.pt loads (torch.load, weights_only); else what is wrong."""
+    if (folder / HISTORY_FILE).exists():
+        return f"{HISTORY_FILE} is there, so {MANIFEST_FILE} was due"
+    if (folder / METRICS_FILE).exists():
+        try:
+            json.loads((folder / METRICS_FILE).read_text())
+        except ValueError as e:
+            return f"{METRICS_FILE} is cut short ({e})"
+    if not (folder / CHECKPOINT_FILE).is_file():
+        return f"no {CHECKPOINT_FILE}"
+    try:
+        import torch  # only a folder from before the manifests costs a load
+
+        torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not a whole checkpoint
+        return f"{CHECKPOINT_FILE} does not load ({type(e).__name__}: {str(e)[:200]})"
+    return ""
 
 
 def is_complete(folder: Path) -> bool:

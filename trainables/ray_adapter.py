@@ -30,6 +30,12 @@ from trainables.config import Diverged, TrialConfig
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
 RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
+# Result key, on the one result that re-reports the checkpoint a run resumed from: that checkpoint's
+# folder name, whose history.json the driver reads to deliver epochs the tracking never got.
+RESUMED_CHECKPOINT = "resumed_checkpoint"
+# train_loop_config key (not a TrialConfig field): a complete checkpoint folder to start from when Train
+# hands back none (its record of the run was truncated by a full disk and moved aside: study.integrity).
+FALLBACK_CHECKPOINT = "_fallback_checkpoint"
 
 
 def cpu_threads(assigned: dict[str, float]) -> int | None:
@@ -55,6 +61,8 @@ def _fit_in_worker(config: dict) -> None:
     # brings the models and torchvision (seconds per process, on every trial's critical path).
     from trainables.trainer import fit
 
+    config = dict(config)
+    fallback = config.pop(FALLBACK_CHECKPOINT, None)
     cfg = TrialConfig.from_dict(config)
     threads = cpu_threads(ray.get_runtime_context().get_assigned_resources())
     if threads is not None:
@@ -69,17 +77,21 @@ def _fit_in_worker(config: dict) -> None:
 
     device = ray.train.torch.get_device()
     checkpoint = _complete_or_older(ray.train.get_checkpoint())
+    if checkpoint is None and fallback:  # Train's record of the run was lost (study.trial.fallback_checkpoint)
+        checkpoint = ray.train.Checkpoint(fallback)
     if checkpoint is None:
         fit(cfg, report, device=device)
     else:
         with checkpoint.as_directory() as folder:
             # Ctrl-C can land after an epoch's checkpoint was saved but before its metrics reached
-            # Tune: report them again (the tracking logs each epoch once), then continue.
+            # Tune, and a killed driver's Train run can go on for a moment and save checkpoints whose
+            # epochs never reached it: report the checkpoint's epoch again and name the checkpoint, whose
+            # history.json the driver replays (the tracking logs each epoch once), then continue.
             saved = Path(folder) / METRICS_FILE
             metrics = json.loads(saved.read_text()) if saved.exists() else {}
             node[RESUMED_FROM] = metrics.get("epoch", 0)  # what a restart's progress line names
             if metrics and ray.train.get_context().get_world_rank() == 0:
-                ray.train.report({**metrics, **node})
+                ray.train.report({**metrics, **node, RESUMED_CHECKPOINT: Path(checkpoint.path).name})
             fit(cfg, report, resume_from=Path(folder), device=device)
 
 

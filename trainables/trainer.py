@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
 from trainables.checkpoint import (CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, CheckpointPolicy,  # noqa: F401 (re-exported)
-                                   Report, check_complete, report_with_checkpoint)
+                                   Report, check_complete, report_with_checkpoint, saved_history)
 from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
 from trainables.cost import cost_figures
 from trainables.data.augment import augment, is_active
@@ -100,6 +100,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
     scorer = Scorer(cfg, spec, flip_index, device)
 
     start_epoch = 0
+    history: list[dict] = []  # every epoch's metrics, saved with each checkpoint (history.json)
     if resume_from is not None:
         check_complete(resume_from)  # a half-written checkpoint is an error, never a silent fresh start
         # Load to CPU: the RNG state must stay a CPU ByteTensor; load_state_dict moves the rest.
@@ -112,6 +113,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
         policy.load_state_dict(state.get("checkpoint", {}))
         torch.set_rng_state(state["rng"])
         start_epoch = state["epoch"]
+        history = [m for m in saved_history(resume_from) if m.get("epoch", 0) <= start_epoch]
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # Steps and scoring run the compiled module; checkpoints save the plain one (no `_orig_mod.` keys).
@@ -174,13 +176,14 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             test, test_errors = scorer(run_model, test_ds, sigma, objective, "test")
             tables[f"test_{cfg.eval.split}"] = format_table(per_landmark_table(test_errors, spec.unit))
             metrics.update(test)
+        history.append(metrics)
         if not policy.due(epoch + 1, metrics):
             report(metrics, None)
             continue
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
         preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, objective, sigma) if rank == 0 else None
         report_with_checkpoint(report, metrics, rank, checkpoint_state(_unwrap(model), optimizer, scaler, schedule,
-                                                                       policy, epoch + 1), tables, preview)
+                                                                       policy, epoch + 1), tables, preview, history)
     return metrics
 
 

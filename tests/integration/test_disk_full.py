@@ -7,7 +7,9 @@ filler file leaves 12 MiB free (case `guard`: the study stops itself at its next
 nothing (case `abrupt`: the next writes fail). Either way the study ends with one `error:` line
 naming the folder and the free space, exit 2, no traceback. The filler is removed and `--resume` finishes
 the study: the first trial is not run again, the second continues under its own id, and MLflow
-holds one run per trial with each epoch exactly once.
+holds one run per trial with each epoch exactly once. In the abrupt case Train's record of the
+second trial (checkpoint_manager_snapshot.json) was seen cut off at 4096 bytes: the resume moves it
+aside and the trial continues from its newest complete checkpoint folder.
 """
 
 from __future__ import annotations
@@ -57,12 +59,15 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-ABRUPT_GAP = ("seen 19:55 UTC: the copy replaced a truncated experiment_state, yet Tune restarted the study "
-              "(the finished configuration ran again under a new id) and stderr held a Train ControllerError "
-              "traceback; not fixed yet")
+ABRUPT_UNRUN = ("seen 22:50 UTC (before the fix): the resume restored Tune's state from the copy, but Train's "
+                "checkpoint_manager_snapshot.json of the stopped trial was cut off at 4096 bytes and the trial failed "
+                "on every retry, and stderr held Ray's 'Unhandled error' traceback; both are handled since "
+                "(integrity.check_train_snapshots, the log filter), but this case has not been run since: the shared "
+                "lock was held until the time box ended. Remove this mark once it passes")
 
 
-@pytest.fixture(scope="module", params=["guard", pytest.param("abrupt", marks=pytest.mark.xfail(reason=ABRUPT_GAP))])
+@pytest.fixture(scope="module", params=["guard", pytest.param("abrupt", marks=pytest.mark.xfail(reason=ABRUPT_UNRUN,
+                                                                                                strict=False))])
 def full(request, tmp_path_factory, tiny_phantom):
     """guard: 12 MiB left, under the 16 MiB the study keeps free (it stops itself); abrupt: nothing
     left (writes fail: Train's checkpoint upload, the outbox, the SQLite store)."""
@@ -99,6 +104,8 @@ def full(request, tmp_path_factory, tiny_phantom):
         for f in disk.glob("filler*.bin"):
             f.unlink()  # space is back
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
+        (tmp / "resumed.out").write_text(resumed.stdout)
+        (tmp / "resumed.err").write_text(resumed.stderr)
         uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
         trials, parents, n_trial_runs = trial_runs(uri)
         yield {"disk": disk, "first": first, "resumed": resumed, "trials": trials, "parents": parents,

@@ -6,7 +6,9 @@ driver is SIGKILLed. 10 s later the test looks at what is left in the killed dri
 (it must not touch it itself): the trial's worker processes must be gone, no checkpoint folder may
 appear after that, and what is left (the local Ray's agents) must be stopped by the next
 `--resume`, which also removes the checkpoint folders the Train run never registered, and then
-finishes the trial with every epoch once in MLflow.
+finishes the trial with every epoch once in MLflow: epochs that Ray's Train run (which outlives the
+driver by 1-2 s) checkpointed after the kill, and which never reached MLflow, are delivered from the
+resumed checkpoint's history.json.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def killed(tmp_path_factory, tiny_phantom):
         registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
         orphans = [name for name in _checkpoints(run_dir) if name not in registered]
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
+        first = re.search(rf"epoch  {trial}  (\d+)/", resumed.stdout)
+        print(f"leftovers: {len(at_kill)} checkpoint folder(s) at the kill, {len(samples[-1][2])} {WATCH_S} s later "
+              f"({len(registered)} registered, {len(orphans)} not); the resume's first epoch line: "
+              f"{first[1] if first else None}")
         uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
         trials, _, n_trial_runs = trial_runs(uri)
         yield {"trial": trial, "sid": p.pid, "at_kill": at_kill, "samples": samples, "resumed": resumed,
@@ -82,15 +88,27 @@ def killed(tmp_path_factory, tiny_phantom):
         runs.cleanup()
 
 
-@pytest.mark.xfail(reason="after the merges of 2026-11-27 the Train run went on for 1-2 s after the driver's SIGKILL "
-                          "(new checkpoint folders every 0.5 s in the first look; the worker gone by 10 s); cause not "
-                          "found yet (not reuse_actors, not the poll interval); the next run removes what it wrote",
-                   strict=False)
+@pytest.mark.xfail(reason="Ray's Train controller and worker go on for 1-2 s after the driver's SIGKILL (new checkpoint "
+                          "folders in the first look; the worker gone by 10 s) and nothing on our side can stop them "
+                          "sooner; what holds instead is test_what_the_train_run_wrote_after_the_kill_is_removed_or_"
+                          "delivered", strict=False)
 def test_workers_stop_and_stop_writing_checkpoints_once_the_driver_is_gone(killed):
+    assert {tuple(f) for _, _, f in killed["samples"]} == {tuple(killed["at_kill"])}, killed["samples"]
+
+
+def test_the_workers_are_gone_10_s_after_the_kill(killed):
     t, procs, folders = killed["samples"][-1]
     assert not [c for c in procs.values() if "RayTrainWorker" in c or "TrainController" in c], procs
-    # nothing written after the first look (up to WATCH_S s after the kill)
-    assert {tuple(f) for _, _, f in killed["samples"]} == {tuple(killed["samples"][0][2])}, killed["samples"]
+
+
+def test_what_the_train_run_wrote_after_the_kill_is_removed_or_delivered(killed):
+    # A folder written after the kill is either removed by --resume (never registered) or a
+    # checkpoint Train registered, whose epochs --resume delivered from its history.json (every
+    # epoch once: test_the_trial_finishes_with_every_epoch_once).
+    after_kill = set(killed["samples"][-1][2]) - set(killed["at_kill"])
+    kept = after_kill & set(_checkpoints(killed["run_dir"]))
+    assert not kept & set(killed["orphans"]), (kept, killed["orphans"])
+    assert killed["histories"][killed["trial"]]["train/loss"] == list(range(1, EPOCHS + 1))
 
 
 def test_resume_stops_the_killed_drivers_ray_and_removes_unregistered_checkpoints(killed):
@@ -107,9 +125,6 @@ def test_resume_stops_the_killed_drivers_ray_and_removes_unregistered_checkpoint
     assert not set(orphans) & set(_checkpoints(killed["run_dir"]))
 
 
-@pytest.mark.xfail(reason="the same race: a Train controller that outlives its killed driver can register a "
-                          "checkpoint whose epochs never reached MLflow, and --resume continues after them (seen 3 of 3 "
-                          "runs with a 0.5 s poll, 0 of 1 with Ray's 2 s)", strict=False)
 def test_the_trial_finishes_with_every_epoch_once(killed):
     assert killed["n_trial_runs"] == 1
     steps = list(range(1, EPOCHS + 1))

@@ -11,10 +11,13 @@ import textwrap
 
 import pytest
 
-from study.integrity import COPY, SpaceGuard, check_tune_state, disk_full, state_problem
+from study.integrity import (COPY, TRAIN_SNAPSHOT, SpaceGuard, check_train_snapshots, check_tune_state, disk_full,
+                             state_problem)
+from study.leftovers import remove_orphan_checkpoints
+from study.trial import fallback_checkpoint, train_run_name
 from study.spec import StudyError, load_spec
 from study.storage import StudyStorage
-from trainables.checkpoint import (CHECKPOINT_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
+from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
                                    check_complete, is_complete, report_with_checkpoint)
 from trainables.config import TrialConfig
 from trainables.trainer import fit
@@ -33,7 +36,7 @@ def _written(tmp_path, recorder):
 def test_a_written_checkpoint_lists_every_file_with_its_size(tmp_path, recorder):
     folder = _written(tmp_path, recorder)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    assert sorted(manifest) == [CHECKPOINT_FILE, METRICS_FILE]
+    assert sorted(manifest) == [CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE]
     assert manifest[CHECKPOINT_FILE] == (folder / CHECKPOINT_FILE).stat().st_size > 0
     assert not list(folder.glob(".*.tmp"))
     check_complete(folder)
@@ -51,6 +54,25 @@ def test_a_truncated_or_unfinished_checkpoint_is_never_complete(tmp_path, record
     with pytest.raises(IncompleteCheckpoint, match="no manifest.json"):
         check_complete(folder)
     assert not is_complete(folder)
+    (folder / HISTORY_FILE).unlink()  # looks like a folder from before the manifests: checkpoint.pt decides
+    with pytest.raises(IncompleteCheckpoint, match="checkpoint.pt does not load"):
+        check_complete(folder)
+
+
+def test_a_whole_checkpoint_from_before_the_manifests_is_complete(tmp_path, recorder):
+    folder = _written(tmp_path, recorder)
+    (folder / MANIFEST_FILE).unlink()
+    (folder / HISTORY_FILE).unlink()  # what report_with_checkpoint wrote before manifests existed
+    check_complete(folder)
+    assert is_complete(folder)
+    (folder / METRICS_FILE).write_text('{"epoch": 3, "val/')  # its copy was cut off
+    with pytest.raises(IncompleteCheckpoint, match="metrics.json is cut short"):
+        check_complete(folder)
+    (folder / METRICS_FILE).unlink()  # killed between checkpoint.pt (whole) and metrics.json: the weights are whole
+    assert is_complete(folder)
+    (folder / CHECKPOINT_FILE).unlink()
+    with pytest.raises(IncompleteCheckpoint, match="no checkpoint.pt"):
+        check_complete(folder)
 
 
 def test_fit_refuses_an_incomplete_checkpoint_instead_of_starting_over(tiny_config, recorder):
@@ -58,11 +80,15 @@ def test_fit_refuses_an_incomplete_checkpoint_instead_of_starting_over(tiny_conf
     first = recorder("first")
     fit(cfg, first)
     folder = first.checkpoints[-1]
-    (folder / MANIFEST_FILE).unlink()
+    (folder / MANIFEST_FILE).unlink()  # killed after history.json, before the manifest
     resumed = recorder("resumed")
     with pytest.raises(IncompleteCheckpoint, match=str(folder)):
         fit(cfg, resumed, resume_from=folder)
     assert resumed.metrics == []  # not one epoch trained from scratch
+    (folder / HISTORY_FILE).unlink()  # a folder from before the manifests: its checkpoint.pt loads, so it resumes
+    longer = recorder("longer")
+    fit(TrialConfig.from_dict({**tiny_config, "train": {**tiny_config["train"], "epochs": 3}}), longer, resume_from=folder)
+    assert [m["epoch"] for m in longer.metrics] == [3]
 
 
 # --- Tune's state before a resume ----------------------------------------------------------------
@@ -104,6 +130,32 @@ def test_the_kept_copy_stands_in_for_a_truncated_state(tmp_path, capsys):
     check_tune_state(storage)
     assert broken.read_text() == STATE
     assert f"note: {broken} was truncated or corrupt (0 bytes" in capsys.readouterr().out
+
+
+def test_a_truncated_train_record_is_moved_aside_and_its_trial_continues_from_its_newest_complete_checkpoint(
+        tmp_path, recorder, capsys):
+    # Seen on a tmpfs filled at once: Train's checkpoint_manager_snapshot.json cut off at 4096 bytes.
+    storage = _storage(tmp_path)
+    run = storage.local / "train" / train_run_name("t1")
+    run.mkdir(parents=True)
+    snapshot = run / TRAIN_SNAPSHOT
+    snapshot.write_text('{"ray_version": "2.60.0", "checkpoint_results": [{"version": 0, "checkpoint_dir_')
+    for epoch in (1, 2, 3):
+        rec = recorder(f"e{epoch}")
+        report_with_checkpoint(rec, {"epoch": epoch}, rank=0, state={"w": [epoch]}, tables={}, preview=None)
+        rec.checkpoints[0].rename(run / f"checkpoint_2026-11-27_22-47-3{epoch}.000000")
+    (run / "checkpoint_2026-11-27_22-47-33.000000" / MANIFEST_FILE).unlink()  # epoch 3: its writing was cut off
+    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) is None  # Train's record decides
+
+    check_train_snapshots(storage)
+    assert not snapshot.exists() and (run / f"{TRAIN_SNAPSHOT}.broken").exists()
+    assert f"note: {snapshot} was truncated or corrupt" in capsys.readouterr().out
+    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) == \
+        str(run / "checkpoint_2026-11-27_22-47-32.000000")
+    # a later start leaves those folders alone (no snapshot, but the one moved aside)
+    assert remove_orphan_checkpoints(storage) == []
+    check_train_snapshots(storage)  # nothing more to say
+    assert capsys.readouterr().out == ""
 
 
 def test_a_truncated_searcher_pickle_is_refused(tmp_path):
@@ -256,3 +308,19 @@ def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
     removed = remove_orphan_checkpoints(storage)
     assert sorted(removed) == sorted([run / names[2], run / names[3], never])
     assert sorted(p.name for p in run.iterdir()) == [*names[:2], "checkpoint_manager_snapshot.json"]
+
+
+def test_tunes_search_generator_state_is_a_pickle_named_json_and_is_checked(tmp_path):
+    import pickle
+
+    storage = _storage(tmp_path)
+    tune = storage.local / "tune"
+    (tune / "experiment_state-2026-11-27_11-00-00.json").write_text(STATE)
+    gen = tune / "search_gen_state-2026-11-27_11-00-00.json"
+    data = pickle.dumps({"counter": 2, "total_samples": 2, "pad": list(range(300))})
+    gen.write_bytes(data)
+    assert state_problem(gen) == ""
+    check_tune_state(storage)
+    gen.write_bytes(data[: len(data) // 2])  # a restore would fail on it and Tune would start over
+    with pytest.raises(StudyError, match=f"Tune's state {gen} is truncated"):
+        check_tune_state(storage)

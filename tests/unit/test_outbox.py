@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import socket
 import textwrap
+from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
 from study.spec import load_spec
 from study.tracking import OUTBOX, MlflowTracking, open_study_run, unreachable
+from study.trial import RESUMED_CHECKPOINT, RESUMED_FROM, checkpoint_history, train_run_name
+from trainables.checkpoint import HISTORY_FILE
 
 
 def _closed_port() -> int:
@@ -65,3 +68,47 @@ def test_what_counts_as_unreachable():
     assert unreachable(MlflowException("API request to http://x/api/2.0/mlflow/runs/create failed with exception "
                                        "HTTPConnectionPool(host='x'): Max retries exceeded"))
     assert not unreachable(MlflowException("INVALID_PARAMETER_VALUE: Param value too long"))
+
+
+def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp_path):
+    # After a driver SIGKILL, Train went on and saved the epoch-4 checkpoint; MLflow got epochs 1-2 only.
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(textwrap.dedent(f"""\
+        study: {{name: replay, storage: {tmp_path / 'store'}}}
+        space:
+          optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+        """))
+    spec = load_spec(spec_file)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study_run = open_study_run(store, spec)
+    train = tmp_path / "train"
+    history = [{"epoch": e, "train/loss": 1.0 / e, "val/mre_mm": 9.0 - e} for e in (1, 2, 3, 4)]
+    folder = train / train_run_name("t1") / "checkpoint_000003"
+    folder.mkdir(parents=True)
+    (folder / HISTORY_FILE).write_text(json.dumps(history))
+    trial = SimpleNamespace(trial_id="t1", config={"optim.lr": 0.001})
+
+    first = MlflowTracking(store, study_run, spec, str(train))
+    first.on_trial_start(0, [trial], trial)
+    for metrics in history[:2]:
+        first.on_trial_result(0, [trial], trial, metrics)
+
+    resumed = MlflowTracking(store, study_run, spec, str(train))  # the --resume's driver
+    resumed.on_trial_start(0, [trial], trial)
+    resumed.on_trial_result(0, [trial], trial, {**history[3], RESUMED_CHECKPOINT: folder.name, RESUMED_FROM: 4})
+    resumed.on_trial_result(0, [trial], trial, {"epoch": 5, "train/loss": 0.2, "val/mre_mm": 4.0})
+    client = MlflowClient(store)
+    (run,) = [r for r in client.search_runs([study_run.experiment_id]) if r.data.tags.get("tune.trial_id") == "t1"]
+    entries = sorted(client.get_metric_history(run.info.run_id, "val/mre_mm"), key=lambda m: m.timestamp)
+    assert [(m.step, m.value) for m in entries] == [(1, 8.0), (2, 7.0), (3, 6.0), (4, 5.0), (5, 4.0)]
+
+    # Resumed again from the same checkpoint (another kill): nothing logged twice.
+    again = MlflowTracking(store, study_run, spec, str(train))
+    again.on_trial_start(0, [trial], trial)
+    again.on_trial_result(0, [trial], trial, {**history[3], RESUMED_CHECKPOINT: folder.name, RESUMED_FROM: 4})
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mre_mm")] == [1, 2, 3, 4, 5]
+
+
+def test_a_checkpoint_without_history_replays_nothing(tmp_path):
+    # Written before history.json existed: only its own epoch is re-reported (as before).
+    assert checkpoint_history(str(tmp_path), "t1", "checkpoint_000000") == []

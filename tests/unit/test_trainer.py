@@ -1,5 +1,6 @@
 """The shared trainer runs standalone (no Ray), reports per epoch, and resumes exactly."""
 
+import json
 import math
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 
 from trainables import ConfigError, TrialConfig, fit
 from trainables.config import apply_overrides
-from trainables.checkpoint import CHECKPOINT_FILE, PREVIEW_FILE, CheckpointPolicy
+from trainables.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, PREVIEW_FILE, CheckpointPolicy
 from trainables.metrics import reported_metrics
 
 
@@ -71,6 +72,10 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny_config, tmp_path, recor
     for a, b in zip(straight.metrics[1:], resumed.metrics):
         for key in ("train/loss", "val/loss", "val/mre_mm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    # Each checkpoint keeps every epoch's metrics so far, across the resume (what a resume replays).
+    history = json.loads((resumed.checkpoints[-1] / HISTORY_FILE).read_text())
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert history[0] == first.metrics[0] and history[1:] == resumed.metrics
 
 
 def test_fit_refuses_a_bad_config_before_training(tiny_config):
