@@ -370,11 +370,11 @@ def build_report(client, context: dict) -> Report:
            "from only 32 training images, SimpleBaseline at a quarter of its decoder width initialised from the "
            "teacher; FT (λ = 0) vs CTD-CD, CTD-ED, CTD-Com at the paper's λ = 0.002, μ = 2, 10 epochs. The paper's "
            "λ weighs the distillation term against L_R summed over every heatmap pixel (eq 1, 2), which makes "
-           "λ·L_D about 1e-4 of L_R here; each CTD variant is therefore also trained at λ = 20, where the two "
-           "are of one size for L_ED (the probe rows, not the paper's claim). `train/loss` is L_R's per-pixel mean "
-           "and `train/loss_distill` the raw L_D of the last epoch: the term added is λ·L_D divided by the finest "
-           "head's K·H·W (trainables/distill.py). L_CD stays small at any λ here: the teacher's softmax over "
-           "1000 logits at μ = 2 is nearly flat.", "",
+           "λ·L_D about 1e-4 of L_R here; each CTD variant is therefore also trained at λ = 20 (10⁴ × the paper's), "
+           "which brings the term within an order of magnitude of L_R (the probe rows, not the paper's claim). "
+           "`train/loss` is L_R's per-pixel mean and `train/loss_distill` the raw L_D, both of the last epoch; "
+           "the term added to the loss is λ·L_D divided by the finest head's K·H·W (trainables/distill.py), so "
+           "a smaller L_D at λ = 20 shows the student held closer to the teacher.", "",
            *_configs_markdown(studies[CROSSTASK], extra=("train/loss", "train/loss_distill")), ""]
     md += ["## Recipe effects per study (validation objective)", ""]
     for name, study in studies.items():

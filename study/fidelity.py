@@ -1,6 +1,6 @@
 """The fidelity report: re-check the three papers' claims on phantom data, then write reports/fidelity.md.
 
-    python -m study.fidelity                    # teacher + 3 studies (48 trials) + report: ~40 min on 2 CPUs
+    python -m study.fidelity                    # teacher + 3 studies (57 trials) + report: 50 min on 2 CPUs
     python -m study.fidelity --resume           # continue studies that were interrupted
     python -m study.fidelity --report-only      # rebuild the report from the studies already in MLflow
     python -m study.fidelity --tiny --storage /tmp/fid --out /tmp/fid/fidelity.md    # a few minutes: a smoke run
