@@ -19,6 +19,8 @@ The difference better − other gets the paired 95 % t interval over seed-matche
 Adaloss's per-landmark claim (Fig 7) is the Spearman rank correlation, per Adaloss run at lr 1e-3,
 between each landmark's final σ and its injected annotation noise (1 + noise_spread·k/(K−1),
 trainables/data/phantom.py), averaged over the runs with a 95 % t interval; held when it lies above 0.
+Rows whose source reads "probe, not in the paper" are ours: the same comparison at a setting the
+paper did not use (distillation at λ = 20), judged by the same rule and never counted as the paper's.
 """
 
 from __future__ import annotations

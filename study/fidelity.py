@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         commands.append(f"python -m trainables.pretrain {teacher_path}".replace(os.getcwd() + os.sep, ""))
         for name in STUDIES:
             t = time.time()
-            code, cmd = run_study(name, storage, args.tracking_uri, teacher_path, args.resume, args.tiny)
+            # --resume continues the studies that were started; one not reached yet starts afresh
+            resume = args.resume and (Path(storage) / name).exists()
+            code, cmd = run_study(name, storage, args.tracking_uri, teacher_path, resume, args.tiny)
             times[f"study {name}"] = time.time() - t
             commands.append("python " + shlex.join(cmd[1:]).replace(os.getcwd() + os.sep, ""))
             if code != 0:
@@ -122,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from dashboards.publish import StudyInfo, fidelity_report, log_fidelity_report  # noqa: F401 (the one door)
+    from dashboards.publish import fidelity_report, log_fidelity_report
 
     out = args.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     context = {"figure": out.with_suffix(".png"), "teacher": figures, "times": times,
                "commands": commands or ["(--report-only: the studies ran earlier, without a record of how)"],
                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU" if not _has_cuda() else platform.node(),
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu() or 'no GPU'}",
                "scale": "tiny" if args.tiny else "full",
                "command": "python -m study.fidelity" + (" --tiny" if args.tiny else "")}
     client = MlflowClient(uri)
@@ -151,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _has_cuda() -> bool:
+def _gpu() -> str:
+    """The first CUDA device's name, or '' (the trials ran where Ray put them; this is the driver's machine)."""
     try:
         import torch
 
-        return torch.cuda.is_available()
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     except ImportError:
-        return False
+        return ""
 
 
 if __name__ == "__main__":
