@@ -22,17 +22,26 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tmp_path, capsys):
+def _study(tmp_path, name: str):
+    """A one-parameter study with a real SQLite MLflow store: (spec, store URI, its study run)."""
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(textwrap.dedent(f"""\
-        study: {{name: outbox, storage: {tmp_path / 'store'}}}
+        study: {{name: {name}, storage: {tmp_path / 'store'}}}
         space:
           optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
         """))
     spec = load_spec(spec_file)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    study_run = open_study_run(store, spec)
+    return spec, store, open_study_run(store, spec)
+
+
+def _trial_run(client, study_run, tid: str):
+    (run,) = [r for r in client.search_runs([study_run.experiment_id]) if r.data.tags.get("tune.trial_id") == tid]
+    return run
+
+
+def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tmp_path, capsys):
+    spec, store, study_run = _study(tmp_path, "outbox")
     tracking = MlflowTracking(f"http://127.0.0.1:{_closed_port()}", study_run, spec, str(tmp_path / "train"),
                               outbox=tmp_path / OUTBOX)
     config = {"optim.lr": 0.001}
@@ -51,7 +60,7 @@ def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tm
     assert back.deliver(force=True)
     assert back.queue == [] and not (tmp_path / OUTBOX).exists()
     client = MlflowClient(store)
-    (run,) = [r for r in client.search_runs([study_run.experiment_id]) if r.data.tags.get("tune.trial_id") == "t1"]
+    run = _trial_run(client, study_run, "t1")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mre_mm")] == [1, 2]
     assert run.data.params["optim.lr"] == "0.001"
     # Replayed again (a kill between delivery and truncation): still one entry per epoch.
@@ -72,15 +81,7 @@ def test_what_counts_as_unreachable():
 
 def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp_path):
     # After a driver SIGKILL, Train went on and saved the epoch-4 checkpoint; MLflow got epochs 1-2 only.
-    spec_file = tmp_path / "s.yaml"
-    spec_file.write_text(textwrap.dedent(f"""\
-        study: {{name: replay, storage: {tmp_path / 'store'}}}
-        space:
-          optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
-        """))
-    spec = load_spec(spec_file)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    study_run = open_study_run(store, spec)
+    spec, store, study_run = _study(tmp_path, "replay")
     train = tmp_path / "train"
     history = [{"epoch": e, "train/loss": 1.0 / e, "val/mre_mm": 9.0 - e} for e in (1, 2, 3, 4)]
     folder = train / train_run_name("t1") / "checkpoint_000003"
@@ -98,7 +99,7 @@ def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp
     resumed.on_trial_result(0, [trial], trial, {**history[3], RESUMED_CHECKPOINT: folder.name, RESUMED_FROM: 4})
     resumed.on_trial_result(0, [trial], trial, {"epoch": 5, "train/loss": 0.2, "val/mre_mm": 4.0})
     client = MlflowClient(store)
-    (run,) = [r for r in client.search_runs([study_run.experiment_id]) if r.data.tags.get("tune.trial_id") == "t1"]
+    run = _trial_run(client, study_run, "t1")
     entries = sorted(client.get_metric_history(run.info.run_id, "val/mre_mm"), key=lambda m: m.timestamp)
     assert [(m.step, m.value) for m in entries] == [(1, 8.0), (2, 7.0), (3, 6.0), (4, 5.0), (5, 4.0)]
 
