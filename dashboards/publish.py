@@ -18,8 +18,8 @@ from dashboards.fidelity import build_report as fidelity_report, log_report as l
 from dashboards.pareto import configurations, front_text, recipes, refresh as publish_study
 from dashboards.store import StudyInfo, check_reachable
 from dashboards.trials import log_trial_artifacts as publish_trial
-from dashboards.ui import python_command, ui_command, ui_url
+from dashboards.ui import missing_store, python_command, ui_command, ui_url
 from dashboards.views import set_study_view as publish_study_view
 
-__all__ = ["StudyInfo", "check_reachable", "configurations", "fidelity_report", "front_text", "log_fidelity_report", "publish_study", "publish_study_view",
+__all__ = ["StudyInfo", "check_reachable", "configurations", "fidelity_report", "front_text", "log_fidelity_report", "missing_store", "publish_study", "publish_study_view",
            "publish_trial", "python_command", "recipes", "ui_command", "ui_url"]

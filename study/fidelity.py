@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from dashboards.publish import fidelity_report, log_fidelity_report
+    from dashboards.publish import fidelity_report, log_fidelity_report, missing_store
+
+    if missing_store(uri):  # --report-only on a store that was never written: say so, create nothing
+        print(f"error: no MLflow store at {uri}; run python -m study.fidelity without --report-only first, "
+              "or pass the --storage / --tracking-uri the studies used", file=sys.stderr)
+        return 2
 
     out = args.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
