@@ -9,26 +9,30 @@ run registered.
 
 Measured on a 2-core machine (SIGKILL of the driver while a tiny trial trained): the Train worker,
 controller and Tune trial processes were gone within 3 s (Ray's fate sharing: a driver's workers
-die with it) and no checkpoint folder appeared after that; what stayed, 30 s later and for good,
-were the local Ray's DashboardAgent and RuntimeEnvAgent, plus 2 checkpoint folders the worker had
-written ahead of the controller, which never registered them.
+die with it); what stayed, 30 s later and for good, were the local Ray's DashboardAgent and
+RuntimeEnvAgent, plus checkpoint folders the worker had written ahead of the controller, which
+never registered them. A worker asks the GCS whether its driver's job still runs before it writes
+a checkpoint (trainables.ray_adapter.driver_alive), so none is begun after the kill.
 
 A Ray process belongs to the killed driver's Ray when it holds files open in that Ray's session
 folder (`/tmp/ray/session_<time>_<pid>/`, unique to each `ray.init` that starts a Ray), or is one
 of the processes recorded at start with the same start time. Only a Ray the driver started itself
 is recorded: a cluster joined with --address (`ray start`, KubeRay, ...) is never touched, nor is a
 Ray of another study (another session folder). A record written on another host is only reported.
+Unregistered checkpoint folders are removed on any storage, object stores included.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 from pathlib import Path
 
+import pyarrow.fs
+
+from study.integrity import TRAIN_SNAPSHOT
 from study.storage import StudyStorage, _pid_start
 
 RAY_SESSION = "ray_session.json"  # in a local study folder, beside driver.lock
@@ -140,30 +144,41 @@ def registered_checkpoints(snapshot: dict) -> set[str]:
     return names
 
 
-def remove_orphan_checkpoints(storage: StudyStorage) -> list[Path]:
+def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
     """Delete checkpoint_* folders that their Train run never registered (a worker writes a checkpoint
-    before its controller registers it; a killed driver leaves such folders). A run whose snapshot is
-    unreadable is left alone. Local/NFS storage only. Call while holding the study's lock."""
-    if storage.local is None or not (storage.local / "train").is_dir():
+    before its controller registers it; a killed driver leaves such folders), on any storage (a local
+    or NFS folder, s3://, gs://: through pyarrow). A run whose snapshot is unreadable is left alone.
+    Returns the removed folders, relative to the study ("train/train_<trial>/checkpoint_..."). Call
+    while holding the study's lock."""
+    fs, base = storage.fs, f"{storage.path}/train"
+    if fs.get_file_info(base).type != pyarrow.fs.FileType.Directory:
         return []
     removed = []
-    for run in sorted((storage.local / "train").iterdir()):
-        folders = [p for p in run.glob("checkpoint_*") if p.is_dir()] if run.is_dir() else []
+    for run in fs.get_file_info(pyarrow.fs.FileSelector(base)):
+        if run.type != pyarrow.fs.FileType.Directory:
+            continue
+        entries = {e.base_name: e for e in fs.get_file_info(pyarrow.fs.FileSelector(run.path))}
+        folders = [e for name, e in entries.items() if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory]
         if not folders:
             continue
-        snapshot = run / "checkpoint_manager_snapshot.json"
-        if not snapshot.exists() and snapshot.with_name(snapshot.name + ".broken").exists():
+        if TRAIN_SNAPSHOT not in entries and f"{TRAIN_SNAPSHOT}.broken" in entries:
             continue  # moved aside by study.integrity: its folders are what the trial continues from
         try:
-            registered = registered_checkpoints(json.loads(snapshot.read_text())) if snapshot.exists() else set()
+            registered = set()
+            if TRAIN_SNAPSHOT in entries:
+                with fs.open_input_stream(f"{run.path}/{TRAIN_SNAPSHOT}") as f:
+                    registered = registered_checkpoints(json.loads(f.read()))
         except (OSError, ValueError):
             continue
         for folder in folders:
-            if folder.name not in registered:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+            if folder.base_name not in registered:
+                try:
+                    fs.delete_dir(folder.path)
+                except OSError:
+                    continue  # gone meanwhile, or not ours to delete: the next start tries again
+                removed.append(f"train/{run.base_name}/{folder.base_name}")
     if removed:
         print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
-              f"last driver stopped or was killed): {', '.join(str(p.relative_to(storage.local)) for p in removed[:5])}"
-              + (" ..." if len(removed) > 5 else ""), flush=True)
+              f"last driver stopped or was killed): {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
+              flush=True)
     return removed

@@ -1,7 +1,8 @@
 """The one Ray-aware file in trainables/: runs `fit` as a Ray Train worker loop.
 
 `ray.train.report` receives the trainer's per-epoch metrics and checkpoint folder; a restarted
-Train run hands its latest checkpoint back to `fit`.
+Train run hands its latest checkpoint back to `fit`. A worker whose driver is gone (its Ray job
+ended) stops before writing a checkpoint rather than leave one nobody registers.
 
 Each worker sets torch's intra-op threads to its CPU share (`resources.cpus_per_worker`, whole
 CPUs, at least 1) before training: torch would otherwise start one thread per core of the node,
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pyarrow.fs
@@ -72,6 +75,10 @@ def _fit_in_worker(config: dict) -> None:
     node = {"worker_node_id": ray.get_runtime_context().get_node_id(), "worker_node_ip": ray.util.get_node_ip_address()}
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir and not driver_alive():  # no checkpoint for a study nobody drives any more
+            print(f"the study's driver is gone (Ray job {ray.get_runtime_context().get_job_id()} ended); "
+                  f"stopping before writing the epoch-{metrics.get('epoch')} checkpoint", file=sys.stderr, flush=True)
+            os._exit(1)  # Ray kills this process anyway; this only closes the gap before it does
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report({**metrics, **node}, checkpoint=checkpoint)
 
@@ -93,6 +100,26 @@ def _fit_in_worker(config: dict) -> None:
             if metrics and ray.train.get_context().get_world_rank() == 0:
                 ray.train.report({**metrics, **node, RESUMED_CHECKPOINT: Path(checkpoint.path).name})
             fit(cfg, report, resume_from=Path(folder), device=device)
+
+
+def driver_alive(timeout_s: float = 2.0) -> bool:
+    """False only when the GCS says that the Ray job of this worker (the study's driver) has ended.
+
+    When the driver is SIGKILLed its job ends at once, but Ray takes a moment, up to a few seconds,
+    to kill the job's Train workers; one that finishes an epoch in that gap would write a checkpoint
+    that no Train run registers. One GCS call per checkpoint (a few ms). The GCS client is Ray's
+    private API; if it moved, if the GCS does not answer (a restarting GCS on a fault-tolerant
+    cluster) or does not know the job, the answer is True: a checkpoint too many is removed by the
+    next --resume (study.leftovers), while a healthy worker stopped by mistake costs a restart."""
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        gcs = ray._private.worker.global_worker.gcs_client
+        infos = gcs.get_all_job_info(job_or_submission_id=job, skip_submission_job_info_field=True,
+                                     skip_is_running_tasks_field=True, timeout=timeout_s)
+    except Exception:  # noqa: BLE001 (AttributeError/TypeError: Ray's API moved; RpcError, timeout)
+        return True
+    info = {job_id.hex(): info for job_id, info in infos.items()}.get(job)
+    return info is None or not info.is_dead
 
 
 def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:

@@ -68,16 +68,10 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-# Passed in 2 runs on the shared machine (2026-11-27 23:46 and 23:53: one error line, the resume
-# finishing every configuration once, nothing left running). In the clean-clone CI of 2026-11-28 the
-# fixture itself failed: _fill's fallocate raised ENOSPC because the study wrote between the look at
-# the free space and the fallocate. _fill now retries; the mark stays until CI has passed with that.
-ABRUPT_FLAKY = ("the filler raced the study for the last free blocks (ENOSPC in _fill, clean-clone CI "
-                "2026-11-28); _fill retries since, not yet passed in CI")
-
-
-@pytest.fixture(scope="module", params=["guard", pytest.param("abrupt", marks=pytest.mark.xfail(reason=ABRUPT_FLAKY,
-                                                                                                strict=False))])
+# The abrupt case's own filler once raced the study for the last free blocks (ENOSPC in _fill's
+# fallocate, clean-clone CI of 2026-11-28): the study wrote between the look at the free space and the
+# fallocate. _fill retries since; 4 passes here after that (2026-11-28).
+@pytest.fixture(scope="module", params=["guard", "abrupt"])
 def full(request, tmp_path_factory, tiny_phantom):
     """guard: 12 MiB left, under the 16 MiB the study keeps free (it stops itself); abrupt: nothing
     left (writes fail: Train's checkpoint upload, the outbox, the SQLite store)."""

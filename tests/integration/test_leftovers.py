@@ -6,9 +6,9 @@ driver is SIGKILLed. 10 s later the test looks at what is left in the killed dri
 (it must not touch it itself): the trial's worker processes must be gone, no checkpoint folder may
 appear after that, and what is left (the local Ray's agents) must be stopped by the next
 `--resume`, which also removes the checkpoint folders the Train run never registered, and then
-finishes the trial with every epoch once in MLflow: epochs that Ray's Train run (which outlives the
-driver by 1-2 s) checkpointed after the kill, and which never reached MLflow, are delivered from the
-resumed checkpoint's history.json.
+finishes the trial with every epoch once in MLflow: epochs whose checkpoints Train registered just
+before the kill, and which never reached MLflow, are delivered from the resumed checkpoint's
+history.json.
 """
 
 from __future__ import annotations
@@ -88,11 +88,9 @@ def killed(tmp_path_factory, tiny_phantom):
         runs.cleanup()
 
 
-@pytest.mark.xfail(reason="Ray's Train controller and worker go on for 1-2 s after the driver's SIGKILL (new checkpoint "
-                          "folders in the first look; the worker gone by 10 s) and nothing on our side can stop them "
-                          "sooner; what holds instead is test_what_the_train_run_wrote_after_the_kill_is_removed_or_"
-                          "delivered", strict=False)
 def test_workers_stop_and_stop_writing_checkpoints_once_the_driver_is_gone(killed):
+    # A worker asks the GCS before each checkpoint whether its driver's job still runs
+    # (test_a_worker_is_told_when_its_driver_is_gone); Ray kills it within seconds.
     assert {tuple(f) for _, _, f in killed["samples"]} == {tuple(killed["at_kill"])}, killed["samples"]
 
 
@@ -134,3 +132,38 @@ def test_the_trial_finishes_with_every_epoch_once(killed):
 
 def test_no_process_of_the_study_outlives_it(killed):
     assert {label: left for label, left in killed["runs"].leftovers.items() if left} == {}
+
+
+DRIVER = """
+import sys, ray
+from trainables.ray_adapter import driver_alive
+
+@ray.remote(num_cpus=0)
+class Worker:  # stands for a Train worker; detached, so that it outlives its driver's job
+    def driver_alive(self):
+        return driver_alive()
+
+ray.init(address=sys.argv[1], namespace="leftovers")
+w = Worker.options(name="worker", lifetime="detached").remote()
+print("alive while the driver runs:", ray.get(w.driver_alive.remote()), flush=True)
+"""
+
+
+def test_a_worker_is_told_when_its_driver_is_gone(tmp_path):
+    """driver_alive (the check a Train worker makes before each checkpoint) against a real GCS: True
+    while the driver that started the worker runs, False once that driver has ended."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+    try:
+        driver = subprocess.run([sys.executable, "-c", DRIVER, c.address], env=clean_env(), capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert "alive while the driver runs: True" in driver.stdout, driver.stdout + driver.stderr[-3000:]
+        ray.init(address=c.address, namespace="leftovers")
+        worker = ray.get_actor("worker")
+        assert ray.get(worker.driver_alive.remote(), timeout=60) is False
+        ray.kill(worker)
+    finally:
+        ray.shutdown()
+        c.shutdown()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -87,12 +88,16 @@ def study(tmp_path_factory, tiny_phantom, s3_store):
     try:
         killed = kill_after_epoch(spec, tmp, env, runs, epoch=2)
         after_kill = objects(s3_store, f"{PREFIX}/{NAME}/")
+        # a checkpoint folder that the killed trial's Train run never registered, as a worker outliving its
+        # driver writes one (named to sort after every real one, so that it would be taken as the newest)
+        orphan = f"train/train_{killed['trial']}/checkpoint_2099-01-01_00-00-00.000000"
+        s3_store["client"].put_object(Bucket=s3_store["bucket"], Key=f"{PREFIX}/{NAME}/{orphan}/checkpoint.pt", Body=b"x")
         t1 = time.monotonic()
         resumed = runs.run("resume", str(spec), "--resume", "--tracking-uri", env["uri"], cwd=tmp, env=env["aws"])
         t2 = time.monotonic()
         print(f"object-store study: until the kill {t1 - t0:.0f} s, resume {t2 - t1:.0f} s")
         yield {"tmp": tmp, "uri": env["uri"], "killed": killed, "after_kill": after_kill, "resumed": resumed,
-               "after": objects(s3_store, f"{PREFIX}/{NAME}/"), "leftovers": runs.leftovers}
+               "after": objects(s3_store, f"{PREFIX}/{NAME}/"), "leftovers": runs.leftovers, "orphan": orphan}
     finally:
         runs.cleanup()
 
@@ -122,6 +127,12 @@ def test_resume_from_the_bucket_finishes_the_study_with_each_epoch_once(study):
     steps = list(range(1, EPOCHS + 1))
     assert histories(study["uri"], trials) == {tid: {"train/loss": steps, "val/mre_mm": steps} for tid in trials}
     assert {label: left for label, left in study["leftovers"].items() if left} == {}
+
+
+def test_resume_removes_checkpoint_folders_no_train_run_registered_from_the_bucket(study):
+    out, orphan = study["resumed"].stdout, study["orphan"]
+    assert re.search(r"note: removed \d+ checkpoint folder\(s\) that no Train run registered", out), out[-3000:]
+    assert not [k for k in study["after"] if k.startswith(f"{PREFIX}/{NAME}/{orphan}/")]
 
 
 def test_every_trial_checkpoints_to_the_bucket_and_nothing_to_a_local_folder(study):

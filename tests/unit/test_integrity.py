@@ -306,8 +306,31 @@ def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
     never = storage.local / "train" / "train_t2" / names[0]  # killed before its first registration
     never.mkdir(parents=True)
     removed = remove_orphan_checkpoints(storage)
-    assert sorted(removed) == sorted([run / names[2], run / names[3], never])
+    assert sorted(removed) == [f"train/train_t1/{names[2]}", f"train/train_t1/{names[3]}", f"train/train_t2/{names[0]}"]
     assert sorted(p.name for p in run.iterdir()) == [*names[:2], "checkpoint_manager_snapshot.json"]
+    assert not never.exists()
+
+
+def test_unregistered_checkpoint_folders_are_removed_from_an_object_store_too(tmp_path, s3_store, monkeypatch):
+    """The same clean-up on s3:// (a real S3-compatible server on loopback), where a folder is a key prefix."""
+    from study.leftovers import remove_orphan_checkpoints
+
+    for key, value in s3_store["env"].items():
+        monkeypatch.setenv(key, value)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"study: {{name: s1, storage: 's3://{s3_store['bucket']}/orphans'}}\n")
+    storage = StudyStorage(load_spec(spec))
+    client, bucket, run = s3_store["client"], s3_store["bucket"], "orphans/s1/train/train_t1"
+    names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(3)]
+    for name in names:
+        client.put_object(Bucket=bucket, Key=f"{run}/{name}/{CHECKPOINT_FILE}", Body=b"x")
+    client.put_object(Bucket=bucket, Key=f"{run}/checkpoint_manager_snapshot.json", Body=json.dumps(
+        {"checkpoint_results": [{"checkpoint_dir_name": names[0]}], "latest_checkpoint_result": {
+            "checkpoint_dir_name": names[0]}}).encode())
+    assert remove_orphan_checkpoints(storage) == [f"train/train_t1/{names[1]}", f"train/train_t1/{names[2]}"]
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="orphans/")["Contents"]}
+    keys.discard(f"{run}/")  # pyarrow's empty-directory marker, kept so that the run's folder still exists
+    assert keys == {f"{run}/{names[0]}/{CHECKPOINT_FILE}", f"{run}/checkpoint_manager_snapshot.json"}
 
 
 def test_tunes_search_generator_state_is_a_pickle_named_json_and_is_checked(tmp_path):
