@@ -36,7 +36,8 @@ from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_
                           Status, error_outcome, tag_filter)
 from study.integrity import disk_full
 from study.spec import Spec
-from study.trial import RESTARTS, RESUMED_CHECKPOINT, checkpoint_history, completed_outcome, train_run_name
+from study.trial import (RESTARTS, RESUMED_CHECKPOINT, checkpoint_history, completed_outcome, furthest_history,
+                         train_run_name)
 from trainables.config import flatten
 
 # Recorded on the study run (environment.json, and version.* tags for the first few).
@@ -276,25 +277,28 @@ class MlflowTracking(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if RESUMED_CHECKPOINT in result:  # a resumed run: first the epochs before its checkpoint's that MLflow lacks
-            for earlier in self._unlogged(trial.trial_id, result[RESUMED_CHECKPOINT], result.get("epoch")):
-                self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config,
-                               "result": _loggable(earlier)})
+            checkpoint = result[RESUMED_CHECKPOINT]
+            self._replay(trial, lambda: checkpoint_history(self.train_storage, trial.trial_id, checkpoint),
+                         before=result.get("epoch"), what=f"the history of {checkpoint}")
         self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config, "result": _loggable(result)})
 
-    def _unlogged(self, tid: str, checkpoint: str, epoch) -> list[dict]:
-        """The epochs before `epoch` in the checkpoint's history.json that are not known to be in MLflow,
-        oldest first. After a driver SIGKILL, Train can go on for a moment and save a checkpoint whose
-        epochs never reached the dead driver, and the resume continues after it: those epochs are
-        delivered from the history (each epoch is still logged once: _log_result skips logged ones)."""
+    def _replay(self, trial, read_history, before, what: str) -> None:
+        """Queue the epochs before `before` (all, if None) in a checkpoint's history.json that are not known
+        to be in MLflow, oldest first. After a driver SIGKILL, Train can go on for a moment and save a
+        checkpoint whose epochs never reached the dead driver, and the resume continues after it; a trial
+        whose workers fail for good is not resumed at all. Each epoch is still logged once (_log_result)."""
+        tid = trial.trial_id
         try:
-            history = checkpoint_history(self.train_storage, tid, checkpoint)
+            history = read_history()
         except Exception as e:  # noqa: BLE001 - unreadable storage: the study goes on, but say what may be missing
-            print(f"warning: trial {tid}: the history of {checkpoint} was not read ({e!r}); epochs before "
-                  f"{epoch} that MLflow lacks stay missing", flush=True)
-            return []
+            print(f"warning: trial {tid}: {what} was not read ({e!r}); epochs in it that MLflow lacks stay missing",
+                  flush=True)
+            return
         logged = self._logged_epochs.get(tid, set())
-        return sorted((m for m in history if isinstance(m.get("epoch"), int) and isinstance(epoch, int)
-                       and m["epoch"] < epoch and m["epoch"] not in logged), key=lambda m: m["epoch"])
+        for earlier in sorted((m for m in history if isinstance(m.get("epoch"), int) and m["epoch"] not in logged
+                               and (before is None or (isinstance(before, int) and m["epoch"] < before))),
+                              key=lambda m: m["epoch"]):
+            self._enqueue({"op": "result", "tid": tid, "config": trial.config, "result": _loggable(earlier)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Tune retries a trial whose process was lost: one more restart; its new controller counts from 0.
@@ -308,6 +312,10 @@ class MlflowTracking(Callback):
                        "run_status": RunStatus.FINISHED})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        # Workers that failed for good may have checkpointed epochs that never came as results; the run gets
+        # the best checkpoint, so it gets those epochs too (from the furthest checkpoint's history).
+        self._replay(trial, lambda: furthest_history(self.train_storage, trial.trial_id), before=None,
+                     what="the history of the trial's furthest checkpoint")
         status = error_outcome(trial)
         self.outcomes[trial.trial_id] = status
         self._enqueue({"op": "end", "tid": trial.trial_id, "config": trial.config, "status": status.value,

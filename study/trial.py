@@ -173,6 +173,25 @@ def checkpoint_history(train_storage: str, trial_id: str, checkpoint: str) -> li
         return []
 
 
+def furthest_history(train_storage: str, trial_id: str) -> list[dict]:
+    """The history.json of the trial's furthest checkpoint (the most epochs; registered by Train or not,
+    as long as its history reads), else []. A trial that fails for good is never resumed, so the epochs
+    its workers checkpointed just before they died would otherwise never reach MLflow."""
+    fs, root = _storage_fs(train_storage)
+    furthest: list[dict] = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{train_run_name(trial_id)}", allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{HISTORY_FILE}") as f:
+                history = json.loads(f.read())
+        except (OSError, ValueError):
+            continue  # cut short when the worker died, or written before history.json existed
+        if isinstance(history, list) and len(history) > len(furthest):
+            furthest = history
+    return furthest
+
+
 class _Outcome:
     """`outcome.json` beside a Train run: a final outcome that a retry of the trial must not redo."""
 

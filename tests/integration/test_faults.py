@@ -7,10 +7,13 @@ One study (1 trial of 12 epochs). When the trial has printed `epoch ... 2/12`:
 - then the trial's RayTrainWorker process is SIGKILLed (what an OOM kill or a lost node does to
   it): Train restarts the worker group from the latest checkpoint, the trial finishes, every epoch
   is in MLflow exactly once, and the run says it took 1 restart.
+The same study with `resources.max_failures: 0` and the same kill: the trial fails at once, and its
+MLflow run still gets its best checkpoint so far and its pictures.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -37,12 +40,9 @@ def _train_worker(sid: int) -> int | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def faulted(tmp_path_factory, tiny_phantom):
-    tmp = tmp_path_factory.mktemp("faults")
-    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
-    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1"))
-    runs = Runs()
+def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_driver: bool) -> dict:
+    """Run the study; once its trial printed epoch 2, SIGKILL its RayTrainWorker (and, with
+    second_driver, start a second study.run of the same spec just before). -> what was seen."""
     p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     runs.sids.append(p.pid)
@@ -50,32 +50,57 @@ def faulted(tmp_path_factory, tiny_phantom):
     threading.Thread(target=lambda: ([lines.put(line) for line in p.stdout], lines.put(None)), daemon=True).start()
     seen: list[str] = []
     out: dict = {"dir": tmp, "uri": f"sqlite:///{tmp / 'store' / 'mlflow.db'}", "driver_pid": p.pid}
-    try:
-        deadline = time.monotonic() + 400
-        trial = None
-        while True:  # until the trial printed epoch 2
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
-            seen.append(line)
-            if m := START.match(line):
-                trial = m[1]
-            if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == 2:
-                break
-        out["trial"] = trial
-        worker = _train_worker(p.pid)
-        assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
-        second: dict = {}  # a second driver of the same study, started while the first one runs
-        starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
+    deadline = time.monotonic() + 400
+    trial = None
+    while True:  # until the trial printed epoch 2
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
+        seen.append(line)
+        if m := START.match(line):
+            trial = m[1]
+        if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == 2:
+            break
+    out["trial"] = trial
+    worker = _train_worker(p.pid)
+    assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
+    second: dict = {}  # a second driver of the same study, started while the first one runs
+    starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
+    if second_driver:
         starter.start()
-        os.kill(worker, signal.SIGKILL)
-        out["rc"] = p.wait(timeout=600)
+    os.kill(worker, signal.SIGKILL)
+    out["rc"] = p.wait(timeout=600)
+    if second_driver:
         starter.join(timeout=400)
         out["second"] = second["run"]
-        while (line := lines.get(timeout=30)) is not None:
-            seen.append(line)
-        out["output"] = "".join(seen)
-        (tmp / "first.log").write_text(out["output"])
-        yield out
+    while (line := lines.get(timeout=30)) is not None:
+        seen.append(line)
+    out["output"] = "".join(seen)
+    (tmp / "first.log").write_text(out["output"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory, tiny_phantom):
+    tmp = tmp_path_factory.mktemp("faults")
+    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
+    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1"))
+    runs = Runs()
+    try:
+        yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=True)
+    finally:
+        runs.cleanup()
+
+
+@pytest.fixture(scope="module")
+def exhausted(tmp_path_factory, tiny_phantom):
+    """The same study with resources.max_failures 0: the first dead worker fails the trial."""
+    tmp = tmp_path_factory.mktemp("no_restarts")
+    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
+    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1").replace(
+        "cpus_per_worker: 1", "cpus_per_worker: 1\n  max_failures: 0"))
+    runs = Runs()
+    try:
+        yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=False)
     finally:
         runs.cleanup()
 
@@ -107,3 +132,23 @@ def test_every_epoch_is_in_mlflow_once_and_the_run_counts_the_restart(faulted):
     tags = MlflowClient(faulted["uri"]).get_run(t["run_id"]).data.tags
     assert tags["trial.restarts"] == "1"
     assert not (Path(faulted["dir"]) / "store" / "resumable" / "driver.lock").exists()  # released at the end
+
+
+def test_a_trial_whose_restarts_are_used_up_fails_and_keeps_its_best_checkpoint(exhausted):
+    from mlflow.tracking import MlflowClient
+
+    out, trial = exhausted["output"], exhausted["trial"]
+    assert exhausted["rc"] == 1, out[-4000:]  # every trial failed
+    assert f"FAILED {trial}" in out and "1 trials (1 failed or diverged)" in out, out[-4000:]
+    assert f"restarted {trial}" not in out
+    trials, _, n = trial_runs(exhausted["uri"])
+    (t,) = trials.values()
+    assert n == 1 and t["outcome"] == "failed" and t["status"] == "FAILED"
+    client = MlflowClient(exhausted["uri"])
+    names = {a.path for a in client.list_artifacts(t["run_id"], "checkpoint")}
+    assert {"checkpoint/checkpoint.pt", "checkpoint/metrics.json"} <= names, names
+    saved = json.loads(Path(client.download_artifacts(t["run_id"], "checkpoint/metrics.json",
+                                                      str(exhausted["dir"] / "dl"))).read_text())
+    history = {m.step: m.value for m in client.get_metric_history(t["run_id"], "val/mre_mm")}
+    assert saved["epoch"] in history and saved["val/mre_mm"] == min(history.values()), (saved, history)
+    assert {a.path for a in client.list_artifacts(t["run_id"], "plots")} >= {"plots/ced.png", "plots/overlays.png"}

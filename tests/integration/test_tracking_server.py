@@ -1,18 +1,21 @@
 """A study against a real `mlflow server` on loopback, as on a cluster: SQLite behind the server,
 artefacts proxied by it into a folder of its own. Only the driver talks to the server.
 
-Budget: the server answers /health after ~10 s; the study is one 2-epoch trial (~40 s).
+Budget: the server answers /health after ~10 s; the study is one 2-epoch trial (~40 s); the outage
+test's trial trains 60 epochs (~3 min) so that it outlives a 60 s outage.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 import mlflow
@@ -130,20 +133,23 @@ def _stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-OUTAGE_S = 25
+OUTAGE_S = 60  # issue 14's figure: the server is gone this long, then started again
+EPOCHS = 60  # long enough (~2 s an epoch here) that the trial usually outlives the outage
+KILL_AFTER = 5  # epochs before the outage: the study's own pace is measured on them
 
 
 def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tiny_phantom):
-    """The server is killed after the trial's epoch 2 and comes back OUTAGE_S later; the study goes on
-    meanwhile (no gap between its console lines longer than 10 s beyond an epoch's own time), and in
-    the end MLflow has every epoch exactly once, delivered in the same session or by --resume."""
+    """The server is killed after the trial's epoch KILL_AFTER and comes back OUTAGE_S later. Meanwhile
+    the study goes on: no gap between its console lines is more than 10 s longer than the slowest gap
+    between its epochs before the outage. In the end MLflow has every epoch exactly once, delivered in the
+    same session once the server answers, or by --resume if the trial ended first."""
     import threading
 
     port = _free_port()
     server = _start_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     spec = _spec(tmp_path, tiny_phantom, "outage")
-    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 10"))
+    spec.write_text(spec.read_text().replace("epochs: 2", f"epochs: {EPOCHS}"))
     p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--tracking-uri", uri], cwd=tmp_path,
                          env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -155,32 +161,42 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         _stop_server(server)
         time.sleep(OUTAGE_S)  # the outage itself, not a race cover: the server stays away this long
         stopped["back"] = _start_server(tmp_path, port)
+        stopped["answers"] = time.monotonic()
 
     try:
         for line in p.stdout:
             lines.append((time.monotonic(), line))
-            if "epoch " in line and " 2/10 " in line and not stopped:
+            if "epoch " in line and f" {KILL_AFTER}/{EPOCHS} " in line and not stopped:
                 threading.Thread(target=outage, daemon=True).start()
-        rc = p.wait(timeout=600)
+        rc = p.wait(timeout=900)
         out = "".join(line for _, line in lines)
         (tmp_path / "outage.log").write_text(out)
         assert rc == 0, out[-4000:]
         assert "MLflow unreachable" in out, out[-4000:]
-        # no stall: consecutive console lines during the outage come at most ~an epoch + 10 s apart
-        during = [t for t, _ in lines if stopped["at"] <= t <= stopped["at"] + OUTAGE_S]
-        gaps = [b - a for a, b in zip(during, during[1:])]
-        assert not gaps or max(gaps) < 15, gaps
         deadline = time.monotonic() + 120
-        while "back" not in stopped:  # bounded wait for the restart thread
+        while "answers" not in stopped:  # bounded wait for the restart thread
             assert time.monotonic() < deadline
             time.sleep(0.5)
+        # no stall: during the outage, console lines come no more than 10 s slower than the epochs before it
+        # (the slowest of KILL_AFTER - 1 gaps: Train's controller hands results on in batches, every 2 s)
+        before = [t for t, line in lines if t < stopped["at"] and line.startswith("[") and " epoch " in line]
+        pace = max(b - a for a, b in pairwise(before))
+        during = [t for t, _ in lines if stopped["at"] <= t <= stopped["answers"]]
+        gaps = [b - a for a, b in pairwise(during)]
+        print(f"outage: {len(during)} console lines in the {stopped['answers'] - stopped['at']:.0f} s the server was "
+              f"away, longest gap {max(gaps, default=0):.1f} s (epochs came every {pace:.1f} s at most before); "
+              f"{'delivered in the session' if 'MLflow answers again' in out else 'the trial ended first'}")
+        assert not gaps or max(gaps) <= pace + 10, (pace, gaps)
         if "results are queued" in out:  # the trial ended before the server came back: --resume delivers
             again = run_cli(str(spec), "--resume", "--tracking-uri", uri, cwd=tmp_path)
             assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        else:
+            assert re.search(r"MLflow answers again: delivered \d+ queued results", out), out[-4000:]
         client = mlflow.tracking.MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
         trial = next(r for r in runs if r.data.tags.get("study.role") == "trial")
-        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/mre_mm")) == list(range(1, 11))
+        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/mre_mm")) == \
+            list(range(1, EPOCHS + 1))
         assert trial.data.tags["trial.status"] == "finished"
         assert not (tmp_path / "store" / "outage" / "mlflow_outbox.jsonl").exists()
     finally:

@@ -113,3 +113,27 @@ def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp
 def test_a_checkpoint_without_history_replays_nothing(tmp_path):
     # Written before history.json existed: only its own epoch is re-reported (as before).
     assert checkpoint_history(str(tmp_path), "t1", "checkpoint_000000") == []
+
+
+def test_a_trial_that_fails_for_good_delivers_the_epochs_its_checkpoints_hold(tmp_path):
+    # The worker checkpointed epochs 3 and 4 and died before they reached the driver; with no restart
+    # left the trial fails and is never resumed: its furthest checkpoint's history fills MLflow's gap.
+    spec, store, study_run = _study(tmp_path, "failed")
+    train = tmp_path / "train"
+    history = [{"epoch": e, "train/loss": 1.0 / e, "val/mre_mm": 9.0 - e} for e in (1, 2, 3, 4)]
+    for n, name in ((3, "checkpoint_000002"), (4, "checkpoint_000003")):
+        (train / train_run_name("t1") / name).mkdir(parents=True)
+        (train / train_run_name("t1") / name / HISTORY_FILE).write_text(json.dumps(history[:n]))
+    (train / train_run_name("t1") / "checkpoint_000004").mkdir()  # cut short by the kill: no history
+    trial = SimpleNamespace(trial_id="t1", config={"optim.lr": 0.001})
+
+    tracking = MlflowTracking(store, study_run, spec, str(train))
+    tracking.on_trial_start(0, [trial], trial)
+    for metrics in history[:2]:
+        tracking.on_trial_result(0, [trial], trial, metrics)
+    tracking.on_trial_error(0, [trial], trial)
+    client = MlflowClient(store)
+    run = _trial_run(client, study_run, "t1")
+    entries = sorted(client.get_metric_history(run.info.run_id, "val/mre_mm"), key=lambda m: m.timestamp)
+    assert [(m.step, m.value) for m in entries] == [(1, 8.0), (2, 7.0), (3, 6.0), (4, 5.0)]
+    assert run.data.tags["trial.status"] == "failed" and run.info.status == "FAILED"
