@@ -107,7 +107,9 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
 
     When the driver is SIGKILLed its job ends at once, but Ray takes a moment, up to a few seconds,
     to kill the job's Train workers; one that finishes an epoch in that gap would write a checkpoint
-    that no Train run registers. One GCS call per checkpoint (a few ms). The GCS client is Ray's
+    that no Train run registers. One GCS call per checkpoint (a few ms). This helps where the GCS
+    outlives the driver (a cluster joined with --address); the local Ray a driver starts loses its
+    GCS with the driver before the job is marked dead, and there the answer stays True. The GCS client is Ray's
     private API; if it moved, if the GCS does not answer (a restarting GCS on a fault-tolerant
     cluster) or does not know the job, the answer is True: a checkpoint too many is removed by the
     next --resume (study.leftovers), while a healthy worker stopped by mistake costs a restart."""
