@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from study.integrity import TRAIN_SNAPSHOT
+from study.integrity import BROKEN, TRAIN_SNAPSHOT
 from study.storage import StudyStorage, _pid_start
 
 RAY_SESSION = "ray_session.json"  # in a local study folder, beside driver.lock
@@ -162,7 +162,7 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
         folders = [e for name, e in entries.items() if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory]
         if not folders:
             continue
-        if TRAIN_SNAPSHOT not in entries and f"{TRAIN_SNAPSHOT}.broken" in entries:
+        if TRAIN_SNAPSHOT not in entries and f"{TRAIN_SNAPSHOT}{BROKEN}" in entries:
             continue  # moved aside by study.integrity: its folders are what the trial continues from
         try:
             registered = set()
