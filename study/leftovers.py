@@ -11,9 +11,9 @@ Measured on a 2-core machine (SIGKILL of the driver while a tiny trial trained):
 controller and Tune trial processes were gone within 3 s (Ray's fate sharing: a driver's workers
 die with it); what stayed, 30 s later and for good, were the local Ray's DashboardAgent and
 RuntimeEnvAgent, plus checkpoint folders the worker had written ahead of the controller, which
-never registered them. A worker asks the GCS whether its driver's job still runs before it writes
-a checkpoint (trainables.ray_adapter.driver_alive); on a local Ray the GCS goes down with the driver
-without saying so, and a worker can still finish one checkpoint in the 1-2 s before its Ray is gone.
+never registered them. A worker checks that its driver still runs (its pid on the driver's node,
+else the GCS's job record) before it writes a checkpoint (trainables.ray_adapter.driver_alive), so
+none is written after the kill.
 
 A Ray process belongs to the killed driver's Ray when it holds files open in that Ray's session
 folder (`/tmp/ray/session_<time>_<pid>/`, unique to each `ray.init` that starts a Ray), or is one

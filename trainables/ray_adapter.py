@@ -1,8 +1,8 @@
 """The one Ray-aware file in trainables/: runs `fit` as a Ray Train worker loop.
 
 `ray.train.report` receives the trainer's per-epoch metrics and checkpoint folder; a restarted
-Train run hands its latest checkpoint back to `fit`. A worker whose driver is gone (its Ray job
-ended) stops before writing a checkpoint rather than leave one nobody registers.
+Train run hands its latest checkpoint back to `fit`. A worker whose driver is gone (its process
+ended, or its Ray job) stops before writing a checkpoint rather than leave one nobody registers.
 
 Each worker sets torch's intra-op threads to its CPU share (`resources.cpus_per_worker`, whole
 CPUs, at least 1) before training: torch would otherwise start one thread per core of the node,
@@ -71,6 +71,7 @@ def _fit_in_worker(config: dict) -> None:
     if threads is not None:
         torch.set_num_threads(threads)  # fit's train.threads, if set, wins over this
 
+    driver_alive()  # takes the driver's pid now, while its GCS surely answers (see driver_alive)
     # Where the trial ran, for the MLflow run's tags (not metrics: no "/" in the names).
     node = {"worker_node_id": ray.get_runtime_context().get_node_id(), "worker_node_ip": ray.util.get_node_ip_address()}
 
@@ -103,17 +104,24 @@ def _fit_in_worker(config: dict) -> None:
 
 
 def driver_alive(timeout_s: float = 2.0) -> bool:
-    """False only when the GCS says that the Ray job of this worker (the study's driver) has ended.
+    """False once this worker's Ray job (the study's driver) has ended: its driver process is gone
+    (checked on the driver's own node) or the GCS says the job is dead.
 
-    When the driver is SIGKILLed its job ends at once, but Ray takes a moment, up to a few seconds,
-    to kill the job's Train workers; one that finishes an epoch in that gap would write a checkpoint
-    that no Train run registers. One GCS call per checkpoint (a few ms). This helps where the GCS
-    outlives the driver (a cluster joined with --address); the local Ray a driver starts loses its
-    GCS with the driver before the job is marked dead, and there the answer stays True. The GCS client is Ray's
-    private API; if it moved, if the GCS does not answer (a restarting GCS on a fault-tolerant
-    cluster) or does not know the job, the answer is True: a checkpoint too many is removed by the
-    next --resume (study.leftovers), while a healthy worker stopped by mistake costs a restart."""
+    When the driver is SIGKILLed, Ray takes a moment, up to a few seconds, to kill the job's Train
+    workers; one that finishes an epoch in that gap would write a checkpoint that no Train run
+    registers. Two checks, a few ms per checkpoint:
+    - On the driver's node, the driver's pid. The local Ray a driver starts loses its GCS with the
+      driver before the job is marked dead, so only this check sees that driver go. The pid and its
+      start time are taken at the first call (when the worker starts, while the GCS answers); a pid
+      this process cannot see (another PID namespace) turns this check off rather than stop the worker.
+    - The GCS's job record, which covers drivers on other nodes of a cluster joined with --address.
+    The GCS client is Ray's private API; if it moved, or the GCS does not answer (a restarting GCS
+    on a fault-tolerant cluster) or does not know the job, that check says alive: a checkpoint too
+    many is removed by the next --resume (study.leftovers), while a healthy worker stopped by
+    mistake costs a restart."""
     job = ray.get_runtime_context().get_job_id()
+    if job in _driver_process and not _process_runs(*_driver_process[job]):
+        return False
     try:
         gcs = ray._private.worker.global_worker.gcs_client
         infos = gcs.get_all_job_info(job_or_submission_id=job, skip_submission_job_info_field=True,
@@ -121,7 +129,40 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
     except Exception:  # noqa: BLE001 (AttributeError/TypeError: Ray's API moved; RpcError, timeout)
         return True
     info = {job_id.hex(): info for job_id, info in infos.items()}.get(job)
-    return info is None or not info.is_dead
+    if info is None:
+        return True
+    if info.is_dead:
+        return False
+    if job not in _driver_process:
+        node = ray.get_runtime_context().get_node_id()
+        same_node = info.driver_address.node_id.hex() == node
+        started = _process_start(info.driver_pid) if same_node and info.driver_pid else None
+        # A driver that is alive by the GCS's record but not visible here runs in another PID namespace.
+        _driver_process[job] = (info.driver_pid, started) if started is not None else (0, None)
+    return True
+
+
+# Ray job id -> (the driver's pid, its start time in clock ticks since boot), or (0, None) where the
+# driver is on another node or in another PID namespace; filled at a worker's first check.
+_driver_process: dict[str, tuple[int, int | None]] = {}
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of a running (not zombie) process, from /proc/<pid>/stat; None if there is no such
+    process here, or no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    state, start = fields[0], int(fields[19])  # stat fields 3 and 22 (proc(5))
+    return None if state in "ZXx" else start
+
+
+def _process_runs(pid: int, started: int | None) -> bool:
+    """Whether the process taken at the first check still runs: True if that check found none to
+    follow (pid 0); False once the pid is gone, a zombie, or reused by a later process."""
+    return started is None or _process_start(pid) == started
 
 
 def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:

@@ -88,14 +88,12 @@ def killed(tmp_path_factory, tiny_phantom):
         runs.cleanup()
 
 
-@pytest.mark.xfail(reason="on the local Ray the driver started, its GCS goes down with it without marking the job "
-                          "dead, so the worker's check (driver_alive) still says alive, and a worker can finish one "
-                          "more checkpoint in the 1-2 s before its Ray is gone (clean-clone CI of 2026-11-28 04:26); "
-                          "what it writes is removed or delivered by --resume (the tests below)", strict=False)
 def test_workers_stop_and_stop_writing_checkpoints_once_the_driver_is_gone(killed):
-    # A worker asks the GCS before each checkpoint whether its driver's job still runs
-    # (test_a_worker_is_told_when_its_driver_is_gone: a cluster whose GCS outlives the driver).
-    assert {tuple(f) for _, _, f in killed["samples"]} == {tuple(killed["at_kill"])}, killed["samples"]
+    # A worker checks before each checkpoint that its driver still runs (trainables.ray_adapter.driver_alive:
+    # the driver's pid on its node; the GCS's job record, test_a_worker_is_told_when_its_driver_is_gone).
+    # Train may still delete an older folder it registered (its num_to_keep); nothing may be added.
+    written = {name for _, _, folders in killed["samples"] for name in folders} - set(killed["at_kill"])
+    assert not written, killed["samples"]
 
 
 def test_the_workers_are_gone_10_s_after_the_kill(killed):
