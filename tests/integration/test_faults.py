@@ -64,8 +64,8 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
     worker = _train_worker(p.pid)
     assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
     second: dict = {}  # a second driver of the same study, started while the first one runs
-    starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
     if second_driver:
+        starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
         starter.start()
     os.kill(worker, signal.SIGKILL)
     out["rc"] = p.wait(timeout=600)
@@ -82,8 +82,7 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory, tiny_phantom):
     tmp = tmp_path_factory.mktemp("faults")
-    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
-    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1"))
+    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1)
     runs = Runs()
     try:
         yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=True)
@@ -95,9 +94,8 @@ def faulted(tmp_path_factory, tiny_phantom):
 def exhausted(tmp_path_factory, tiny_phantom):
     """The same study with resources.max_failures 0: the first dead worker fails the trial."""
     tmp = tmp_path_factory.mktemp("no_restarts")
-    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
-    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1").replace(
-        "cpus_per_worker: 1", "cpus_per_worker: 1\n  max_failures: 0"))
+    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
+                      resources={"max_failures": 0})
     runs = Runs()
     try:
         yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=False)

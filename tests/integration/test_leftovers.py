@@ -42,9 +42,8 @@ def _checkpoints(run_dir):
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_phantom):
     tmp = tmp_path_factory.mktemp("leftovers")
-    spec = write_spec(tmp / "leftovers.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS)
-    spec.write_text(spec.read_text().replace("trials: 2", "trials: 1").replace(
-        "batch_size: 4", "batch_size: 4\n    checkpoint_every: 1"))
+    spec = write_spec(tmp / "leftovers.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
+                      train={"checkpoint_every": 1})
     runs = Runs()
     try:
         p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),

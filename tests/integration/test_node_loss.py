@@ -87,8 +87,8 @@ def cluster(tmp_path_factory, s3_store):
 @pytest.fixture(scope="module")
 def lost(cluster, tiny_phantom, s3_store):
     tmp = cluster["tmp"]
-    spec = write_spec(tmp / "nodeloss.yaml", f"s3://{s3_store['bucket']}/{PREFIX}", tiny_phantom, epochs=EPOCHS)
-    spec.write_text(spec.read_text().replace("concurrency: 1", "concurrency: 2"))
+    spec = write_spec(tmp / "nodeloss.yaml", f"s3://{s3_store['bucket']}/{PREFIX}", tiny_phantom, epochs=EPOCHS,
+                      concurrency=2)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--address", cluster["address"],

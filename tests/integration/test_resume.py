@@ -123,16 +123,18 @@ class Runs:
             kill_session(sid)
 
 
-def write_spec(path: Path, storage: Path, phantom: dict, epochs: int = EPOCHS) -> Path:
+def write_spec(path: Path, storage: Path | str, phantom: dict, epochs: int = EPOCHS, trials: int = 2,
+               concurrency: int = 1, resources: dict | None = None, train: dict | None = None) -> Path:
+    """The tiny study the fault tests run; resources and train add to (or override) its sections."""
     spec = {
-        "study": {"name": NAME, "trials": 2, "concurrency": 1, "seed": 7, "scheduler": "none",
+        "study": {"name": NAME, "trials": trials, "concurrency": concurrency, "seed": 7, "scheduler": "none",
                   "storage": str(storage), "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, **(resources or {})},
         "base": {
             "model": {"name": "unet", "width": 0.125},
             "data": {"dataset": "phantom", "root": str(path.parent / "phantom"), "input_size": [32, 24],
                      "phantom": phantom},
-            "train": {"epochs": epochs, "batch_size": 4},
+            "train": {"epochs": epochs, "batch_size": 4, **(train or {})},
             "loss": {"type": "ewc"},
             "eval": {"decode": "subpixel", "split": "test2"},
         },
