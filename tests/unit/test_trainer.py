@@ -252,6 +252,7 @@ def test_a_worker_follows_its_drivers_process_by_pid_and_start_time():
     assert _process_start(child.pid) is None and not _process_runs(child.pid, started)
     assert _process_runs(0, None)  # nothing to follow (another node or PID namespace): alive
 
+
 # --- precision and layout -----------------------------------------------------------------------
 
 
