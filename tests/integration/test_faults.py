@@ -79,28 +79,28 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
     return out
 
 
-@pytest.fixture(scope="module")
-def faulted(tmp_path_factory, tiny_phantom):
-    tmp = tmp_path_factory.mktemp("faults")
-    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1)
+def _study_with_a_killed_worker(tmp_path_factory, phantom: dict, folder: str, second_driver: bool, **spec):
+    """A 1-trial study in a new folder whose worker is killed after epoch 2 (_kill_the_worker_after_epoch_2);
+    yields what was seen, then stops what the study left. spec: more write_spec arguments."""
+    tmp = tmp_path_factory.mktemp(folder)
+    spec_path = write_spec(tmp / "faults.yaml", tmp / "store", phantom, epochs=EPOCHS, trials=1, **spec)
     runs = Runs()
     try:
-        yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=True)
+        yield _kill_the_worker_after_epoch_2(tmp, spec_path, runs, second_driver=second_driver)
     finally:
         runs.cleanup()
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory, tiny_phantom):
+    yield from _study_with_a_killed_worker(tmp_path_factory, tiny_phantom, "faults", second_driver=True)
 
 
 @pytest.fixture(scope="module")
 def exhausted(tmp_path_factory, tiny_phantom):
     """The same study with resources.max_failures 0: the first dead worker fails the trial."""
-    tmp = tmp_path_factory.mktemp("no_restarts")
-    spec = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
-                      resources={"max_failures": 0})
-    runs = Runs()
-    try:
-        yield _kill_the_worker_after_epoch_2(tmp, spec, runs, second_driver=False)
-    finally:
-        runs.cleanup()
+    yield from _study_with_a_killed_worker(tmp_path_factory, tiny_phantom, "no_restarts", second_driver=False,
+                                           resources={"max_failures": 0})
 
 
 def test_a_second_driver_on_a_running_study_is_refused_and_names_the_holder(faulted):
