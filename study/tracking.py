@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -36,13 +35,11 @@ from study.schema import (FINAL, RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_
                           Status, error_outcome, tag_filter)
 from study.integrity import disk_full
 from study.spec import Spec
+from study.versions import PACKAGES, package_versions
 from study.trial import (RESTARTS, RESUMED_CHECKPOINT, checkpoint_history, completed_outcome, furthest_history,
                          train_run_name)
 from trainables.config import flatten
 
-# Recorded on the study run (environment.json, and version.* tags for the first few).
-PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "pandas", "pyarrow", "plotly",
-            "matplotlib", "scikit-learn", "landmark-study")
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
@@ -118,12 +115,7 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
 
 def environment() -> dict:
     """Python, platform, package versions and the git commit of this checkout (if it is one)."""
-    packages = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    packages = package_versions()
     git: dict = {}
     root = Path(__file__).resolve().parent.parent
     try:
