@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from pathlib import Path
 
 import optuna
 import ray
@@ -87,9 +89,47 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
         # trial, started beside the worker and polling the node's drain state) has nothing to watch, and
         # its start competes with the worker's for the CPUs. Joined clusters keep it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        context = _start_local_ray(include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
         print(f"started a local Ray: {describe_resources(ray.cluster_resources())}", flush=True)
         return context.address_info.get("session_dir")
+
+
+# On a loaded machine Ray's own start can fail: its raylet gives up waiting for the dashboard agent's
+# port file and exits, and ray.init then waits 30 s for a node that never registers ("The current node
+# timed out during startup"). A second start, once the first one's processes are gone, is what helps.
+def _start_local_ray(**kwargs):
+    """ray.init of a new local Ray; on a failed start, stop what it left and try once more."""
+    began = time.time()
+    try:
+        return ray.init(address="local", **kwargs)
+    except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a node that never came up
+        if not _failed_start(e):
+            raise
+        why = str(e).strip().splitlines()[0].split(". ")[0]
+    left = stop_failed_start(began)
+    print(f"note: Ray's local start failed ({why}); stopped the {len(left)} process(es) it left and "
+          f"trying once more", flush=True)
+    return ray.init(address="local", **kwargs)
+
+
+def _failed_start(e: BaseException) -> bool:
+    text = str(e)
+    return "timed out during startup" in text or "raylet" in text.lower()
+
+
+def stop_failed_start(since: float) -> list[str]:
+    """Kill the processes of this process's Ray sessions created since `since` (a failed ray.init):
+    their session folder is <Ray's temp folder>/session_<time>_<our pid>. -> 'pid name' of each."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    from study.leftovers import kill_processes, session_processes
+
+    ray.shutdown()  # whatever of the failed start this process still holds
+    killed = []
+    for folder in Path(get_default_ray_temp_dir()).glob(f"session_*_{os.getpid()}"):
+        if folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime >= since - 1:
+            killed += kill_processes(session_processes(str(folder)))
+    return killed
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ Steps, each printed as it starts:
 1. the phantom classification teacher (trainables/pretrain.py), written to <storage>/fidelity/ once;
 2. `python -m study.run` on each spec of search_spaces/fidelity/ (adaloss, farnet, crosstask), as a user
    would run them, every trial recorded in MLflow (the studies' store: <storage>/mlflow.db by default);
+   the three run in this process on one Ray: a local one started once, or the cluster of --address;
 3. the report (dashboards/fidelity.py), from MLflow alone: reports/fidelity.md, fidelity.png beside it,
    and the same files on a run of the MLflow experiment `fidelity-report`.
 `--tiny` trains 1 epoch on tiny inputs with one repeat: every claim row is computed, none can be judged.
@@ -23,7 +24,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the fidelity studies (study.run --resume)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from MLflow")
     p.add_argument("--tiny", action="store_true", help="a smoke run in minutes: 1 epoch, tiny inputs, one repeat")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else one local Ray)")
     return p.parse_args(argv)
 
 
@@ -75,20 +76,26 @@ def teacher(path: Path, tiny: bool) -> dict:
     return figures
 
 
-def run_study(name: str, storage: str, tracking_uri: str | None, teacher_path: Path, resume: bool,
-              tiny: bool) -> tuple[int, list[str]]:
-    """`python -m study.run` on one fidelity spec, its output passed through; (exit status, the command)."""
-    cmd = [sys.executable, "-m", "study.run", str(SPECS / STUDIES[name]), "--storage", storage]
+def run_spec(name: str, storage: str, tracking_uri: str | None, teacher_path: Path, resume: bool,
+             tiny: bool, address: str | None) -> tuple[int, list[str]]:
+    """`python -m study.run` on one fidelity spec, in this process (its output passed through);
+    (exit status, the command)."""
+    from study.run import main as study_run
+
+    args = [str(SPECS / STUDIES[name]), "--storage", storage]
     if tracking_uri:
-        cmd += ["--tracking-uri", tracking_uri]
+        args += ["--tracking-uri", tracking_uri]
+    if address:
+        args += ["--address", address]
     if name in NEEDS_TEACHER:
-        cmd += ["--set", f"base.model.weights={teacher_path}"]
+        args += ["--set", f"base.model.weights={teacher_path}"]
     for override in TINY if tiny else []:
-        cmd += ["--set", override]
+        args += ["--set", override]
     if resume:
-        cmd.append("--resume")
+        args.append("--resume")
+    cmd = [sys.executable, "-m", "study.run", *args]
     _log(f"study {name}: {shlex.join(cmd[1:])}")
-    return subprocess.run(cmd, cwd=os.getcwd(), check=False).returncode, cmd
+    return study_run(args), cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         figures = teacher(teacher_path, args.tiny)
         times["teacher"] = time.time() - t
-        commands.append(f"python -m trainables.pretrain {teacher_path}".replace(os.getcwd() + os.sep, ""))
+        commands.append(shlex.join(["python", "-m", "trainables.pretrain", str(teacher_path)])
+                        .replace(os.getcwd() + os.sep, ""))
+        from study.cluster import init_ray
+
+        init_ray(args.address, verbose=False, dashboard=True)  # one Ray for the three studies: seconds each saved
         for name in STUDIES:
             t = time.time()
             # --resume continues the studies that were started; one not reached yet starts afresh
             resume = args.resume and (Path(storage) / name).exists()
-            code, cmd = run_study(name, storage, args.tracking_uri, teacher_path, resume, args.tiny)
+            code, cmd = run_spec(name, storage, args.tracking_uri, teacher_path, resume, args.tiny, args.address)
             times[f"study {name}"] = time.time() - t
             commands.append("python " + shlex.join(cmd[1:]).replace(os.getcwd() + os.sep, ""))
             if code != 0:

@@ -40,7 +40,8 @@ RAY_SESSION = "ray_session.json"  # in a local study folder, beside driver.lock
 
 
 def session_processes(session_dir: str) -> dict[int, str]:
-    """Live processes (not this one) holding a file open under session_dir: pid -> start time."""
+    """Live processes (not this one) holding a file open under session_dir, or naming it on their
+    command line (an agent that has not opened its logs yet): pid -> start time."""
     prefix = session_dir.rstrip("/") + "/"
     found = {}
     for entry in os.listdir("/proc"):
@@ -49,9 +50,10 @@ def session_processes(session_dir: str) -> dict[int, str]:
         try:
             fds = os.listdir(f"/proc/{entry}/fd")
             links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in fds]
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue  # gone, or not ours to look at
-        if any(link.startswith(prefix) for link in links):
+        if any(link.startswith(prefix) for link in links) or session_dir.rstrip("/") in cmdline:
             start = _pid_start(int(entry))
             if start is not None:
                 found[int(entry)] = start
@@ -99,20 +101,26 @@ def stop_leftover_ray(storage: StudyStorage) -> list[str]:
     for pid, start in (rec.get("pids") or {}).items():  # recorded at start; a reused pid has another start time
         if _pid_start(int(pid)) == start:
             victims[int(pid)] = start
+    killed = kill_processes(victims)
+    if killed:
+        print(f"note: stopped {len(killed)} Ray process(es) left by the killed driver (pid {driver}, Ray session "
+              f"{session}): {', '.join(killed)}", flush=True)
+    forget_ray_session(storage)
+    return killed
+
+
+def kill_processes(victims: dict[int, str]) -> list[str]:
+    """SIGKILL each pid that still has the start time it was found with; -> 'pid name' of each killed."""
     killed = []
     for pid, start in sorted(victims.items()):
         if _pid_start(pid) != start:
-            continue  # ended meanwhile
+            continue  # ended meanwhile, or the pid was reused
         name = _name(pid)
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
         killed.append(f"{pid} {name}")
-    if killed:
-        print(f"note: stopped {len(killed)} Ray process(es) left by the killed driver (pid {driver}, Ray session "
-              f"{session}): {', '.join(killed)}", flush=True)
-    forget_ray_session(storage)
     return killed
 
 

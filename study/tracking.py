@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ def resolve_tracking_uri(cli_uri: str | None, spec: Spec) -> str:
         return uri
     spec.storage_path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{spec.storage_path / 'mlflow.db'}"
+
+
+def prepare_store(uri: str) -> None:
+    """Open the tracking store once (a new SQLite store runs its schema migrations: seconds), so that
+    it is ready when the study run is opened; run_study does this while Ray starts."""
+    MlflowClient(uri).search_experiments(max_results=1)
 
 
 def _sqlite_folder(uri: str) -> Path:
@@ -176,11 +183,27 @@ class MlflowTracking(Callback):
         self._down_since: float | None = None  # when a delivery last failed (None: the server answers)
         self._last_try = 0.0
         self._dropped = 0
+        self._threads()
 
-    def __getstate__(self):  # Tune saves callbacks with the experiment; the client is rebuilt
-        state = dict(self.__dict__)
+    def _threads(self) -> None:
+        # Delivery runs on a thread of its own, so that MLflow's writes, the trial's pictures and the
+        # comparison never hold up Tune's loop (ASHA's decisions, the other trials' results). Tune's
+        # loop only appends each event to the outbox (memory and file) and wakes the thread.
+        self._queue_lock = threading.Lock()  # the queue and the outbox file change together
+        self._send_lock = threading.Lock()  # one delivery at a time: the thread's or a flush
+        self._wake = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._error: BaseException | None = None  # what stopped the thread (a full disk), raised on the loop
+
+    def __getstate__(self):  # Tune saves callbacks with the experiment; the client and the thread are rebuilt
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_queue_lock", "_send_lock", "_wake", "_sender", "_error")}
         state["_client"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._threads()
 
     @property
     def client(self) -> MlflowClient:
@@ -191,20 +214,51 @@ class MlflowTracking(Callback):
     # --- the outbox ---------------------------------------------------------------------------
 
     def _enqueue(self, event: dict) -> None:
+        """Queue an event for MLflow (on Tune's loop: a file append, no network)."""
+        self._raise_from_sender()
         if len(self.queue) >= OUTBOX_LIMIT and event["op"] == "result":
             self._dropped += 1
             if self._dropped == 1:
                 print(f"warning: MLflow has been unreachable for long: {OUTBOX_LIMIT} events are queued; epoch "
                       f"results past that are dropped (the checkpoints keep their metrics)", flush=True)
             return
-        self.queue.append(event)
-        if self.outbox_path is not None:
-            with open(self.outbox_path, "a") as f:
-                f.write(json.dumps(event) + "\n")
-        self.deliver()
+        with self._queue_lock:
+            self.queue.append(event)
+            if self.outbox_path is not None:
+                with open(self.outbox_path, "a") as f:
+                    f.write(json.dumps(event) + "\n")
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_in_background, name="mlflow-outbox", daemon=True)
+            self._sender.start()
+        self._wake.set()
+
+    def _send_in_background(self) -> None:
+        while True:
+            self._wake.wait(timeout=RETRY_S if self._down_since is not None else None)
+            self._wake.clear()
+            try:
+                self.deliver()
+            except BaseException as e:  # noqa: BLE001 - a full disk: raised on Tune's loop (_enqueue, flush)
+                self._error = e
+                return
+
+    def _raise_from_sender(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self) -> bool:
+        """Deliver everything queued now, waiting for the thread's delivery in progress; one attempt
+        even while the server has been unreachable. -> everything delivered."""
+        self._raise_from_sender()
+        return self.deliver(force=True)
 
     def deliver(self, force: bool = False) -> bool:
         """Send what is queued, in order, until the server fails to answer. -> everything delivered."""
+        with self._send_lock:
+            return self._deliver(force)
+
+    def _deliver(self, force: bool) -> bool:
         if not self.queue:
             return True
         now = time.monotonic()
@@ -221,22 +275,25 @@ class MlflowTracking(Callback):
                 if not unreachable(e):
                     print(f"warning: MLflow refused {self.queue[0]['op']} of trial {self.queue[0].get('tid')}: "
                           f"{str(e)[:300]}; skipped", flush=True)
-                    self.queue.pop(0)
+                    with self._queue_lock:
+                        self.queue.pop(0)
                     continue
                 if self._down_since is None:
                     self._down_since = now
                 print(f"MLflow unreachable ({self.uri}), {len(self.queue)} results queued; the study goes on",
                       flush=True)
                 return False
-            self.queue.pop(0)
+            with self._queue_lock:
+                self.queue.pop(0)
             sent += 1
         if self._down_since is not None:
             print(f"MLflow answers again: delivered {sent} queued results "
                   f"(unreachable for {now - self._down_since:.0f} s)", flush=True)
             self._down_since = None
-        if self.outbox_path is not None:
-            self.outbox_path.unlink(missing_ok=True)
-        return True
+        with self._queue_lock:
+            if not self.queue and self.outbox_path is not None:  # an event queued meanwhile keeps the file
+                self.outbox_path.unlink(missing_ok=True)
+            return not self.queue
 
     def _apply(self, event: dict) -> None:
         op, tid, config = event["op"], event.get("tid"), event.get("config", {})
@@ -262,7 +319,7 @@ class MlflowTracking(Callback):
     def setup(self, **info):
         if self.queue:  # left by an earlier session (the server was down when it ended)
             print(f"delivering {len(self.queue)} MLflow results queued by an earlier session", flush=True)
-            self.deliver(force=True)
+            self.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._enqueue({"op": "start", "tid": trial.trial_id, "config": trial.config})
@@ -319,7 +376,7 @@ class MlflowTracking(Callback):
         for trial in trials:
             if trial.trial_id not in self.outcomes:
                 self._enqueue({"op": "interrupted", "tid": trial.trial_id, "config": trial.config})
-        self.deliver(force=True)
+        self.flush()
 
     # --- MLflow ---------------------------------------------------------------------------------
 
@@ -413,7 +470,8 @@ class MlflowTracking(Callback):
         self.client.set_terminated(run_id, RunStatus.to_string(run_status))
         if status in FINAL:  # an interrupted trial continues on --resume: its pictures come then
             self._pictures(tid, config, run_id)
-            self.refresh()
+            if not any(e["op"] == "end" for e in self.queue[1:]):  # trials ending together: one comparison
+                self.refresh()
 
     def _pictures(self, tid: str, config: dict, run_id: str) -> None:
         adaloss = self.spec.trial_config(config).target.schedule == "adaloss"

@@ -11,17 +11,22 @@ callbacks (study.tracking, study.progress) log and print them on the driver.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs
-
+import ray
+import ray.cloudpickle
 from ray import tune
+from ray.exceptions import RayActorError
+from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.context import TrainRunContext
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.train.v2._internal.execution.context import TrainRunContext
 
 from study.integrity import BROKEN, TRAIN_SNAPSHOT, disk_full
 from study.schema import Status, is_diverged
@@ -34,6 +39,14 @@ from trainables.ray_adapter import (DIVERGED, FALLBACK_CHECKPOINT, RESUMED_CHECK
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20}
+# Train's controller polls its workers this often (Ray's default 2 s): each epoch's result and each
+# trial's end wait up to one poll. Propagated by Train to the controller; a user's own value wins.
+HEALTH_CHECK_INTERVAL_S = "0.5"
+# How long Tune waits for a stopped trial's function to return before it gives up reusing the process
+# (Ray's default 2 s): an ASHA-stopped trial aborts its Train run first (StopTrainRuns).
+THREAD_TIMEOUT_S = "10"
+KV_NAMESPACE = "landmark-study"  # Ray's internal key-value store: the Train controllers of running trials
+FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -77,9 +90,64 @@ class ReportWithRestarts(TuneReportCallback):
         super().after_report(run_context, [{**metrics[0], RESTARTS: self.restarts}, *metrics[1:]], checkpoint)
 
 
+class PublishController(ControllerCallback):
+    """Runs on the trial's Train controller: leaves a handle to it in Ray's key-value store, so that
+    the driver can abort the Train run of a trial that ASHA stopped (abort_train_run). Tune keeps a
+    stopped trial's process for the next trial, and tells the function to stop only when that
+    trial arrives; until then the Train run would go on training."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+
+    def after_controller_start(self, train_run_context: TrainRunContext):
+        handle = ray.get_runtime_context().current_actor
+        _internal_kv_put(self.key, ray.cloudpickle.dumps(handle), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def _controller_key(job_id: str, trial_id: str) -> bytes:
+    return f"{job_id}/{train_run_name(trial_id)}".encode()
+
+
+def _stop_key(key: bytes) -> bytes:
+    return key + b"/stop"
+
+
+def abort_train_run(trial_id: str) -> bool:
+    """Abort the Train run of a running trial of this driver's study (Train's own abort: the workers
+    stop, the controller exits); the trial's function then returns normally. -> whether one was found."""
+    key = _controller_key(ray.get_runtime_context().get_job_id(), trial_id)
+    blob = _internal_kv_get(key, namespace=KV_NAMESPACE)
+    if blob is None:
+        return False  # its Train run ended already, or never started
+    _internal_kv_put(_stop_key(key), b"1", overwrite=True, namespace=KV_NAMESPACE)
+    ray.cloudpickle.loads(blob).abort.remote()
+    return True
+
+
+class StopTrainRuns(tune.Callback):
+    """Tune callback: a trial that the scheduler stopped early gets its Train run aborted at once."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if stopped_early(trial, self.spec):
+            abort_train_run(trial.trial_id)
+
+
 def train_run_name(trial_id: str) -> str:
     """The Train run of a Tune trial: deterministic, so a restarted trial resumes its own run."""
     return f"train_{trial_id}"
+
+
+def _trainer_class(workers: int) -> type[DataParallelTrainer]:
+    """TorchTrainer where workers train together (DDP needs its process group); one worker needs no
+    backend, so its Train controller never imports torch (seconds of every trial's start-up)."""
+    if workers == 1:
+        return DataParallelTrainer
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer
 
 
 def trial_driver(config: dict, payload: TrialPayload) -> None:
@@ -91,13 +159,17 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     at once with the same error instead of training again.
     """
     trial_id = tune.get_context().get_trial_id()
+    for name, value in (("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S),
+                        ("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)):
+        os.environ.setdefault(name, value)  # this process's: Train hands the first on to the controller
+    key = _controller_key(ray.get_runtime_context().get_job_id(), trial_id)
     outcome = _Outcome(payload.train_storage, train_run_name(trial_id))
     outcome.raise_if_final()
     loop_config = payload.base.with_values(trainer_values(config)).to_dict()  # no config.id/.repeat
     fallback = fallback_checkpoint(payload.train_storage, train_run_name(trial_id))
     if fallback:
         loop_config[FALLBACK_CHECKPOINT] = fallback
-    trainer = TorchTrainer(
+    trainer = _trainer_class(payload.workers)(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=payload.workers, use_gpu=payload.use_gpu,
@@ -105,7 +177,7 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
         run_config=RunConfig(
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
-            callbacks=[ReportWithRestarts(outcome)],
+            callbacks=[ReportWithRestarts(outcome), PublishController(key)],
             # The two best checkpointed epochs by the primary objective (their pictures and weights are
             # what the trial's MLflow run keeps); Train always keeps the latest too, which resumes. The
             # trainer checkpoints every epoch that improves it (train.checkpoint_metric, set by the spec).
@@ -119,6 +191,10 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     )
     try:
         trainer.fit()
+    except RayActorError:
+        if _internal_kv_get(_stop_key(key), namespace=KV_NAMESPACE) is not None:
+            return  # aborted because the scheduler stopped the trial (abort_train_run): nothing failed
+        raise
     except WorkerGroupError as e:
         # A NaN loss is an outcome of the recipe, not a crash: say so in one line (tracked as "diverged").
         for failure in e.worker_failures.values():
@@ -129,10 +205,10 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
                 raise Diverged(str(failure).strip().splitlines()[-1]) from None
         outcome.save(FAILED, f"the workers failed {payload.max_failures + 1} time(s): {str(e).strip()[:2000]}")
         raise
+    finally:
+        for k in (key, _stop_key(key)):
+            _internal_kv_del(k, namespace=KV_NAMESPACE)
     outcome.raise_if_final()  # a NaN loss ended the run normally (see ReportWithRestarts): "diverged", one line
-
-
-FAILED = "failed"
 
 
 class TrialFailed(RuntimeError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # Train V2 (the default in Ray 2.60) is what study.trial is written for; set before Ray is imported,
 # here rather than in a caller, so that study.run and the Python API (study.run_study) agree.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Train's controller collects the workers' reports by polling them every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
-# (Ray's default 2 s), so each result and each trial's end can wait that long. A 0.5 s poll was tried
-# (benchmarks/platform_overhead.py) and left out: after a driver SIGKILL the faster controller went on
-# registering checkpoints whose epochs never reached MLflow, and `--resume` then skipped those epochs
-# (tests/integration/test_leftovers.py). Users may still set it; Ray's default is kept here.
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -51,7 +47,7 @@ from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  
 from study.search import SpaceSampler, make_sampler  # noqa: E402
 from study.spec import Spec, SpecError, StudyError  # noqa: E402
 from study.storage import SNAPSHOT, StudyLock, StudyStorage, check_unchanged  # noqa: E402
-from study.trial import DRIVER_RESOURCES, TrialPayload, trial_driver  # noqa: E402
+from study.trial import DRIVER_RESOURCES, StopTrainRuns, TrialPayload, trial_driver  # noqa: E402
 
 
 class _QuietDivergence(logging.Filter):
@@ -148,9 +144,12 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     uri = tracking.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
-    session = init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
-    if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
-        record_ray_session(storage, session)
+    with ThreadPoolExecutor(1) as pool:
+        store = pool.submit(tracking.prepare_store, uri)  # MLflow's store gets ready while Ray starts
+        session = init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
+        if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
+            record_ray_session(storage, session)
+        store.result()
     concurrency, configurations = plan(spec)
     num_samples = configurations * spec.study.repeats  # each repeat of a configuration is a Tune trial
     if not resume:
@@ -161,7 +160,7 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train,
                                        outbox=storage.local / tracking.OUTBOX if storage.local else None)
     guard = SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
-    callbacks = [guard, recorder, Progress(spec)]
+    callbacks = [guard, StopTrainRuns(spec), recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     trials = (f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
               if spec.study.repeats > 1 else f"{num_samples} trials")
@@ -178,11 +177,10 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, storage), scheduler=_scheduler(spec), num_samples=num_samples,
                 max_concurrent_trials=concurrency,
-                # The next trial's trial_driver runs in the process the last one ended in, which has
-                # its imports (Ray Train, torch) done: seconds per trial. Not with ASHA: Tune would keep
-                # a stopped trial's process, its TorchTrainer still training, until the next trial asks
-                # for it (then waits 2 s and kills it); without reuse it is killed at once.
-                reuse_actors=spec.study.scheduler.type != "asha",
+                # The next trial's trial_driver runs in the process the last one ended in, its imports
+                # done: seconds per trial. A trial that ASHA stops has its Train run aborted at once
+                # (StopTrainRuns), so the kept process holds no training.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0,
                                       # a trial whose process or node is lost is retried (from its checkpoint)
@@ -190,15 +188,15 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
         )
     grid = tuner.fit()
     if guard.short:  # stopped by the guard: the state is saved; MLflow has what it could take
-        recorder.deliver(force=True)
+        recorder.flush()
         raise guard.error()
+    delivered = recorder.flush()
     # Tune marks trials it stopped on Ctrl-C TERMINATED like finished ones: what the tracking
     # callback recorded as they ended is what tells them apart.
     outcomes = {tid: recorder.outcome(tid) for tid in map(_trial_id, grid)}
     table = _table(grid, spec, outcomes)
     interrupted = len(outcomes) < num_samples or Status.INTERRUPTED in outcomes.values()
     front = ""
-    delivered = recorder.deliver(force=True)
     # the comparison on the study run, with importance (once MLflow has every result)
     ranked = recorder.refresh(importance=True) if delivered else None
     if ranked is not None:

@@ -15,10 +15,9 @@ import dataclasses
 import difflib
 import keyword
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from trainables.data.augment import AugmentConfig
 from trainables.data.phantom import PhantomConfig
 from trainables.problems import Problem
 
@@ -33,6 +32,47 @@ class ConfigError(ValueError):
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: an outcome of the recipe, not a crash."""
+
+
+@dataclass
+class AugmentConfig:
+    """data.augment: applied to training batches by trainables.data.augment; all 0 = off."""
+
+    flip: float = 0.0  # probability of a horizontal flip (landmarks re-indexed by the dataset's flip map)
+    scale: float = 0.0  # scale factor drawn from U(1 - scale, 1 + scale)
+    rotate: float = 0.0  # rotation in degrees drawn from U(-rotate, rotate)
+    translate: float = 0.0  # shift drawn from U(-translate, translate) × (W, H)
+    intensity: float = 0.0  # x·c + b, c ~ U(1 - i, 1 + i), b ~ U(-i, i), in normalised units
+
+
+# field -> (low, high, high inclusive?); high None = unbounded.
+_AUGMENT_RANGES = {
+    "flip": (0.0, 1.0, True),
+    "scale": (0.0, 1.0, False),
+    "rotate": (0.0, 180.0, True),
+    "translate": (0.0, 1.0, False),
+    "intensity": (0.0, None, False),
+}
+
+
+def augment_problems(cfg: AugmentConfig, prefix: str = "data.augment.") -> list[str]:
+    """Problems with cfg, each naming its dotted path; [] when fine."""
+    out = []
+    for name, (lo, hi, closed) in _AUGMENT_RANGES.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            out.append(f"{prefix}{name}: expected a number, got {v!r}")
+            continue
+        ok = lo <= v and (hi is None or (v <= hi if closed else v < hi))  # False for NaN
+        if not ok:
+            want = f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}{']' if closed else ')'}"
+            out.append(f"{prefix}{name}: must be {want}, got {v!r}; 0 turns it off")
+    return out
+
+
+def is_active(cfg: AugmentConfig) -> bool:
+    """True when any augmentation is switched on."""
+    return any(getattr(cfg, f.name) != 0 for f in fields(cfg))
 
 
 @dataclass

@@ -24,9 +24,7 @@ from pathlib import Path
 import pyarrow.fs
 import ray
 import ray.train
-import ray.train.torch
 import ray.util
-import torch
 
 from trainables.checkpoint import METRICS_FILE, IncompleteCheckpoint, is_complete
 from trainables.config import Diverged, TrialConfig
@@ -60,8 +58,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _fit_in_worker(config: dict) -> None:
     # Imported here, not at the top: this module is also unpickled by the Tune trial's process and the
-    # Train controller (study.trial hands them train_loop_per_worker), which never train; the trainer
-    # brings the models and torchvision (seconds per process, on every trial's critical path).
+    # Train controller (study.trial hands them train_loop_per_worker), which never train; torch and the
+    # trainer (models, torchvision) cost seconds per process, on every trial's critical path.
+    import torch
+    from ray.train.torch import get_device
+
     from trainables.trainer import fit
 
     config = dict(config)
@@ -83,7 +84,7 @@ def _fit_in_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report({**metrics, **node}, checkpoint=checkpoint)
 
-    device = ray.train.torch.get_device()
+    device = get_device()
     checkpoint = _complete_or_older(ray.train.get_checkpoint())
     if checkpoint is None and fallback:  # Train's record of the run was lost (study.trial.fallback_checkpoint)
         checkpoint = ray.train.Checkpoint(fallback)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 
 from trainables import data as datasets
-from trainables.config import Problem, TrialConfig, suggest
-from trainables.data.augment import validate as augment_problems
+from trainables.config import Problem, TrialConfig, augment_problems, suggest
 from trainables.distill import DISTILL_TERMS, distill_problems
 from trainables.heatmaps import DECODERS, SIGMA_UNITS
 from trainables.losses import LOSSES, loss_problems

@@ -49,6 +49,7 @@ def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tm
     for epoch in (1, 2):
         tracking._enqueue({"op": "result", "tid": "t1", "config": config,
                            "result": {"epoch": epoch, "train/loss": 1.0 / epoch, "val/mre_mm": 5.0 - epoch}})
+    assert not tracking.flush()  # the delivery thread, then this one, found the server down
     assert [e["op"] for e in tracking.queue] == ["start", "result", "result"]
     saved = [json.loads(line) for line in (tmp_path / OUTBOX).read_text().splitlines()]
     assert saved == tracking.queue  # on disk, in order: a killed driver's --resume finds them
@@ -93,11 +94,13 @@ def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp
     first.on_trial_start(0, [trial], trial)
     for metrics in history[:2]:
         first.on_trial_result(0, [trial], trial, metrics)
+    assert first.flush()
 
     resumed = MlflowTracking(store, study_run, spec, str(train))  # the --resume's driver
     resumed.on_trial_start(0, [trial], trial)
     resumed.on_trial_result(0, [trial], trial, {**history[3], RESUMED_CHECKPOINT: folder.name, RESUMED_FROM: 4})
     resumed.on_trial_result(0, [trial], trial, {"epoch": 5, "train/loss": 0.2, "val/mre_mm": 4.0})
+    assert resumed.flush()
     client = MlflowClient(store)
     run = _trial_run(client, study_run, "t1")
     entries = sorted(client.get_metric_history(run.info.run_id, "val/mre_mm"), key=lambda m: m.timestamp)
@@ -107,6 +110,7 @@ def test_a_resumed_checkpoint_delivers_the_epochs_mlflow_lacks_once_in_order(tmp
     again = MlflowTracking(store, study_run, spec, str(train))
     again.on_trial_start(0, [trial], trial)
     again.on_trial_result(0, [trial], trial, {**history[3], RESUMED_CHECKPOINT: folder.name, RESUMED_FROM: 4})
+    assert again.flush()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mre_mm")] == [1, 2, 3, 4, 5]
 
 
@@ -132,6 +136,7 @@ def test_a_trial_that_fails_for_good_delivers_the_epochs_its_checkpoints_hold(tm
     for metrics in history[:2]:
         tracking.on_trial_result(0, [trial], trial, metrics)
     tracking.on_trial_error(0, [trial], trial)
+    assert tracking.flush()
     client = MlflowClient(store)
     run = _trial_run(client, study_run, "t1")
     entries = sorted(client.get_metric_history(run.info.run_id, "val/mre_mm"), key=lambda m: m.timestamp)

@@ -1,8 +1,9 @@
 """Per-trial start-up: what the processes of a trial that never train must not import.
 
 Every trial's Tune process and its Train controller unpickle `study.trial.trial_driver` and
-`trainables.ray_adapter.train_loop_per_worker`, so they import those modules; the trainer (models,
-torchvision, seconds per process on a 2-core machine) belongs in the Train worker only
+`trainables.ray_adapter.train_loop_per_worker`, so they import those modules; torch and the trainer
+(models, torchvision: seconds per process on a 2-core machine) belong in the Train worker only. A
+single-worker trial's controller runs DataParallelTrainer, which needs no torch either
 (benchmarks/platform_overhead.py, benchmarks/README.md).
 """
 
@@ -15,15 +16,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_IN_A_TRIALS_OWN_PROCESS = ("trainables.trainer", "trainables.models", "torchvision", "mlflow", "matplotlib")
+NOT_IN_A_TRIALS_OWN_PROCESS = ("trainables.trainer", "trainables.models", "torch", "torchvision", "mlflow", "matplotlib")
 
 
 def _imported_after(statement: str) -> dict:
-    code = (f"import json, os, sys; {statement}; "
-            f"print(json.dumps({{'modules': [m for m in {NOT_IN_A_TRIALS_OWN_PROCESS!r} if m in sys.modules], "
-            f"'env': {{k: os.environ.get(k) for k in ('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S',)}}}}))")
+    code = (f"import json, sys; {statement}; "
+            f"print(json.dumps({{'modules': [m for m in {NOT_IN_A_TRIALS_OWN_PROCESS!r} if m in sys.modules]}}))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -32,11 +31,6 @@ def _imported_after(statement: str) -> dict:
 def test_the_trial_driver_and_the_worker_loop_import_no_trainer():
     got = _imported_after("import study.trial, trainables.ray_adapter")
     assert got["modules"] == [], f"imported by a trial's Tune process and its Train controller: {got['modules']}"
-
-
-def test_the_study_keeps_rays_poll_of_train_workers():
-    # A 0.5 s poll lost epochs to a controller outliving its SIGKILLed driver (study/tuner.py).
-    assert _imported_after("import study.tuner")["env"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": None}  # Ray's 2 s
 
 
 def test_a_train_worker_imports_torchvision_only_for_a_backbone():

@@ -21,54 +21,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The config and its checks live with the trial config (no torch: the spec checker and the Train
+# controller read them); re-exported here beside the operation they configure.
+from trainables.config import AugmentConfig, augment_problems as validate, is_active  # noqa: F401
+
 # Value of pixels warped in from outside the image: black in the dataset's normalised units,
 # (0 - PIXEL_MEAN) / PIXEL_STD = (0 - 0.5) / 0.25 (trainables/data/dataset.py). 0 would be mid grey.
 FILL = -2.0
-
-
-@dataclass
-class AugmentConfig:
-    flip: float = 0.0  # probability of a horizontal flip (landmarks re-indexed by the dataset's flip map)
-    scale: float = 0.0  # scale factor drawn from U(1 - scale, 1 + scale)
-    rotate: float = 0.0  # rotation in degrees drawn from U(-rotate, rotate)
-    translate: float = 0.0  # shift drawn from U(-translate, translate) × (W, H)
-    intensity: float = 0.0  # x·c + b, c ~ U(1 - i, 1 + i), b ~ U(-i, i), in normalised units
-
-
-# field -> (low, high, high inclusive?); high None = unbounded.
-_RANGES = {
-    "flip": (0.0, 1.0, True),
-    "scale": (0.0, 1.0, False),
-    "rotate": (0.0, 180.0, True),
-    "translate": (0.0, 1.0, False),
-    "intensity": (0.0, None, False),
-}
-
-
-def validate(cfg: AugmentConfig, prefix: str = "data.augment.") -> list[str]:
-    """Problems with cfg, each naming its dotted path; [] when fine."""
-    out = []
-    for name, (lo, hi, closed) in _RANGES.items():
-        v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            out.append(f"{prefix}{name}: expected a number, got {v!r}")
-            continue
-        ok = lo <= v and (hi is None or (v <= hi if closed else v < hi))  # False for NaN
-        if not ok:
-            want = f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}{']' if closed else ')'}"
-            out.append(f"{prefix}{name}: must be {want}, got {v!r}; 0 turns it off")
-    return out
-
-
-def is_active(cfg: AugmentConfig) -> bool:
-    """True when any augmentation is switched on."""
-    return any(getattr(cfg, f.name) != 0 for f in fields(cfg))
 
 
 def _geometric(cfg: AugmentConfig) -> bool:
