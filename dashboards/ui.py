@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,10 +39,12 @@ def missing_store(uri: str) -> bool:
 
 
 def ui_command(uri: str) -> str:
-    """The shell command that opens this store in the MLflow UI, bound to loopback."""
+    """The shell command that opens this store in the MLflow UI, bound to loopback, quoted for a
+    POSIX shell (a store path with a space pastes as it is)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"{python_command()} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
+    args = ["--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(UI_PORT)]
+    return f"{python_command()} -m mlflow ui {shlex.join(args)}"
 
 
 def ui_url(uri: str, experiment_id: str, study: str, port: int = UI_PORT) -> str:
@@ -66,11 +69,11 @@ def study_links(uri: str, host: str, port: int) -> list[str]:
 
 
 def python_command() -> str:
-    """This interpreter as the user would type it (`.venv/bin/python`): the venv need not be activated."""
+    """This interpreter as the user would type it (`.venv/bin/python`): the venv need not be activated.
+    One shell word, quoted when the path needs it."""
     exe = os.path.abspath(sys.executable)
     rel = os.path.relpath(exe)
-    return rel if not rel.startswith("..") else exe
-
+    return shlex.quote(rel if not rel.startswith("..") else exe)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -> int:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -
         return 0
     # This interpreter's mlflow: `.venv/bin/python -m dashboards.ui` works without an activated venv.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {' '.join(cmd)}", flush=True)
+    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {shlex.join(cmd)}", flush=True)
     links = study_links(uri, args.host, args.port)
     if links:
         print("open, once it answers (a minute or two on a busy machine), each study's trials:\n  "

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except SpecError as e:
         return _spec_problems(e)
     print(describe(spec), flush=True)
+    for n in spec.notes:
+        print(f"note: {n}", file=sys.stderr)
     for w in spec.warnings:
         print(f"warning: {w} (a real run needs it)", file=sys.stderr)
     if args.dry_run:
@@ -152,22 +154,41 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     print(f"study state:  {result.study_dir}")
     print(f"MLflow:       {result.tracking_uri}  (experiment {experiment_name(spec)!r}, "
           f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)")
-    print(f"open the UI:  {ui_command(result.tracking_uri)}")
-    print(f"              or: {python_command()} -m dashboards.ui --tracking-uri {result.tracking_uri}")
-    print(f"then open:    {ui_url(result.tracking_uri, result.experiment_id, spec.study.name)}")
+    # Every command printed below is quoted for a POSIX shell (shlex): a storage path with a space pastes as it is.
+    uri = result.tracking_uri
+    print(f"open the UI:  {ui_command(uri)}")
+    print(f"              or: {python_command()} -m dashboards.ui {shlex.join(['--tracking-uri', uri])}")
+    print(f"then open:    {ui_url(uri, result.experiment_id, spec.study.name)}")
     print("              (the study's trials with their objectives and costs; MLflow's own start page is its GenAI view)")
-    print(f"the front:    {python_command()} -m dashboards.pareto {spec.study.name} --tracking-uri {result.tracking_uri}")
+    print(f"the front:    {python_command()} -m dashboards.pareto "
+          f"{shlex.join([spec.study.name, '--tracking-uri', uri])}")
+    # This interpreter, as named above (no activated venv needed), unless called as `landmark-study run`.
+    again = resume_command(f"{python_command()} -m study.run" if prog == PROG else prog, argv)
     if result.undelivered:
         print(f"\nMLflow did not answer: {result.undelivered} results are queued in {result.study_dir}/"
-              f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n"
-              f"  python -m study.run {shlex.quote(args.spec)} --resume"
-              + (f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""), file=sys.stderr)
+              f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n  {again}",
+              file=sys.stderr)
     if result.interrupted:
-        given = sys.argv[1:] if argv is None else argv
-        again = " ".join([prog, *(shlex.quote(a) for a in given if a != "--resume"), "--resume"])
         print(f"\ninterrupted: the state is saved; continue with\n  {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if n and result.num_errors == n else 0
+
+
+def resume_command(prog: str, argv: list[str] | None) -> str:
+    """This run's own command line with --resume, quoted for a POSIX shell: the same spec, storage,
+    overrides and tracking URI, so it continues this study. A password in a URI is shown as ***
+    (nothing prints one): put it back, or give it in MLFLOW_TRACKING_PASSWORD instead.
+
+        resume_command("python -m study.run", ["s.yaml", "--storage", "/tmp/a b"])
+        -> "python -m study.run s.yaml --storage '/tmp/a b' --resume"
+    """
+    given = sys.argv[1:] if argv is None else argv
+
+    def shown(arg: str) -> str:
+        flag, eq, value = arg.partition("=")
+        return f"{flag}={redact(value)}" if eq and flag.startswith("--") else redact(arg)
+
+    return " ".join([prog, shlex.join(shown(a) for a in given if a != "--resume"), "--resume"])
 
 
 def _spec_problems(e: SpecError) -> int:

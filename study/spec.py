@@ -193,6 +193,7 @@ class Spec:
     space: dict[str, Param]  # in sampling order: a parameter comes after those its `when:` names
     text: str = ""  # the YAML as written, for the record
     warnings: list[str] = field(default_factory=list)  # problems tolerated by check_data=False
+    notes: list[str] = field(default_factory=list)  # Problem.NOTE: said, never refused (faces cut by the frame)
 
     @property
     def storage_path(self) -> Path:
@@ -257,6 +258,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
 
     check_data=False (the dry run) turns problems with files this machine lacks (the dataset,
     pretrained weights) into `spec.warnings`, so a full-size spec can be checked anywhere.
+    Notes (Problem.NOTE, e.g. 300-W points outside their image) go to `spec.notes` in either mode.
     """
     source = str(path)
     p = Path(path)
@@ -276,7 +278,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(source, [f"{where}invalid YAML: {getattr(e, 'problem', None) or e}"]) from None
+        raise SpecError(source, [f"{where}invalid YAML: {yaml_problem(e)}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -292,9 +294,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
         except ConfigError as e:
             problems += [f"--set {p}" for p in e.problems]
         except yaml.YAMLError as e:  # a tag (!!python/...) or broken YAML: never constructed
-            why = (getattr(e, "problem", None) or str(e)).splitlines()[0]
+            why = yaml_problem(e).splitlines()[0]
             problems.append(f"--set {key.strip()}: {value!r} is not a plain YAML value ({why})")
     spec = _validate(raw, problems)
+    spec.notes = [p for p in problems if Problem.of(p).kind == Problem.NOTE]
+    problems = [p for p in problems if Problem.of(p).kind != Problem.NOTE]
     if not check_data:
         spec.warnings = [p for p in problems if Problem.of(p).kind == Problem.MISSING]
         problems = [p for p in problems if Problem.of(p).kind != Problem.MISSING]
@@ -302,7 +306,21 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
         raise SpecError(source, problems)
     spec.source, spec.text = source, text
     spec.warnings = [Problem.of(w).under(source) for w in spec.warnings]
+    spec.notes = [Problem.of(n).under(source) for n in spec.notes]
     return spec
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's problem, in words a spec's author can act on (the caller names the line and column).
+
+    A tab is the common case: YAML allows only spaces for indentation and between a value and its
+    comment, and PyYAML says "found character '\\t' that cannot start any token".
+    """
+    problem = getattr(e, "problem", None) or str(e)
+    if "'\\t'" in problem:
+        return ("a tab character, where YAML allows only spaces (indentation, or before a # comment); "
+                "replace it with spaces")
+    return problem
 
 
 def _validate(raw: dict, problems: list[str]) -> Spec:
@@ -541,7 +559,8 @@ def _base(d: Any, problems: list[str]) -> TrialConfig:
     except ConfigError as e:
         problems += e.problems
         return TrialConfig()
-    problems += [p.prefixed("base.") for p in config_problems(cfg)]
+    notes: list[Problem] = []  # kept among the problems as Problem.NOTE; load_spec moves them to spec.notes
+    problems += [p.prefixed("base.") for p in config_problems(cfg, notes) + notes]
     return cfg
 
 

@@ -73,6 +73,28 @@ def sigma_frame(input_size: tuple[int, int], finest_stride: int, units: str) -> 
     return tuple(n // SIGMA_UNITS[units](finest_stride) for n in input_size)
 
 
+# A target counts while its Gaussian's ±REACH·σ box overlaps the heatmap (MMPose's rule for
+# keypoints outside the heatmap, radius 3σ): beyond it the target is at most e^{-4.5} = 0.011
+# on the map, nothing a loss should fit.
+REACH = 3.0
+
+
+def on_map(coords: Tensor, sigma: Tensor, size: tuple[int, int], stride: int = 1) -> Tensor:
+    """(B, K) bool: whether each landmark's target reaches the heatmap, i.e. its ±3σ box overlaps
+    the map's area, [-0.5, W·s - 0.5] × [-0.5, H·s - 0.5] in input pixels (pixel edges).
+
+    coords: (B, K, 2) (x, y) input pixels; NaN rows (not annotated) are False. sigma: (K,) or
+    (B, K), σ in input pixels, as `render_gaussians` takes it. size: (H, W) of the heatmap.
+    A face landmark past the photo's border, or one moved off the input by augmentation, has a
+    target that misses the map wholly: the losses leave it out, as a missing one.
+    """
+    h, w = size
+    reach = REACH * sigma.to(coords).expand(coords.shape[:2])
+    x, y = coords[..., 0], coords[..., 1]  # NaN compares False: a missing landmark is never on the map
+    return ((x + reach >= -0.5) & (x - reach <= w * stride - 0.5)
+            & (y + reach >= -0.5) & (y - reach <= h * stride - 0.5))
+
+
 def to_input_pixels(u: Tensor, stride: int) -> Tensor:
     """Heatmap pixel coordinate(s) at output stride s (float, any shape) -> input pixels: (u + 0.5)·s − 0.5."""
     return (u + 0.5) * stride - 0.5

@@ -6,7 +6,8 @@
     loss = per_lm.mean()
 
 Every loss is a pixel-wise map averaged over the heatmap's pixels and over the images in which
-the landmark is annotated (`valid`); an image without that landmark adds nothing.
+the landmark counts (`valid`: annotated, and its target reaches this map; trainables/objective.py);
+an image where it does not adds nothing, and a landmark valid in no image has loss 0.
 """
 
 from __future__ import annotations

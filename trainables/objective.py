@@ -3,6 +3,8 @@ evaluation of a split (decode, flip test, errors in mm or NME, the preview array
 
     objective = Objective(LOSSES["ewc"], cfg, strides=(2, 1))
     per_landmark = objective(heads, coords, sigma)        # (K,)
+    epoch = EpochLosses(K, device)                        # per-landmark training loss over an epoch
+    epoch.add(per_landmark, objective.targeted(coords, sigma))
     metrics, errors = Scorer(cfg, spec, flip_index, device)(model, val_ds, sigma, objective, "val")
 """
 
@@ -10,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from trainables.config import TrialConfig
 from trainables.data.dataset import LandmarkDataset, normalize, to_original
-from trainables.heatmaps import DECODERS, TargetRenderer, head_sigma, input_sigma
+from trainables.heatmaps import DECODERS, TargetRenderer, head_sigma, input_sigma, on_map
 from trainables.metrics import NME_AUC_PERCENT, NME_FR_PERCENT, normalized_errors, radial_errors_mm, summarize
 from trainables.precision import autocast, to_layout
 
@@ -27,11 +30,17 @@ class Objective:
     target is σ input pixels wide; with `head` it is σ of that head's pixels, σ·s input pixels
     (farnet §3.4: the coarse MSFA target at stride 2 is twice as wide as the FR target at stride 1).
     Targets are rendered on the heads' device into buffers reused every step (`TargetRenderer`).
+
+    A landmark counts at a head where it is annotated and its target reaches that head's map
+    (`heatmaps.on_map`: a face point past the photo's border, or one that augmentation moved off
+    the input, has a target that misses it); elsewhere it adds nothing, as MMPose gives a keypoint
+    outside the heatmap weight 0. A landmark that counts in no image of the batch has loss 0.
     """
 
     def __init__(self, loss_fn, cfg: TrialConfig, strides: tuple[int, ...]):
         self.loss_fn, self.loss_cfg, self.strides = loss_fn, cfg.loss, strides
         self.sigma_units = cfg.target.sigma_units
+        self.input_size = tuple(cfg.data.input_size)
         self.render = TargetRenderer(normalize=cfg.target.normalize)
 
     def head_sigma(self, sigma, stride: int):
@@ -39,13 +48,55 @@ class Objective:
         return head_sigma(sigma, stride, self.sigma_units)
 
     def __call__(self, heads: list, coords, sigma):
-        valid = ~coords.isnan().any(dim=-1)  # (B, K)
         total = 0
         for slot, (heatmaps, stride) in enumerate(zip(heads, self.strides)):
             sigma_px = input_sigma(sigma, stride, self.sigma_units)  # the renderer works in input pixels
-            target = self.render(coords, sigma_px, tuple(heatmaps.shape[-2:]), stride, slot)
+            size = tuple(heatmaps.shape[-2:])
+            target = self.render(coords, sigma_px, size, stride, slot)
+            valid = on_map(coords, sigma_px, size, stride)  # (B, K): annotated, and the target reaches this map
             total = total + self.loss_fn(heatmaps.float(), target, self.loss_cfg, valid)
         return total
+
+    def targeted(self, coords, sigma):
+        """(B, K) bool: the landmarks that count at some head for these coords (B, K, 2) and σ (K,);
+        the heads' maps are data.input_size // stride. What `EpochLosses` weighs each batch by."""
+        h, w = self.input_size
+        hits = [on_map(coords, input_sigma(sigma, s, self.sigma_units), (h // s, w // s), s) for s in self.strides]
+        return torch.stack(hits).any(dim=0)
+
+
+class EpochLosses:
+    """The per-landmark training loss of an epoch, what Adaloss's statistics (trainables/schedules.py)
+    and `train/loss_lm_<k>` see: each landmark's batch losses averaged over the images in which it
+    counted (`Objective.targeted`), so a batch where it had no target adds nothing; NaN for a
+    landmark that had none all epoch (Adaloss then leaves its σ and history as they are).
+
+        epoch = EpochLosses(num_landmarks, device)
+        epoch.add(per_landmark, objective.targeted(coords, sigma))   # (K,), (B, K) bool; each step
+        epoch.all_reduce()                                           # under DDP: over every rank's images
+        per_landmark_loss = epoch.result()                           # (K,) float32 on the CPU
+    """
+
+    def __init__(self, num_landmarks: int, device):
+        self.sum = torch.zeros(num_landmarks, device=device, dtype=torch.float64)  # Σ loss_k × images counted
+        self.images = torch.zeros(num_landmarks, device=device, dtype=torch.float64)
+
+    def add(self, per_landmark, targeted) -> None:
+        counted = targeted.sum(dim=0).to(self.images.dtype)  # (K,) images of this batch
+        self.sum += per_landmark.detach().to(self.sum.dtype) * counted
+        self.images += counted
+
+    def all_reduce(self) -> None:
+        dist.all_reduce(self.sum)
+        dist.all_reduce(self.images)
+
+    def finite(self) -> bool:
+        """False once any landmark's loss was NaN or infinite where it counted: the trial diverged."""
+        return bool(torch.isfinite(self.sum).all())
+
+    def result(self):
+        seen = self.images > 0
+        return torch.where(seen, self.sum / self.images.clamp_min(1), float("nan")).float().cpu()
 
 
 class Scorer:

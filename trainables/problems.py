@@ -8,13 +8,16 @@ class Problem(str):
 
     It is also the line a user reads (`str(p) == f"{p.path}: {p.message}"`), so lists of problems
     print, join and compare as text. `kind` tells a dry run which problems only say that a file
-    this machine lacks (a dataset, pretrained weights) is missing; nothing matches on wording.
+    this machine lacks (a dataset, pretrained weights) is missing, and which are only notes that
+    refuse nothing; nothing matches on wording.
 
         Problem("data.root", "/x: dataset root does not exist", Problem.MISSING)
+        Problem("data.root", "/x: 2 landmarks in 1 .pts file lie outside their image ...", Problem.NOTE)
     """
 
     INVALID = "invalid"  # the config is wrong
     MISSING = "missing"  # a file the config names is not on this machine (a dry run tolerates it)
+    NOTE = "note"  # worth knowing, yet nothing is wrong: printed as `note:`, never refused (faces cut by the frame)
 
     path: str
     message: str

@@ -43,8 +43,12 @@ REGISTRIES = {
 }
 
 
-def config_problems(cfg: TrialConfig) -> list[Problem]:
-    """Everything that would stop `fit` before its first step, as messages naming the config path."""
+def config_problems(cfg: TrialConfig, notes: list[Problem] | None = None) -> list[Problem]:
+    """Everything that would stop `fit` before its first step, as messages naming the config path.
+
+    Notes (Problem.NOTE, e.g. 300-W points outside their image) stop nothing: they are appended to
+    `notes` when it is given (spec validation prints them), else dropped.
+    """
     out = []
     for path, registry in REGISTRIES.items():
         section, key = path.split(".")
@@ -77,7 +81,10 @@ def config_problems(cfg: TrialConfig) -> list[Problem]:
                         ("eval.dark_blur", cfg.eval.dark_blur)]:
         if value < 0:
             out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
-    return [Problem.of(p) for p in out]
+    found = [Problem.of(p) for p in out]
+    if notes is not None:
+        notes += [p for p in found if p.kind == Problem.NOTE]
+    return [p for p in found if p.kind != Problem.NOTE]
 
 
 def train_problems(cfg: TrialConfig) -> list[str]:

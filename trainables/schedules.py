@@ -51,6 +51,8 @@ class Adaloss:
     Guards: no update until w + 1 losses exist (V_{t−1} needs them); none while V_t is zero, where
     the ratio is undefined (a loss that has not moved at all); σ never goes below `min_sigma`.
     σ_0 is `sigma0`, or a quarter of the smaller side of `input_size` when 0 (the paper's choice).
+    A NaN loss says the landmark had no target all epoch (trainables.objective.EpochLosses: a face
+    point off every map): that epoch is skipped for it, its σ and its last w + 1 losses stay.
     """
 
     def __init__(self, cfg: TargetConfig, num_landmarks: int, input_size: tuple[int, int]):
@@ -58,21 +60,22 @@ class Adaloss:
         self.window, self.rho, self.min_sigma = p.window, p.rho, p.min_sigma
         sigma0 = max(p.sigma0 if p.sigma0 > 0 else min(input_size) / 4, p.min_sigma)
         self.sigma = torch.full((num_landmarks,), float(sigma0))
-        self.history = torch.empty(0, num_landmarks, dtype=torch.float64)  # (≤ w + 1, K), oldest first
+        # (w + 1, K), each column the landmark's last w + 1 losses, oldest first; NaN = not yet seen
+        self.history = torch.full((self.window + 1, num_landmarks), float("nan"), dtype=torch.float64)
 
     def step(self, per_landmark_loss: Tensor, train_loss: float) -> Tensor:
-        """Record this epoch's losses (K,) and return σ for the next epoch (K,)."""
-        loss = per_landmark_loss.detach().to("cpu", torch.float64).reshape(1, -1)
-        self.history = torch.cat([self.history, loss])[-(self.window + 1):]
-        if len(self.history) <= self.window:
-            return self.sigma
-        v_prev = self.history[:-1].var(dim=0, unbiased=False)  # V_{t−1}, eq 3
+        """Record this epoch's losses (K,) (NaN: no target, skipped) and return σ for the next epoch (K,)."""
+        loss = per_landmark_loss.detach().to("cpu", torch.float64).reshape(-1)
+        seen = ~loss.isnan()  # (K,)
+        self.history = torch.where(seen, torch.cat([self.history[1:], loss[None]]), self.history)
+        ready = seen & ~self.history.isnan().any(dim=0)  # a new loss, and w + 1 of them
+        v_prev = self.history[:-1].var(dim=0, unbiased=False)  # V_{t−1}, eq 3 (NaN where not ready)
         v_now = self.history[1:].var(dim=0, unbiased=False)  # V_t
         # Zero variance relative to the losses' scale: the ratio would be noise over noise.
         settled = v_now <= 1e-12 * self.history[1:].mean(dim=0) ** 2
         delta = self.rho * (1 - v_prev / torch.where(settled, 1.0, v_now))
         loss_rose = self.history[-1] > self.history[-2]
-        delta = torch.where(settled | ((delta > 0) & ~loss_rose), 0.0, delta)
+        delta = torch.where(~ready | settled | ((delta > 0) & ~loss_rose), 0.0, delta)
         self.sigma = (self.sigma.double() + delta).clamp_min(self.min_sigma).float()
         return self.sigma
 
@@ -81,7 +84,10 @@ class Adaloss:
 
     def load_state_dict(self, state: dict) -> None:
         self.sigma = state["sigma"].clone()
-        self.history = state["history"].clone()
+        history = state["history"].to(torch.float64)
+        # A checkpoint from before NaN padding holds only the losses seen so far (fewer rows): pad on top.
+        pad = torch.full((max(0, self.window + 1 - len(history)), history.shape[1]), float("nan"), dtype=torch.float64)
+        self.history = torch.cat([pad, history])[-(self.window + 1):]
 
 
 SCHEDULES = {"fixed": FixedSigma, "adaloss": Adaloss}

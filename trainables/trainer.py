@@ -21,7 +21,6 @@ become floats on the device; on CUDA they come from pinned memory with non-block
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from trainables.heatmaps import sigma_frame
 from trainables.losses import LOSSES
 from trainables.metrics import format_table, per_landmark_table
 from trainables.models import build_model
-from trainables.objective import Objective, Scorer
+from trainables.objective import EpochLosses, Objective, Scorer
 from trainables.precision import autocast, device_problem, grad_scaler, to_layout
 from trainables.registry import OPTIMIZERS, config_problems
 from trainables.schedules import SCHEDULES
@@ -140,7 +139,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
         t0 = time.perf_counter()
         model.train()
         sigma = schedule.sigma.to(device)  # the σ this epoch trains with, reported below
-        loss_sum = torch.zeros(num_landmarks, device=device)
+        epoch_losses = EpochLosses(num_landmarks, device)
         distill_sum = torch.zeros((), device=device)
         n_batches = 0
         for pixels, coords, _, _ in loader:
@@ -149,18 +148,18 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
                 images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
             per_landmark, distill_loss = train_step(run_model, to_layout(images, channels_last), coords, sigma, objective,
                                                     optimizer, scaler, precision, distiller, cfg.distill.lambda_)
-            loss_sum += per_landmark
+            epoch_losses.add(per_landmark, objective.targeted(coords, sigma))
             if distill_loss is not None:
                 distill_sum += distill_loss
             n_batches += 1
         if distributed:  # every rank must step Adaloss with the same losses, or their σ would drift apart
-            dist.all_reduce(loss_sum)
-            loss_sum /= dist.get_world_size()
-        per_landmark_loss = (loss_sum / max(n_batches, 1)).cpu()
-        train_loss = per_landmark_loss.mean().item()
+            epoch_losses.all_reduce()
+        per_landmark_loss = epoch_losses.result()  # (K,); NaN: no target all epoch, Adaloss skips it
+        train_loss = per_landmark_loss.nanmean().item()  # over the landmarks that had a target
         epoch_s = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise Diverged(f"train/loss is {train_loss} at epoch {epoch + 1}; lower optim.lr or check the data")
+        if not epoch_losses.finite():
+            raise Diverged(f"train/loss is {per_landmark_loss.mean().item()} at epoch {epoch + 1}; lower optim.lr or "
+                           "check the data")
         train = {"train/loss": train_loss, **{f"train/loss_lm_{k}": v for k, v in enumerate(per_landmark_loss.tolist())},
                  **{f"target/sigma_{k}": v for k, v in enumerate(sigma.tolist())}}
         if distiller is not None:

@@ -280,3 +280,59 @@ def test_config_problems_name_an_unknown_eval_split(tiny_config, tmp_path):
     out = config_problems(face_test)
     assert len(out) == 2 and all(p.startswith("eval.split: ") for p in out)
     assert "01_Indoor" in out[0] and "02_Outdoor" in out[1]
+
+
+# --- end to end: faces cut by the photo's border (issue 28) ------------------------------------------
+
+
+def test_fit_on_faces_cut_by_the_frame_trains_and_scores_all_68_points(tmp_path, recorder):
+    from trainables.data import problems as data_problems
+    from trainables.heatmaps import on_map
+    from trainables.problems import Problem
+
+    # The fixture's faces moved 15 px right: x = 35 ± 12 on a 40-wide image, so each face's right side
+    # (about a third of its points) lies past the image's right edge, 39.5.
+    root = make_300w(tmp_path / "300w")
+    for pts in root.rglob("*.pts"):
+        lines = pts.read_text().splitlines()
+        lines[3:3 + K_FACE] = [f"{float(x) + 15:.3f} {y}" for x, y in (line.split() for line in lines[3:3 + K_FACE])]
+        pts.write_text("\n".join(lines) + "\n")
+    # crop_scale 0.6: the crop is 0.6 × the face's 24 px width = 14.4 px, landmark 0 (the face's rightmost,
+    # 12 px right of its centre) lies 12 - 7.2 = 4.8 px beyond the crop, 4.8 × 32 / 14.4 = 10.7 input px
+    # past the map, more than 3σ = 3: its target misses the map in every image, every epoch.
+    cfg = TrialConfig.from_dict({
+        "model": {"name": "unet", "width": 0.125},
+        "data": {"dataset": "300w", "root": str(root), "num_landmarks": 68, "input_size": [32, 32],
+                 "train_split": "train", "val_split": "common", "face": {"crop_scale": 0.6}},
+        "target": {"schedule": "adaloss", "adaloss": {"window": 2, "sigma0": 1.0, "min_sigma": 0.5}},
+        "eval": {"split": "challenging"},
+        "train": {"epochs": 4, "batch_size": 2, "seed": 1, "device": "cpu"},
+    })
+    (note,) = data_problems(cfg.data)
+    assert Problem.of(note).kind == Problem.NOTE and "annotation files lie outside their image" in note
+    assert config_problems(cfg) == []  # a note stops no trial
+
+    # The landmarks whose σ = 1 target misses the 32×32 map in every training image (the crop cuts the
+    # face on all sides): landmark 0 among them, as worked out above, and not all 68.
+    never = ~on_map(load_split(cfg, "train").coords, torch.tensor([1.0]), (32, 32)).any(dim=0)  # (68,)
+    assert never[0] and 0 < int(never.sum()) < 68
+
+    rec = recorder("kept")
+    last = fit(cfg, rec)
+    for m in rec.metrics:
+        assert math.isfinite(m["train/loss"]) and math.isfinite(m["val/nme"])
+        nan = [math.isnan(m[f"train/loss_lm_{k}"]) for k in range(68)]  # no target all epoch: no loss, not 0
+        if m["epoch"] <= 3:  # σ = 1 for every landmark until Adaloss's first update (w + 1 = 3 epochs)
+            assert nan == never.tolist()
+        assert all(nan[k] for k in range(68) if never[k])
+        assert all(m[f"target/sigma_{k}"] == 1.0 for k in range(68) if never[k])  # Adaloss skipped them: σ0 stays
+        # train/loss is the mean over the landmarks that had a target
+        finite = [m[f"train/loss_lm_{k}"] for k in range(68) if not nan[k]]
+        assert m["train/loss"] == pytest.approx(sum(finite) / len(finite), rel=1e-5)
+    # Adaloss ran for the others: after w + 1 = 3 epochs of losses, epoch 4 trains with a new σ somewhere.
+    assert any(rec.metrics[3][f"target/sigma_{k}"] != 1.0 for k in range(68) if not never[k])
+
+    # The 300-W protocol scores all 68 points, those outside the image and outside the crop included.
+    rows = [line.split() for line in (rec.checkpoints[-1] / "test_challenging_per_landmark.txt").read_text().splitlines()[1:]]
+    assert len(rows) == 68 and all(r[1] == "2" for r in rows)  # two ibug faces, 68 finite errors each
+    assert np.mean([float(r[2]) for r in rows]) == pytest.approx(last["test/nme"], abs=0.01)

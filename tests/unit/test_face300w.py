@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from trainables.data import face300w
+from trainables.data.dataset import LandmarkDataset
 from trainables.data.record import DatasetFormatError
+from trainables.problems import Problem
 
 K = 68
 # folder -> (stem, suffix); "2_1" and "10_1" test string sorting of stems
@@ -232,3 +234,75 @@ def test_mirroring_a_symmetric_face_gives_it_back():
     mirrored = mirrored[list(face300w.FLIP_INDEX)]
     np.testing.assert_allclose(mirrored, face, atol=1e-9)
     assert not np.allclose(face[:, 0], width - 1 - face[:, 0])  # the flip alone does not do it
+
+
+# --- faces cut by the photo's border: points outside the image are kept (issue 28) --------------------
+
+
+def _ring(cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """68 points on an ellipse, landmark k at angle 2πk/68: k = 0 at (cx + rx, cy), k = 17 at (cx, cy + ry)."""
+    t = 2 * np.pi * np.arange(K) / K
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _write_face(image: Path, size: tuple[int, int], file_xy: np.ndarray, grey: int = 200) -> Path:
+    """An image of size (W, H), one grey level, and its .pts holding file_xy (1-based, as the release writes them)."""
+    image.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, grey).save(image)
+    pts = image.with_suffix(".pts")
+    pts.write_bytes(("\r\n".join(["version: 1", f"n_points: {K}", "{"] + [f"{x:.4f} {y:.4f}" for x, y in file_xy]
+                                 + ["}"]) + "\r\n").encode())
+    return pts
+
+
+def _inside_dataset(root: Path, size: tuple[int, int]) -> Path:
+    """Every folder of train/common/challenging with one face well inside its W×H image."""
+    w, h = size
+    for folder in ("afw", "helen/trainset", "lfpw/trainset", "helen/testset", "lfpw/testset", "ibug"):
+        _write_face(root / folder / "face.png", size, _ring((w + 1) / 2, (h + 1) / 2, w / 4, h / 4))
+    return root
+
+
+def test_one_based_points_on_the_last_column_and_row_are_inside(tmp_path):
+    # A 5×4 image. The file is 1-based: its last column is x = 5, read as 4 (the 0-based centre of
+    # column 4), its last row y = 4 read as 3. The image covers 0-based [-0.5, 4.5] × [-0.5, 3.5], the
+    # file's [0.5, 5.5] × [0.5, 4.5]: its outer corner (5.5, 4.5) reads (4.5, 3.5), on the edge, and
+    # (0.5, 0.5) reads (-0.5, -0.5): both inside. (5.6, 4) reads (4.6, 3), 0.1 px past the right edge.
+    root = _inside_dataset(tmp_path / "300w", (5, 4))
+    xy = _ring(3.0, 2.5, 1.25, 1.0)
+    xy[0], xy[1], xy[2] = (5, 4), (5.5, 4.5), (0.5, 0.5)
+    pts = _write_face(root / "ibug" / "face.png", (5, 4), xy)
+    assert face300w.read_pts(pts)[:3].tolist() == [[4.0, 3.0], [4.5, 3.5], [-0.5, -0.5]]
+    assert face300w.check(root, cache_dir=tmp_path / "cache") == []
+
+    xy[0] = (5.6, 4)
+    pts = _write_face(root / "ibug" / "face.png", (5, 4), xy)
+    (note,) = face300w.check(root, cache_dir=tmp_path / "cache")
+    assert note.kind == Problem.NOTE
+    assert note.startswith(f"{root}: 1 landmark in 1 annotation file lies outside their image (faces cut by the "
+                           f"photo's border), e.g. {pts}:4: landmark 1 at (5.6, 4) is outside the 5×4 (W×H) image face.png;")
+
+
+def test_a_face_cut_by_the_frame_is_kept_and_its_crop_padded_black(tmp_path):
+    # A 20×16 image (grey 200) whose face runs past the right edge: 0-based points on the ellipse centred
+    # (15, 7.5), radii (8, 5), so x spans [7, 23] and y [2.5, 12.5]. Past x = 19.5 (the right edge):
+    # 15 + 8 cos t > 19.5 <=> cos t > 0.5625 <=> |t| < 55.8°, t = 5.29° k: k = 0..10 and 58..67, 21 points.
+    root = _inside_dataset(tmp_path / "300w", (20, 16))
+    _write_face(root / "ibug" / "face.png", (20, 16), _ring(15, 7.5, 8, 5) + 1)  # + 1: the file is 1-based
+    (note,) = face300w.check(root, cache_dir=tmp_path / "cache")
+    assert note.kind == Problem.NOTE and "21 landmarks in 1 annotation file lie outside their image" in note
+
+    (rec,) = face300w.load_split(root, "challenging")
+    # Box 16 × 10 centred (15, 7.5); side 1.25 × 16 = 20, half 10: (5, -2.5, 25, 17.5), past the image's right
+    # (19.5) and top (-0.5) edges.
+    assert rec.crop == pytest.approx((5.0, -2.5, 25.0, 17.5))
+    ds = LandmarkDataset([rec], (32, 32))
+    # 20 original px onto 32 input px: 0.625 px each, x_in = (x - 5) / 0.625 - 0.5, y_in = (y + 2.5) / 0.625 - 0.5.
+    # Landmark 0 at (23, 7.5), 3.5 px right of the image, is at input (28.3, 15.5): inside the input.
+    assert ds.coords[0, 0].tolist() == pytest.approx([28.3, 15.5], abs=1e-5)
+    assert ((ds.coords[0] >= -0.5) & (ds.coords[0] <= 31.5)).all()
+    # The image's right edge 19.5 is input x 22.7 and its top edge -0.5 input y 2.7: input columns from 24
+    # (original x >= 20) and rows 0..1 (original y <= -1.25) see only padding, black; the inside stays grey 200.
+    image = ds.images[0, 0]
+    assert (image[:, 24:] == 0).all() and (image[:2] == 0).all()
+    assert (image[5:27, 1:22] == 200).all()

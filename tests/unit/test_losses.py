@@ -263,3 +263,92 @@ def test_hand_constants_agree_with_the_formula():
     big_c = 0.5 * big_a - 14 * math.log1p(r**a)
     assert big_a * 0.9 - big_c == pytest.approx(AWING_FAR_Y0_D09, abs=1e-5)
     assert 14 * math.log1p(0.2**1.1) == pytest.approx(AWING_NEAR_Y1_D02, abs=1e-6)
+
+
+# ---- a target that misses the heatmap (a face point past the photo's border) ----
+
+
+def _objective(input_size=(8, 8), sigma_units="input"):
+    from trainables.config import TrialConfig
+    from trainables.objective import Objective
+
+    cfg = TrialConfig.from_dict({"data": {"input_size": list(input_size)}, "loss": {"type": "mse"},
+                                 "target": {"sigma_units": sigma_units}})
+    return Objective(mse, cfg, (1,))
+
+
+def test_on_map_is_the_3_sigma_box_overlapping_the_map_edges():
+    from trainables.heatmaps import on_map
+
+    # 8×8 map at stride 1, σ = 1: the map spans [-0.5, 7.5] in x and y; a target counts while
+    # x + 3σ >= -0.5 and x - 3σ <= 7.5 (and the same in y).
+    xs = [-3.5, -3.6, 10.5, 10.6, 3.0, -10.5, float("nan")]
+    coords = torch.tensor([[[x, 4.0] for x in xs]])
+    assert on_map(coords, torch.tensor([1.0]), (8, 8)).tolist() == [[True, False, True, False, True, False, False]]
+    # The same points against a 4×4 map at stride 2: the same area, so the same answers.
+    assert on_map(coords, torch.tensor([1.0]), (4, 4), stride=2).tolist() == [[True, False, True, False, True, False, False]]
+    # In y too: (4, -3.6) misses, (4, 10.5) touches.
+    assert on_map(torch.tensor([[[4.0, -3.6], [4.0, 10.5]]]), torch.tensor([1.0]), (8, 8)).tolist() == [[False, True]]
+
+
+def test_a_target_10_sigma_off_the_map_adds_exactly_nothing_by_hand():
+    # 8×8 input, one head at stride 1, σ = 1, mse, the prediction 0 for landmark 0 and 0.5 for landmark 1.
+    # Landmark 0 at (3, 4): its target is exp(-d²/2), squared exp(-d²), separable:
+    #   Σ_x exp(-(x-3)²), x = 0..7: e⁻⁹ + e⁻⁴ + e⁻¹ + 1 + e⁻¹ + e⁻⁴ + e⁻⁹ + e⁻¹⁶ = 1.772637
+    #   Σ_y exp(-(y-4)²), y = 0..7: the same terms               = 1.772637
+    #   loss = 1.772637² / 64 pixels = 3.142242 / 64 = 0.049098
+    # Landmark 1 at (-10.5, 4): 10σ left of the map's edge at -0.5; its target is at most e⁻⁵⁰ ≈ 2e-22,
+    # so without the mask it would cost (0.5 - 0)² = 0.25 a pixel; it costs exactly 0.
+    objective = _objective()
+    coords = torch.tensor([[[3.0, 4.0], [-10.5, 4.0]]])
+    pred = torch.zeros(1, 2, 8, 8)
+    pred[0, 1] = 0.5
+    out = objective([pred], coords, torch.tensor([1.0, 1.0]))
+    assert out[0].item() == pytest.approx(0.049098, abs=1e-6)
+    assert out[1].item() == 0.0
+    assert objective.targeted(coords, torch.tensor([1.0, 1.0])).tolist() == [[True, False]]
+    # The prediction for it gets no gradient either: nothing pulls the network towards a target it cannot see.
+    pred.requires_grad_(True)
+    objective([pred], coords, torch.tensor([1.0, 1.0])).sum().backward()
+    assert pred.grad[0, 1].abs().sum().item() == 0.0 and pred.grad[0, 0].abs().sum().item() > 0
+
+
+def test_a_target_off_the_map_in_one_image_is_averaged_over_the_others():
+    # Landmark 0 at (3, 4) in image 0 and at (-10.5, 4) in image 1, prediction 0 in both:
+    # the mean is over image 0 alone, 0.049098 (as above), not (0.049098 + ~0) / 2.
+    objective = _objective()
+    coords = torch.tensor([[[3.0, 4.0]], [[-10.5, 4.0]]])
+    out = objective([torch.zeros(2, 1, 8, 8)], coords, torch.tensor([1.0]))
+    assert out.item() == pytest.approx(0.049098, abs=1e-6)
+
+
+def test_a_wider_coarse_target_still_counts_where_the_fine_one_misses():
+    # target.sigma_units: head, σ = 1 at a head of stride 2 is 2 input pixels: reach 6. A landmark
+    # at x = -6 reaches the coarse map (-6 + 6 >= -0.5) but not a stride-1 map with σ 1 (reach 3).
+    from trainables.config import TrialConfig
+    from trainables.objective import Objective
+
+    cfg = TrialConfig.from_dict({"data": {"input_size": [8, 8]}, "target": {"sigma_units": "head"}})
+    objective = Objective(mse, cfg, (2, 1))
+    coords = torch.tensor([[[-6.0, 4.0]]])
+    assert objective.targeted(coords, torch.tensor([1.0])).tolist() == [[True]]
+    assert Objective(mse, cfg, (1,)).targeted(coords, torch.tensor([1.0])).tolist() == [[False]]
+
+
+def test_epoch_losses_average_each_landmark_over_the_images_it_counted_in():
+    from trainables.objective import EpochLosses
+
+    # Batch 1 (2 images): landmark 0 counted in both, batch loss 0.4; landmark 1 in one, 1.0; landmark 2 in none, 0.
+    # Batch 2 (2 images): landmark 0 in one, 0.1; landmark 1 in none, 0; landmark 2 in none, 0.
+    # landmark 0: (0.4·2 + 0.1·1) / 3 = 0.9 / 3 = 0.3   (the plain batch mean would say 0.25)
+    # landmark 1: (1.0·1) / 1 = 1.0                      (the plain batch mean would say 0.5)
+    # landmark 2: no target all epoch: NaN, which Adaloss skips
+    epoch = EpochLosses(3, "cpu")
+    epoch.add(torch.tensor([0.4, 1.0, 0.0]), torch.tensor([[True, True, False], [True, False, False]]))
+    epoch.add(torch.tensor([0.1, 0.0, 0.0]), torch.tensor([[False, False, False], [True, False, False]]))
+    out = epoch.result()
+    assert out.shape == (3,) and out.dtype == torch.float32
+    assert out[:2].tolist() == pytest.approx([0.3, 1.0], abs=1e-7) and math.isnan(out[2].item())
+    assert epoch.finite()
+    epoch.add(torch.tensor([float("nan"), 0.0, 0.0]), torch.tensor([[True, False, False]]))
+    assert not epoch.finite()  # a NaN where a landmark counted: the trial diverged

@@ -261,3 +261,29 @@ def test_schedule_problems_collects_every_problem():
         "target.adaloss.sigma0",
         "target.adaloss.min_sigma",
     ]
+
+
+# ---- a landmark with no target in an epoch (NaN loss: a face point off every map) ----
+
+
+def test_adaloss_skips_an_epoch_without_a_target_for_that_landmark_only():
+    # Landmark 0 gets TRAJECTORY_LOSSES' first four with NaN epochs between them: NaN leaves its σ and
+    # its window as they are, so after 1.0, 0.8, 0.7, 0.65 it reaches 13.3, as with no gap (by hand
+    # above). Landmark 1 gets 0.5, 0.5, 0.4, 0.8 then 0.8 with no gap: its σ moves on schedule
+    # (16.830769 at its fourth epoch, the "both rise" case above).
+    sched = _adaloss(sigma0=16.0, k=2)
+    nan = float("nan")
+    rows = [[1.0, 0.5], [nan, 0.5], [0.8, 0.4], [nan, 0.8], [0.7, 0.8], [0.65, 0.8]]
+    out = _feed(sched, rows)
+    assert [s[0] for s in out] == pytest.approx([16.0, 16.0, 16.0, 16.0, 16.0, 13.3], abs=1e-5)
+    assert out[3][1] == pytest.approx(16.830769, abs=1e-5)
+    assert all(math.isfinite(v) for s in out for v in s)
+    assert sched.history[:, 0].tolist() == pytest.approx([1.0, 0.8, 0.7, 0.65])  # no NaN in its window
+
+
+def test_adaloss_state_dict_from_before_the_nan_padding_still_loads():
+    # An older checkpoint holds only the losses seen so far: 2 rows for w = 3. Loaded, it continues as
+    # if never saved: 0.7 (three losses, still no update), then 0.65 -> 13.3 (by hand above).
+    sched = _adaloss(sigma0=50.0, k=1)
+    sched.load_state_dict({"sigma": torch.tensor([16.0]), "history": torch.tensor([[1.0], [0.8]], dtype=torch.float64)})
+    assert [s[0] for s in _feed(sched, [0.7, 0.65])] == pytest.approx([16.0, 13.3], abs=1e-5)

@@ -80,6 +80,19 @@ def test_invalid_yaml_names_the_line(tmp_path):
     assert p.startswith("line 3, column 2: invalid YAML")
 
 
+def test_a_tab_in_yaml_says_tab_and_use_spaces(tmp_path):
+    # PyYAML: "found character '\\t' that cannot start any token". Here a tab sits between the value
+    # and its comment on line 3: `  trials: 4<TAB># four`, column 12 (two spaces, "trials:", a space, "4").
+    p = _one_problem(tmp_path, "study:\n  name: x\n  trials: 4\t# four\n")
+    assert p == ("line 3, column 12: invalid YAML: a tab character, where YAML allows only spaces (indentation, "
+                 "or before a # comment); replace it with spaces")
+    # A tab as indentation, the other way a tab breaks a spec: line 2, column 1.
+    p = _one_problem(tmp_path, "study:\n\tname: x\n")
+    assert p.startswith("line 2, column 1: invalid YAML: a tab character") and "replace it with spaces" in p
+    # Any other YAML error keeps PyYAML's own words.
+    assert _one_problem(tmp_path, "study: [1, 2\n").startswith("line 2, column 1: invalid YAML: expected ',' or ']'")
+
+
 def test_a_spec_that_is_not_a_mapping(tmp_path):
     p = _one_problem(tmp_path, "- study\n- space\n")
     assert p.startswith("expected a mapping with sections") and "got list" in p
@@ -754,3 +767,31 @@ def test_shipped_specs_express_the_papers_comparisons():
 def test_a_misspelt_backbone_is_caught_even_for_a_model_without_one(tmp_path):
     p = _space_problem(tmp_path, "model.backbone: {choice: [resnet18, resnet5]}\n")  # base model: unet
     assert p.startswith("space.model.backbone.choice: 'resnet5': unknown 'resnet5'; choose one of [")
+
+
+def test_faces_cut_by_the_frame_are_a_note_not_an_error(tmp_path, capsys):
+    # A 300-W point outside its image (a face the photo's border cuts) refuses nothing: it is one note in
+    # spec.notes, printed by `python -m study.run SPEC` as a `note:` line, with or without --dry-run.
+    from test_data_checks import _faces_cut_by_the_frame, make_300w
+
+    from study.run import main
+
+    root = make_300w(tmp_path / "300w")
+    first = _faces_cut_by_the_frame(root)[0]
+    path = _write(tmp_path, f"""\
+        study: {{name: faces, objectives: [{{metric: val/nme, mode: min}}]}}
+        base:
+          data: {{dataset: 300w, root: {root}, num_landmarks: 68, val_split: common}}
+          eval: {{split: ''}}
+        space:
+          optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
+        """)
+    for check_data in (True, False):
+        spec = load_spec(path, check_data=check_data)
+        (note,) = spec.notes
+        assert note.startswith(f"{path}: base.data.root: {root}: 3 landmarks in 2 annotation files lie outside their "
+                               f"image (faces cut by the photo's border), e.g. {first}; kept:")
+        assert spec.warnings == []
+    assert main([str(path), "--dry-run"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"note: {note}"]

@@ -6,7 +6,8 @@ on-disk cache of the decoded, resized images.
 
     recs = records(cfg.data, "train")    # list[Record]
     problems(cfg.data)                   # [] when the data can be read; checked before any trial:
-                                         # every image header and annotation (checks.py), cached per file
+                                         # every image header and annotation (checks.py), cached per file;
+                                         # Problem.NOTE entries (faces cut by the frame) refuse nothing
     DATASETS["300w"].unit                # "nme": faces are scored by NME, the others in mm
     landmark_names("isbi2015", 19)       # ["sella", "nasion", …] in annotation order; None where unnamed
 """
@@ -183,14 +184,17 @@ def problems(cfg) -> list[str]:
 
     Reads every image header and parses every annotation of the dataset (once per file: see
     trainables/data/checks.py); a missing root alone is Problem.MISSING, which a dry run tolerates.
+    Notes (Problem.NOTE: worth saying, wrong in nothing) come last, never cut by MAX_PROBLEMS.
     """
     if cfg.num_landmarks < 1:
         return [f"data.num_landmarks: must be at least 1, got {cfg.num_landmarks}"]
     found = DATASETS[cfg.dataset].problems(cfg)
+    notes = [p for p in found if Problem.of(p).kind == Problem.NOTE]
+    found = [p for p in found if Problem.of(p).kind != Problem.NOTE]
     if len(found) > MAX_PROBLEMS:  # one wrong setting (data.num_landmarks) can flag every file
         found = found[:MAX_PROBLEMS] + [Problem("data.root", f"… and {len(found) - MAX_PROBLEMS} more problems; "
                                                             f"`python -m trainables.data.{_module(cfg)} ROOT` lists them all")]
-    return found
+    return found + notes
 
 
 MAX_PROBLEMS = 30  # lines of data problems shown in spec validation

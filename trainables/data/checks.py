@@ -10,6 +10,10 @@ line each, `file:line: what` (or `file: what` when the problem has no line).
                                       # or DatasetFormatError("<path>: truncated: ...")
     outside(xy, info)                 # [k, ...]: the landmarks off the image
 
+A landmark off its image is an annotation error in a radiograph (ISBI 2015, hand): a problem,
+`outside_message`. In a face photo it is normal (a jaw or brow the photo's border cuts): the face
+datasets report such points in one Problem.NOTE, `outside_note`, and use them.
+
 What is read of an image: the header, plus what finding a truncated file takes, never a full decode:
   BMP (uncompressed rows): the header; the file must be as long as the rows it announces.
   PNG: verify(): every chunk is read and its CRC checked; nothing is decompressed.
@@ -43,6 +47,7 @@ import PIL
 from PIL import Image
 
 from trainables.data.cache import locked, write_atomic
+from trainables.problems import Problem
 
 CACHE_FILE = "image_headers.json"
 CACHE_VERSION = 1  # bump when _judge decides differently, so cached verdicts are not reused
@@ -273,3 +278,16 @@ def outside(xy: np.ndarray, info: ImageInfo) -> list[int]:
 def outside_message(k: int, shown: tuple[float, float], info: ImageInfo, image: Path) -> str:
     """'landmark 3 at (5000, 5000) is outside the 194×240 (W×H) image 002.bmp', k 0-based, shown as in the file."""
     return f"landmark {k + 1} at ({shown[0]:g}, {shown[1]:g}) is outside the {info.width}×{info.height} (W×H) image {Path(image).name}"
+
+
+def outside_note(root: Path, found: list[str], files: int, num_landmarks: int) -> list[Problem]:
+    """The landmarks a face dataset keeps although they lie off their image, as one Problem.NOTE
+    (or [] when there are none): `found` holds one `file:line: outside_message` line each, from
+    `files` annotation files; the first is shown as the example."""
+    if not found:
+        return []
+    n, s_n, s_f = len(found), "s" if len(found) > 1 else "", "s" if files > 1 else ""
+    return [Problem(str(root), f"{n} landmark{s_n} in {files} annotation file{s_f} lie{'' if s_n else 's'} outside "
+                    f"their image (faces cut by the photo's border), e.g. {found[0]}; kept: the face crop pads the "
+                    f"image, a target that misses the heatmap adds no loss, and NME scores all {num_landmarks} points",
+                    Problem.NOTE)]

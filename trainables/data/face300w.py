@@ -22,11 +22,19 @@ A .pts file:
     x y                                68 lines, floats, 1-based (Matlab) pixel coordinates
     }
 
-Coordinates are shifted by -1 on reading, so pixel centres are at integers (0-based). There is
-no physical scale: spacing_mm is NaN and errors are normalised by the inter-ocular distance
-(IOD_PAIR, the outer eye corners). Each record's crop is the square ground-truth face box:
-centred on the landmarks' bounding box, side crop_scale × its longer side (adaloss paper §4.3);
-it may extend beyond the image, whoever crops pads.
+Coordinates are shifted by -1 on reading, so pixel centres are at integers (0-based): the file's
+x = 1 is the centre of the first column, x = W the centre of the last, read as W - 1. The image
+covers the file's [0.5, W + 0.5] × [0.5, H + 0.5], read as [-0.5, W - 0.5] × [-0.5, H - 0.5];
+a point on the last column or row is inside it, and so is one on the outer edge (x = W + 0.5).
+There is no physical scale: spacing_mm is NaN and errors are normalised by the inter-ocular
+distance (IOD_PAIR, the outer eye corners). Each record's crop is the square ground-truth face
+box: centred on the landmarks' bounding box, side crop_scale × its longer side (adaloss paper
+§4.3); it may extend beyond the image, whoever crops pads (black).
+
+Points outside their image are kept: in-the-wild photos cut faces (a jaw or brow past the
+border). check() counts them in one Problem.NOTE instead of refusing them (checks.outside_note);
+the crop pads, a target that misses the heatmap adds no loss (trainables/objective.py), and
+every point is scored, as the 300-W protocol scores all 68.
 
 Usage:
 
@@ -49,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
+from trainables.data.checks import ImageHeaders, outside, outside_message, outside_note, parsed_once
 from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
 
 NUM_LANDMARKS = 68
@@ -281,12 +289,13 @@ def layout_problems(root: Path) -> list[str]:
 def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None = None) -> list[str]:
     """Every problem with the dataset, `file:line: what`: the layout (train/common/challenging), then
     every folder of every split that exists, the private test set included: each image's header
-    (through the header cache in cache_dir, see checks.py), its .pts parsed in full, and each point
-    inside the image."""
+    (through the header cache in cache_dir, see checks.py) and its .pts parsed in full. Points
+    outside their image are no problem: the last entry is then one Problem.NOTE counting them."""
     root = Path(root)
     problems = layout_problems(root)
     if root_problems(root):
         return problems
+    off_image, off_files = [], 0  # `file:line: landmark k at (x, y) is outside ...`, and in how many .pts files
     folders = sorted({f for fs in SPLITS.values() for f in fs})
     with ImageHeaders(cache_dir) as headers:
         for folder in folders:
@@ -308,10 +317,11 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
                     continue
                 xy, where, bad = parsed_once(pts, parse_pts, num_landmarks)
                 problems += bad
-                if xy is not None and info is not None:
-                    problems += [f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}"
-                                 for k in outside(xy, info)]  # shown 1-based, as in the file
-    return problems
+                if xy is not None and info is not None and (ks := outside(xy, info)):
+                    off_image += [f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}"
+                                  for k in ks]  # shown 1-based, as in the file
+                    off_files += 1
+    return problems + outside_note(root, off_image, off_files, num_landmarks)
 
 
 def _describe(root: Path):

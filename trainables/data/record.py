@@ -79,12 +79,18 @@ def read_text_lines(path: Path, what: str) -> list[str]:
 def check_folder_cli(module: str, check: Callable[..., list[str]], describe: Callable[[Path], Iterable[str]]) -> None:
     """`python -m trainables.data.<module> ROOT`: every problem, one line each, and exit 2; else one line per split.
 
-    `check(root, cache_dir=...)` is the dataset's full check, the one spec validation runs.
+    `check(root, cache_dir=...)` is the dataset's full check, the one spec validation runs. Its
+    notes (Problem.NOTE, e.g. faces cut by the photo's border) print as `note: ...` on stderr and
+    fail nothing.
     """
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m trainables.data.{module} ROOT")
     root = Path(sys.argv[1])
-    problems = check(root, cache_dir=default_cache_dir())
+    found = check(root, cache_dir=default_cache_dir())
+    problems = [p for p in found if Problem.of(p).kind != Problem.NOTE]
+    for note in found:
+        if Problem.of(note).kind == Problem.NOTE:
+            print(f"note: {note}", file=sys.stderr)
     if not problems:
         try:
             lines = list(describe(root))
