@@ -13,6 +13,7 @@ whose instances hold only plain data.
 from __future__ import annotations
 
 import random
+import threading
 import warnings
 from typing import TYPE_CHECKING
 
@@ -109,8 +110,24 @@ def make_sampler(spec: "Spec") -> optuna.samplers.BaseSampler:
     if name == "grid":
         return ConditionalGridSampler(spec.space, seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size(spec.study.trials))
+        return NSGAIISampler(seed=seed, population_size=population_size(spec.study.trials))
     raise ValueError(f"unknown sampler {name!r}")
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable again: Tune saves the searcher, sampler included, by pickling it, and
+    Optuna 5.1 gave its genetic samplers a thread lock (samplers/_ga/_base.py), which pickle refuses.
+    The lock guards a per-process cache only, so a new one is made on unpickling. The class keeps
+    Optuna's name: the generation records Optuna keeps in the study are keyed by it."""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def startup_trials(trials: int) -> int:

@@ -1,5 +1,6 @@
 """The samplers a spec names, driven through Optuna's ask-and-tell interface as Ray Tune drives them."""
 
+import pickle
 import textwrap
 
 import optuna
@@ -68,6 +69,33 @@ def test_samplers_run_a_conditional_multi_objective_space(tmp_path, sampler):
     seen = _ask_all(spec, 24, directions=("minimize", "minimize"))
     assert all(("target.sigma" in p) == (p["target.schedule"] == "fixed") for p in seen)
     assert {p["target.schedule"] for p in seen} == {"fixed", "adaloss"}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "nsga2"])
+def test_every_sampler_pickles_after_it_has_sampled(tmp_path, sampler):
+    # Tune saves the searcher, sampler included, with pickle (Optuna 5.1's NSGA-II holds a thread lock).
+    spec = _spec(tmp_path, f"""\
+        study: {{name: p, sampler: {sampler}, trials: 8,
+                 objectives: [{{metric: val/mre_mm, mode: min}}, {{metric: cost/gflops, mode: min}}]}}
+        space:
+          target.schedule: {{choice: [fixed, adaloss]}}
+          optim.lr: {{choice: [1.0e-3, 3.0e-3]}}
+        """)
+    sampler_obj = make_sampler(spec)
+    study = optuna.create_study(sampler=sampler_obj, directions=["minimize", "minimize"])
+    for _ in range(6):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        study.tell(trial, [trial.params["optim.lr"], 1.0])
+    again = pickle.loads(pickle.dumps(sampler_obj))
+    trial = study.ask()
+    assert set(again.infer_relative_search_space(study, trial)) == set(sampler_obj.infer_relative_search_space(study, trial))
+    study.sampler = again  # the unpickled sampler goes on sampling the same study
+    for _ in range(4):
+        trial = study.ask()
+        SpaceSampler(spec.space)(trial)
+        study.tell(trial, [trial.params["optim.lr"], 1.0])
+    assert len(study.trials) == 11
 
 
 def test_sampler_seed_reproduces_the_draws(tmp_path):
