@@ -8,7 +8,9 @@ and the plan (trials at once, trials in all) that follows from the spec's resour
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +66,7 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
     # lines; it stays in Ray's session logs, and a failed trial's traceback is in its error.txt.
     kwargs = dict(logging_level="WARNING", log_to_driver=verbose)
     if address:
+        _use_the_clusters_token(address)
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as e:
@@ -94,11 +97,43 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
         return context.address_info.get("session_dir")
 
 
+def _use_the_clusters_token(address: str) -> None:
+    """A cluster with Ray's token authentication (`ray start --head` turns it on): send the token this
+    machine has (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) although RAY_AUTH_MODE is
+    unset; study.preflight has already said so in one line if there is none."""
+    from study.preflight import cluster_wants_token, ray_token
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    if os.environ.get("RAY_AUTH_MODE") or address.startswith(("ray://", "auto")) or ray_token()[0] is None:
+        return
+    try:
+        wanted = cluster_wants_token(hostport)
+    except Exception:  # noqa: BLE001 - not a plain GCS address: ray.init says what is wrong
+        return
+    if wanted:  # RAY_AUTH_MODE=token, for this process and its children, as Ray itself turns it on
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+
+
 # On a loaded machine Ray's own start can fail: its raylet gives up waiting for the dashboard agent's
 # port file and exits, and ray.init then waits 30 s for a node that never registers ("The current node
 # timed out during startup"). A second start, once the first one's processes are gone, is what helps.
 def _start_local_ray(**kwargs):
-    """ray.init of a new local Ray; on a failed start, stop what it left and try once more."""
+    """ray.init of a new local Ray; on a failed start, stop what it left and try once more.
+
+    Ray's processes start with SIGHUP ignored (nohup's rule, inherited across exec): a closed terminal
+    hangs up its whole process group, and the driver's graceful stop (study.stop) needs its Ray alive."""
+    if threading.current_thread() is not threading.main_thread():
+        return _init_with_one_retry(**kwargs)
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _init_with_one_retry(**kwargs)
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+
+
+def _init_with_one_retry(**kwargs):
     began = time.time()
     try:
         return ray.init(address="local", **kwargs)

@@ -190,8 +190,49 @@ def address_problems(address: str | None) -> list[str]:
                 f"ray://HOST:PORT"]
     try:
         with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
-            return []
+            pass
     except OSError as e:
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         return [f"{flag} {address}: no Ray cluster answers there ({why}); start one with `ray start --head`, "
                 f"or leave out --address for a local Ray"]
+    if address.startswith("ray://") or not cluster_wants_token(hostport):
+        return []
+    token, where = ray_token()
+    if token is None:
+        return [f"{flag} {address}: the Ray cluster there wants its token (Ray's token authentication); give it "
+                f"with RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE or the head's ~/.ray/auth_token copied here"]
+    if cluster_wants_token(hostport, token):
+        return [f"{flag} {address}: the Ray cluster there refuses the token in {where}; give the head's "
+                f"(its ~/.ray/auth_token, or the RAY_AUTH_TOKEN it was started with)"]
+    return []
+
+
+# Ray's token authentication (on by default for `ray start --head` in Ray 2.60): where a client finds the
+# token, in Ray's own order.
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def ray_token() -> tuple[str | None, str]:
+    """(the token this machine would send a Ray cluster, where it was found), or (None, '')."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(TOKEN_FILE)):
+        if path and Path(path).expanduser().is_file():
+            return Path(path).expanduser().read_text().strip(), path
+    return None, ""
+
+
+def cluster_wants_token(hostport: str, token: str | None = None, timeout_s: float = ADDRESS_TIMEOUT_S) -> bool:
+    """Whether the Ray GCS at HOST:PORT refuses a request without (or with this) token: one gRPC call
+    (its cluster id, an empty message), answered at once. Without this check ray.init retries for
+    20-30 s, its warnings on the console, and then fails without a word about the token."""
+    import grpc  # Ray's own dependency; imported here, so that a study without --address never needs it
+
+    with grpc.insecure_channel(hostport) as channel:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            call(b"", timeout=timeout_s, metadata=[("authorization", f"Bearer {token}")] if token else [])
+        except grpc.RpcError as e:
+            return e.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False

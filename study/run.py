@@ -5,7 +5,8 @@
                              [--tracking-uri URI] [--storage PATH_OR_URI] [--trials N] [--verbose]
 
 Exit status: 0 when the study ran, 1 when every trial failed, 2 for bad input (nothing started),
-130 when interrupted (Ctrl-C; the state is saved and --resume continues it).
+130 when interrupted by Ctrl-C, 143 by SIGTERM and 129 by SIGHUP (a batch system's stop, a closed
+terminal): the state is saved and --resume continues it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(f"  {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from study.stop import Stopped
     from study.tuner import run_study  # lazy: imports Ray (seconds), only once the spec is known to be good
 
     t0 = time.monotonic()
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except (StudyError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Stopped as e:  # before Tune ran: no trial had started
+        print(f"\n{e}: stopped before the search began; nothing new ran (the same command starts it again)",
+              file=sys.stderr)
+        return 128 + e.signum
     wall = time.monotonic() - t0
 
     import pandas as pd  # lazy: needed only once the study ran, as dashboards.publish (MLflow)
@@ -169,8 +176,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
               f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n  {again}",
               file=sys.stderr)
     if result.interrupted:
-        print(f"\ninterrupted: the state is saved; continue with\n  {again}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        by = f" by {result.stopped_by}" if result.stopped_by else ""
+        print(f"\ninterrupted{by}: the state is saved; continue with\n  {again}", file=sys.stderr)
+        return 128 + signal.Signals[result.stopped_by] if result.stopped_by else EXIT_INTERRUPTED
     return 1 if n and result.num_errors == n else 0
 
 

@@ -46,20 +46,22 @@ from study.repeats import RepeatASHA, RepeatSearch  # noqa: E402
 from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
 from study.spec import Spec, SpecError, StudyError  # noqa: E402
+from study.stop import GracefulStop  # noqa: E402
 from study.storage import SNAPSHOT, StudyLock, StudyStorage, check_unchanged  # noqa: E402
 from study.trial import DRIVER_RESOURCES, StopTrainRuns, TrialPayload, trial_driver  # noqa: E402
 
 
-class _QuietDivergence(logging.Filter):
-    """Drop Tune's traceback for a trial that diverged: a NaN loss is an outcome, which
-    study.progress prints in one line; the traceback stays in the trial's error.txt."""
+class _QuietTrialEnds(logging.Filter):
+    """Drop Tune's traceback for a trial that diverged (a NaN loss is an outcome, which study.progress
+    prints in one line) or that a full disk stopped (run_study ends the study with one line naming the
+    folder); the traceback stays in the trial's error.txt."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Trial task failed") and is_diverged(error))
+        return not (record.getMessage().startswith("Trial task failed") and (is_diverged(error) or disk_full(error)))
 
 
-logging.getLogger("ray.tune.execution.tune_controller").addFilter(_QuietDivergence())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_QuietTrialEnds())
 
 
 @dataclass
@@ -70,9 +72,10 @@ class StudyResult:
     experiment_id: str
     parent_run_id: str
     num_errors: int
-    interrupted: bool  # Ctrl-C: the state is saved and --resume continues
+    interrupted: bool  # Ctrl-C, SIGTERM or SIGHUP: the state is saved and --resume continues
     front: str = ""  # the Pareto front as a table (dashboards.pareto.front_text)
     undelivered: int = 0  # MLflow events still queued (the server did not answer): --resume delivers them
+    stopped_by: str = ""  # the signal that stopped the study ("SIGTERM", "SIGHUP"), if one did
 
 
 def run_study(
@@ -150,6 +153,14 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
         if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
             record_ray_session(storage, session)
         store.result()
+    stop = GracefulStop().install()  # after ray.init, whose handler would abort the driver on SIGTERM
+    try:
+        return _run_tune(spec, storage, uri, resume, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: GracefulStop) -> StudyResult:
     concurrency, configurations = plan(spec)
     num_samples = configurations * spec.study.repeats  # each repeat of a configuration is a Tune trial
     if not resume:
@@ -197,8 +208,9 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
     table = _table(grid, spec, outcomes)
     interrupted = len(outcomes) < num_samples or Status.INTERRUPTED in outcomes.values()
     front = ""
-    # the comparison on the study run, with importance (once MLflow has every result)
-    ranked = recorder.refresh(importance=True) if delivered else None
+    # the comparison on the study run (once MLflow has every result), with importance unless it was stopped:
+    # a batch system's grace period is short
+    ranked = recorder.refresh(importance=not interrupted) if delivered else None
     if ranked is not None:
         table.insert(table.columns.get_loc("status") + 1, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
         front = front_text(ranked, recorder.info)
@@ -220,7 +232,7 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
                 raise
             undelivered += 1
     return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors,
-                       interrupted, front, undelivered)
+                       interrupted, front, undelivered, stop.received.name if stop.received else "")
 
 
 OPTUNA_JOURNAL = "optuna.journal"  # in the study folder: what optuna-dashboard opens

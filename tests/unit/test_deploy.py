@@ -1,14 +1,17 @@
 """deploy/: each file checked as far as can be done without Docker, a Kubernetes cluster, a cloud
 account or SLURM.
 
-- Dockerfile: CUDA base, pip install of the project, a non-root USER, CMD = the README's command.
+- Dockerfile: CUDA base, pip install of the project, a non-root USER, tini as PID 1, CMD = the README's
+  command.
 - rayjob.yaml: KubeRay RayJob ray.io/v1 with the keys its CRD requires (ray-operator/config/crd/
   bases/ray.io_rayjobs.yaml: rayClusterSpec needs headGroupSpec; a group needs template and a pod
   spec with named containers; a worker group also groupName, minReplicas, maxReplicas), S3 storage,
   an http tracking server, credentials only from a Secret.
 - ray-cluster.yaml: what `ray up` does before it calls the cloud: fill in the provider's defaults
   and validate against Ray's own schema (ray/autoscaler/ray-schema.json).
-- slurm.sbatch: `bash -n`, a head on the first node and workers on the others through srun.
+- slurm.sbatch: `bash -n`, a head on the first node and workers on the others through srun; and run
+  for real with stand-ins for srun, scontrol, ray and the driver: a TERM (HUP) to the batch script
+  reaches the driver, and the script exits with the driver's 143 (129).
 Every study command is parsed by study.run's own parser and its spec loaded with its --set
 overrides; every repository path a file names must exist.
 """
@@ -17,9 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +111,9 @@ def test_dockerfile():
     users = [a for k, a in steps if k == "USER"]
     assert users and users[-1] not in ("root", "0") and kinds.index("USER") < kinds.index("CMD")
     assert f"useradd --create-home --uid 1000 --shell /bin/bash {users[-1]}" in runs
-    assert "ENTRYPOINT" not in kinds
+    # tini as PID 1 passes docker stop's SIGTERM on to the driver (which stops the study gracefully)
+    assert json.loads(next(a for k, a in steps if k == "ENTRYPOINT")) == ["/usr/bin/tini", "--"]
+    assert re.search(r"apt-get install [^&]*\btini\b", runs)
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))  # exec form
     assert " ".join(cmd) == README_COMMAND
     _check_study_command(cmd)
@@ -138,6 +148,15 @@ def test_rayjob_manifest():
     assert {c["image"] for c in containers} == {containers[0]["image"]}
     assert re.search(r"/landmark-study:[\w.]+$", containers[0]["image"])
     assert all(c["resources"]["limits"].get("nvidia.com/gpu") for g in workers for c in _containers(g))
+
+    # a stop (the RayJob deleted, a drain) is SIGTERM to the driver: Ray's job supervisor, the head pod and
+    # the submitter give it the time its graceful stop takes (about 20 s) before SIGKILL
+    head_env = {e["name"]: e.get("value") for c in _containers(head) for e in c.get("env", [])}
+    assert int(head_env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
+    assert head["template"]["spec"]["terminationGracePeriodSeconds"] > int(head_env["RAY_JOB_STOP_WAIT_TIME_S"])
+    submitter = spec["submitterPodTemplate"]["spec"]
+    assert submitter["terminationGracePeriodSeconds"] >= head["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert submitter["containers"][0]["image"] == containers[0]["image"] and "command" not in submitter["containers"][0]
 
     # the study: S3 storage, a tracking server, and the spec's data path overridden
     argv = shlex.split(spec["entrypoint"])
@@ -202,7 +221,72 @@ def test_slurm_script():
     values = {"$PY": "python", "$address": "10.0.0.1:6379", "$STUDY_STORAGE": "/shared/studies",
               "$DATA_ROOT": "/shared/ISBI2015"}
     argv = [re.sub(r"\$\w+", lambda m: values[m.group(0)], a) for a in shlex.split(line.split("||")[0])
-            if a != "${STUDY_ARGS:-}"]
+            if a not in ("${STUDY_ARGS:-}", "&")]
     _check_study_command(argv)
     args = parse_args(argv[3:])
     assert args.address == "10.0.0.1:6379" and args.storage == "/shared/studies"
+
+
+# Stand-ins for what a SLURM node has: srun runs its command here, scontrol names one node, ray keeps
+# a "node" running until it is killed, and the driver records the signal it gets and exits as
+# study.run does (128 + the signal). Everything else the script runs is the real thing (bash, kill).
+STAND_INS = {
+    "srun": """#!/bin/bash
+        while [[ $1 == -* ]]; do [[ $1 == -w ]] && shift; shift; done
+        exec "$@"
+        """,
+    "scontrol": """#!/bin/bash
+        echo node1
+        """,
+    "ray": """#!/bin/bash
+        [[ $1 == start ]] && exec sleep 600
+        exit 0
+        """,
+    "python": f"""#!/bin/bash
+        if [[ $1 == -m && $2 == study.run ]]; then exec {sys.executable} "$(dirname "$0")/driver.py" "$@"; fi
+        if [[ $2 == *ray.init* ]]; then echo 1; exit 0; fi  # wait_for_nodes: every node has joined
+        exec {sys.executable} "$@"
+        """,
+    "driver.py": """
+        import os, signal, sys, time
+        def stop(signum, frame):
+            with open("driver.got", "w") as f:
+                f.write(signal.Signals(signum).name)
+            sys.exit(128 + signum)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, stop)
+        open("driver.started", "w").write(" ".join(sys.argv[1:]))
+        time.sleep(600)
+        sys.exit(0)
+        """,
+}
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_the_slurm_script_passes_a_stop_signal_to_the_driver(tmp_path, sig, status):
+    text = (DEPLOY / "slurm.sbatch").read_text()
+    assert re.search(r"^#SBATCH --signal=B:TERM@\d+$", text, re.MULTILINE)  # TERM to the batch shell before the limit
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STAND_INS.items():
+        (bin_dir / name).write_text(textwrap.dedent(body).lstrip())
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PY": str(bin_dir / "python"), "DATA_ROOT": str(tmp_path),
+           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "2",
+           "STUDY_STORAGE": str(tmp_path / "studies"), "NODE_WAIT_S": "30"}
+    batch = subprocess.Popen(["bash", str(DEPLOY / "slurm.sbatch")], cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "driver.started").exists():
+            assert batch.poll() is None, batch.communicate()[0]
+            assert time.monotonic() < deadline, "the driver did not start"
+            time.sleep(0.05)
+        assert "search_spaces/farnet.yaml --address" in (tmp_path / "driver.started").read_text()
+        batch.send_signal(sig)  # what sbatch --signal=B:TERM does: the batch shell only
+        out, _ = batch.communicate(timeout=60)
+    finally:
+        if batch.poll() is None:
+            os.killpg(batch.pid, signal.SIGKILL)
+    assert (tmp_path / "driver.got").read_text() == sig.name, out
+    assert batch.returncode == status, out

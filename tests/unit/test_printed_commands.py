@@ -47,7 +47,7 @@ def test_study_run_prints_commands_that_split_back_into_their_argv(tmp_path, mon
         """))
     result = types.SimpleNamespace(table=pd.DataFrame({"trial": ["p4_00000"]}), front="", num_errors=0,
                                    study_dir=storage / "p4", tracking_uri=uri, experiment_id="7",
-                                   undelivered=2, interrupted=True)
+                                   undelivered=2, interrupted=True, stopped_by="")
     monkeypatch.setitem(sys.modules, "study.tuner", types.SimpleNamespace(run_study=lambda spec, **kw: result))
     monkeypatch.setitem(sys.modules, "study.tracking", types.SimpleNamespace(experiment_name=lambda spec: "p4"))
     monkeypatch.setattr(study.run, "preflight", lambda spec, uri, address: [])
