@@ -5,56 +5,21 @@ node (or too few nodes) can serve must be refused before any trial starts.
 Budget: the cluster starts in ~5 s; the 2-trial study runs its two Train worker groups side by
 side (one per node), ~1 min on a 2-core machine. The two refused runs (~10 s each: imports, join,
 exit) run alongside the study rather than after it.
+
+Ray: this module's own two-node cluster (ray.cluster_utils.Cluster), not the session's shared one
+(conftest.py): it needs two nodes and a custom resource on one of them.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-from study_cli import clean_env
+from helpers import StudyProcess, write_spec
 
 pytestmark = pytest.mark.integration
 START = re.compile(r"^\[\d+:\d\d\] start\s", re.MULTILINE)  # a trial started
-
-
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=cwd, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()  # joined an outside cluster: the driver is the only process it started
-        out, err = p.communicate()
-        pytest.fail(f"{p.args}: no exit within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
-
-
-def write_spec(path: Path, storage: Path, phantom: dict, **resources) -> Path:
-    spec = {
-        "study": {"name": "twonodes", "trials": 2, "concurrency": 0, "seed": 7, "scheduler": "none",
-                  "storage": str(storage), "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
-        "resources": {"workers": 1, "cpus_per_worker": 1, **resources},
-        "base": {
-            "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(path.parent / "phantom"), "input_size": [32, 24],
-                     "phantom": phantom},
-            "train": {"epochs": 2, "batch_size": 4},
-            "loss": {"type": "ewc"},
-            "eval": {"decode": "subpixel", "split": "test2"},
-        },
-        "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
-    }
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +43,26 @@ def cluster():
 def runs(cluster, tmp_path_factory, tiny_phantom):
     """The 2-trial study on the cluster, and two specs it must refuse, all three CLIs at once."""
     tmp = {k: tmp_path_factory.mktemp(k) for k in ("study", "gpu_box", "workers")}
+
+    def spec(k: str, **resources):  # the 2-trial study of 2 epochs, any number at once (concurrency 0)
+        return write_spec(tmp[k] / "twonodes.yaml", tmp[k] / "store", tiny_phantom, epochs=2, concurrency=0,
+                          resources=resources, name="twonodes")
+
     specs = {
-        "study": write_spec(tmp["study"] / "twonodes.yaml", tmp["study"] / "store", tiny_phantom),
-        "gpu_box": write_spec(tmp["gpu_box"] / "twonodes.yaml", tmp["gpu_box"] / "store", tiny_phantom),
+        "study": spec("study"),
+        "gpu_box": spec("gpu_box"),
         # each of 2 workers needs 1 worker_node, and only the worker node has one: never placeable
-        "workers": write_spec(tmp["workers"] / "twonodes.yaml", tmp["workers"] / "store", tiny_phantom,
-                              workers=2, custom={"worker_node": 1}),
+        "workers": spec("workers", workers=2, custom={"worker_node": 1}),
     }
     extra = {"gpu_box": ["--set", "resources.custom.gpu_box=1"]}
-    procs = {k: start_cli(str(spec), "--address", cluster["address"], *extra.get(k, []), cwd=tmp[k])
-             for k, spec in specs.items()}
+    procs = {k: StudyProcess(str(path), "--address", cluster["address"], *extra.get(k, []), cwd=tmp[k],
+                             stderr_apart=True, label=k)
+             for k, path in specs.items()}
     try:
-        done = {k: finish(p, timeout=400 if k == "study" else 120) for k, p in procs.items()}
+        done = {k: p.finish(timeout=400 if k == "study" else 120) for k, p in procs.items()}
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            p.kill()  # joined an outside cluster: the driver is the only process in its session
     return {k: {"dir": tmp[k], "proc": done[k], "uri": f"sqlite:///{tmp[k] / 'store' / 'mlflow.db'}"} for k in done}
 
 

@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from study_cli import clean_env
+from helpers import clean_env, free_port
 from test_pareto_html import _check_drawn, _screenshot
 
 from dashboards import plots, study_plots, trial_plots
@@ -257,12 +257,9 @@ def test_the_ui_serves_the_store_on_loopback(store):
     import json
     import os
     import signal
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -1,5 +1,6 @@
 """A full disk under a running study (issue 14, item 2): the real CLI, a real local Ray, a real MLflow
-SQLite store, all on a small tmpfs (mounted here, as root; skipped with a message otherwise).
+SQLite store, all on a small tmpfs (mounted here, as root; skipped with a message otherwise). Ray: each
+CLI run starts its own local Ray, not the session's shared cluster (conftest.py).
 
 The study (2 trials of 4 epochs, one at a time) keeps its state, checkpoints and MLflow store on a
 48 MiB tmpfs, with LANDMARK_STUDY_MIN_FREE_MB=16. When the second trial has printed epoch 1, a
@@ -16,18 +17,13 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import re
 import subprocess
-import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from study_cli import clean_env
-from test_resume import EPOCH, START, Runs, histories, trial_runs, write_spec
+from helpers import EPOCH, START, Runs, StudyProcess, histories, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -85,26 +81,18 @@ def full(request, tmp_path_factory, tiny_phantom):
     runs = Runs()
     try:
         spec = write_spec(tmp / "diskfull.yaml", disk / "store", tiny_phantom, epochs=EPOCHS)
-        p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        runs.sids.append(p.pid)
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=lambda: ([lines.put(x) for x in p.stdout], lines.put(None)), daemon=True).start()
-        seen, starts, filled = [], [], None
-        deadline = time.monotonic() + 400
-        while (line := lines.get(timeout=max(1.0, deadline - time.monotonic()))) is not None:
-            seen.append(line)
-            if m := START.match(line):
-                starts.append(m[1])
+        p = StudyProcess(str(spec), cwd=tmp, runs=runs, stderr_apart=True)
+
+        def second_trial_at_epoch_1(line: str) -> bool:
             m = EPOCH.match(line)
-            if filled is None and m and len(starts) == 2 and m[1] == starts[1] and m[2] == "1":
-                filled = _fill(disk, leave)
-        rc = p.wait(timeout=120)
-        err = p.stderr.read()
-        first = {"rc": rc, "out": "".join(seen), "err": err, "starts": starts, "filled": filled}
+            return bool(m and len(p.starts) == 2 and m[1] == p.starts[1] and m[2] == "1")
+
+        p.wait_for(second_trial_at_epoch_1, 400, "the second trial's `epoch ... 1/N` line")
+        filled = _fill(disk, leave)
+        rc = p.wait(timeout=400)
+        first = {"rc": rc, "out": p.output, "err": p.stderr, "starts": p.starts, "filled": filled}
         (tmp / "first.out").write_text(first["out"])
-        (tmp / "first.err").write_text(err)
-        assert filled is not None, f"the second trial never printed epoch 1 (exit {rc}):\n{first['out'][-3000:]}"
+        (tmp / "first.err").write_text(first["err"])
         for f in disk.glob("filler*.bin"):
             f.unlink()  # space is back
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)

@@ -1,5 +1,6 @@
 """Faults a real cluster has: a Train worker killed mid-trial, and a second driver started on a
-running study. The real CLI, a real local Ray, a real MLflow SQLite store.
+running study. The real CLI, a real local Ray, a real MLflow SQLite store. Ray: each CLI run starts
+its own local Ray, not the session's shared cluster (conftest.py): its worker is killed.
 
 One study (1 trial of 12 epochs). When the trial has printed `epoch ... 2/12`:
 - a second `study.run` of the same spec is started: it must be refused (exit 2), naming the driver
@@ -15,17 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from study_cli import clean_env
-from test_resume import EPOCH, START, Runs, histories, session_pids, trial_runs, write_spec
+from helpers import EPOCH, START, Runs, StudyProcess, histories, session_pids, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -43,24 +39,15 @@ def _train_worker(sid: int) -> int | None:
 def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_driver: bool) -> dict:
     """Run the study; once its trial printed epoch 2, SIGKILL its RayTrainWorker (and, with
     second_driver, start a second study.run of the same spec just before). -> what was seen."""
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    runs.sids.append(p.pid)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=lambda: ([lines.put(line) for line in p.stdout], lines.put(None)), daemon=True).start()
-    seen: list[str] = []
+    p = StudyProcess(str(spec), cwd=tmp, runs=runs)
     out: dict = {"dir": tmp, "uri": f"sqlite:///{tmp / 'store' / 'mlflow.db'}", "driver_pid": p.pid}
-    deadline = time.monotonic() + 400
-    trial = None
-    while True:  # until the trial printed epoch 2
-        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
-        seen.append(line)
-        if m := START.match(line):
-            trial = m[1]
-        if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == 2:
-            break
-    out["trial"] = trial
+
+    def trial_at_epoch_2(line: str) -> bool:  # the trial: the latest START line's
+        m = EPOCH.match(line)
+        return bool(m and p.starts and m[1] == p.starts[-1] and int(m[2]) == 2)
+
+    p.wait_for(trial_at_epoch_2, 400, "the trial's `epoch ... 2/N` line")
+    out["trial"] = p.starts[-1]
     worker = _train_worker(p.pid)
     assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
     second: dict = {}  # a second driver of the same study, started while the first one runs
@@ -72,9 +59,7 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
     if second_driver:
         starter.join(timeout=400)
         out["second"] = second["run"]
-    while (line := lines.get(timeout=30)) is not None:
-        seen.append(line)
-    out["output"] = "".join(seen)
+    out["output"] = p.output
     (tmp / "first.log").write_text(out["output"])
     return out
 

@@ -1,6 +1,8 @@
 """The fidelity report command on its tiny configuration: the real CLI (`python -m study.fidelity --tiny`),
 which trains the phantom teacher, runs the three fidelity studies through `python -m study.run` (real
-local Ray, Optuna's grid, a real MLflow SQLite store) and writes the report.
+Ray, Optuna's grid, a real MLflow SQLite store) and writes the report.
+
+Ray: the three studies join the session's shared cluster (conftest.py; `study.fidelity --address`).
 
 Checks that every claim row is in reports' Markdown and CSV, that each row's figures are the ones the
 trial runs hold in MLflow (recomputed here from the runs, not from the report's code), and that the
@@ -16,7 +18,7 @@ import sys
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from study_cli import clean_env
+from helpers import clean_env
 
 from dashboards.fidelity import CLAIMS, METRIC, REPORT_EXPERIMENT, SIGMA_CLAIM
 from study.fidelity import STUDIES
@@ -25,11 +27,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, ray_cluster):
     tmp = tmp_path_factory.mktemp("fidelity")
     out = tmp / "reports" / "fidelity.md"
     done = subprocess.run([sys.executable, "-m", "study.fidelity", "--tiny", "--storage", str(tmp / "studies"),
-                           "--out", str(out)], cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=1500, check=False)
+                           "--out", str(out), "--address", ray_cluster["address"]], cwd=tmp,
+                          env=clean_env(**ray_cluster["env"]), capture_output=True, text=True, timeout=1500, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return {"tmp": tmp, "out": out, "stdout": done.stdout, "uri": f"sqlite:///{tmp / 'studies' / 'mlflow.db'}"}
 

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from study_cli import clean_env
+from helpers import clean_env, free_port
 
 from dashboards.publish import StudyInfo, publish_study
 from dashboards.ui import processes
@@ -88,12 +87,6 @@ def store(tmp_path_factory):
     return {"uri": uri, "experiment_id": study_run.experiment_id, "runs": runs, "tmp": tmp}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _answers(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
@@ -146,7 +139,7 @@ def _stop(ui: subprocess.Popen) -> None:
 
 
 def test_the_printed_link_opens_the_trials_with_their_objectives_and_costs(store, chromium, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
         ui = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],

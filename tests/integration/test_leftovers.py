@@ -1,5 +1,6 @@
 """Nothing left behind after a driver SIGKILL (issue 14, item 5): the real CLI, a real local Ray, a
-real MLflow SQLite store.
+real MLflow SQLite store. Ray: the CLI starts its own local Ray, not the session's shared cluster
+(conftest.py): what that Ray leaves when its driver is killed is what is tested.
 
 One study (1 trial of 12 epochs, a checkpoint every epoch). When the trial has printed epoch 2 the
 driver is SIGKILLed. 10 s later the test looks at what is left in the killed driver's session
@@ -14,20 +15,16 @@ history.json.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from study_cli import clean_env
+from helpers import EPOCH, Runs, StudyProcess, clean_env, histories, session_pids, trial_runs, write_spec
 
 from study.leftovers import registered_checkpoints
-from test_resume import EPOCH, START, Runs, histories, session_pids, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -46,23 +43,11 @@ def killed(tmp_path_factory, tiny_phantom):
                       train={"checkpoint_every": 1})
     runs = Runs()
     try:
-        p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        runs.sids.append(p.pid)
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=lambda: ([lines.put(x) for x in p.stdout], lines.put(None)), daemon=True).start()
-        seen, trial = [], None
-        deadline = time.monotonic() + 400
-        while True:
-            line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
-            assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-3000:]}"
-            seen.append(line)
-            if m := START.match(line):
-                trial = m[1]
-            if (m := EPOCH.match(line)) and m[2] == "2":
-                break
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+        p = StudyProcess(str(spec), cwd=tmp, runs=runs)
+        p.wait_for(lambda line: (m := EPOCH.match(line)) and m[2] == "2", 400, "an `epoch ... 2/N` line")
+        trial = p.starts[-1] if p.starts else None
+        p.send(signal.SIGKILL)
+        p.wait(timeout=60)
         t0 = time.monotonic()
         run_dir = tmp / "store" / "resumable" / "train" / f"train_{trial}"
         at_kill = _checkpoints(run_dir)

@@ -9,49 +9,29 @@ is gone, as a preempted machine is). The trial that trained there restarts from 
 checkpoint, read back from the bucket, on the head once the other trial has freed its CPU, and
 finishes; MLflow has every epoch of both trials once, and the trial's run counts the restart.
 
+Ray: this module's own two-node cluster (`cluster` below), not the session's shared one (conftest.py):
+one of its nodes is killed.
+
 Budget: ~3 min on a 2-core machine (two nodes start in ~10 s; 3 Train worker-group starts).
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import re
-import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from study_cli import clean_env
-from test_object_store import objects
-from test_resume import EPOCH, NAME, START, histories, kill_session, session_pids, trial_runs, write_spec
+from helpers import (EPOCH, NAME, StudyProcess, clean_env, free_port, histories, kill_session, objects, ray_start,
+                     session_pids, trial_runs, write_spec)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EPOCHS = 8  # long enough that both trials still train when the worker node goes
 PREFIX = "nodeloss"
-RAY = str(Path(sys.executable).parent / "ray")
 RESTARTED = re.compile(r"restarted ([0-9a-f]{8}) from epoch (\d+) \((\d+)/(\d+)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray_start(args: list[str], env: dict) -> int:
-    """`ray start ...` in a session of its own; returns the session id that holds the node's processes."""
-    p = subprocess.Popen([RAY, "start", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    out, _ = p.communicate(timeout=120)
-    if p.returncode != 0:
-        kill_session(p.pid)
-        pytest.fail(f"ray start {' '.join(args)}: exit {p.returncode}\n{out[-3000:]}")
-    return p.pid
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +71,17 @@ def lost(cluster, tiny_phantom, s3_store):
                       concurrency=2)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--address", cluster["address"],
-                          "--tracking-uri", uri], cwd=tmp, env=cluster["env"], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=lambda: ([lines.put(line) for line in p.stdout], lines.put(None)), daemon=True).start()
-    seen, starts, reached = [], [], {}
+    p = StudyProcess(str(spec), "--address", cluster["address"], "--tracking-uri", uri, cwd=tmp, env=cluster["env"])
+    reached: dict[str, int] = {}  # trial id -> the latest epoch it printed
     out: dict = {"uri": uri, "tmp": tmp}
+
+    def both_trials_trained_2_epochs(line: str) -> bool:
+        if m := EPOCH.match(line):
+            reached[m[1]] = int(m[2])
+        return len(reached) == 2 and min(reached.values()) >= 2
+
     try:
-        deadline = time.monotonic() + 400
-        while not (len(reached) == 2 and min(reached.values()) >= 2):  # both trials trained 2 epochs
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-4000:]}"
-            seen.append(line)
-            if m := START.match(line):
-                starts.append(m[1])
-            if m := EPOCH.match(line):
-                reached[m[1]] = int(m[2])
+        p.wait_for(both_trials_trained_2_epochs, 400, "both trials' `epoch ... 2/N` lines")
         on_worker = {pid: cmd for pid, cmd in session_pids(cluster["worker_sid"]).items() if "RayTrainWorker" in cmd}
         assert on_worker, f"no Train worker on the worker node: {session_pids(cluster['worker_sid'])}"
         out["killed_at"] = dict(reached)
@@ -115,16 +89,14 @@ def lost(cluster, tiny_phantom, s3_store):
         out["worker_node_processes"] = kill_session(cluster["worker_sid"])  # the node is gone
         out["rc"] = p.wait(timeout=500)
         out["t_end"] = time.monotonic() - t0
-        while (line := lines.get(timeout=30)) is not None:
-            seen.append(line)
-        out["output"] = "".join(seen)
+        out["output"] = p.output
         (tmp / "study.log").write_text(out["output"])
         print(f"node loss: worker node killed {out['t_kill']:.0f} s after start at {reached}, "
               f"study ended at {out['t_end']:.0f} s")
         out["objects"] = objects(s3_store, f"{PREFIX}/{NAME}/")
         yield out
     finally:
-        kill_session(p.pid)
+        p.kill()
 
 
 def test_each_node_keeps_its_own_temp_folder(cluster, lost):

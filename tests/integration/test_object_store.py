@@ -1,6 +1,7 @@
 """A study whose storage is an object store (`study.storage: s3://studies/resume`), against a real
 S3-compatible server on loopback (moto's, the `s3_store` fixture): the real CLI, a real local Ray,
-a real MLflow SQLite store (`--tracking-uri`, since an object store holds no SQLite file).
+a real MLflow SQLite store (`--tracking-uri`, since an object store holds no SQLite file). Ray: each
+CLI run starts its own local Ray, not the session's shared cluster (conftest.py): its driver is killed.
 
 The endpoint and credentials reach the CLI, and every Ray process it starts, only through the usual
 AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), which
@@ -16,20 +17,14 @@ Budget: ~2 min on a 2-core machine (3 Train worker-group starts, 2 CLI and Ray s
 
 from __future__ import annotations
 
-import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from study_cli import clean_env
-from test_resume import (EPOCH, NAME, START, Runs, first_epoch_after_resume, histories, kill_session, trial_runs,
-                         write_spec)
+from helpers import (EPOCH, NAME, Runs, StudyProcess, first_epoch_after_resume, histories, objects, trial_runs,
+                     write_spec)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,44 +32,20 @@ EPOCHS = 3
 PREFIX = "resume"  # study.storage: s3://<bucket>/resume
 
 
-def objects(store: dict, prefix: str) -> dict[str, int]:
-    """key -> size of every object under `prefix` in the bucket."""
-    found, token = {}, {}
-    while True:
-        page = store["client"].list_objects_v2(Bucket=store["bucket"], Prefix=prefix, **token)
-        found |= {o["Key"]: o["Size"] for o in page.get("Contents", [])}
-        if not page.get("IsTruncated"):
-            return found
-        token = {"ContinuationToken": page["NextContinuationToken"]}
-
-
 def kill_after_epoch(spec: Path, cwd: Path, env: dict, runs: Runs, epoch: int, timeout: float = 400) -> dict:
     """Start the study; SIGKILL the driver once its first trial printed `epoch <trial> <epoch>/N`."""
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--tracking-uri", env["uri"]], cwd=cwd,
-                         env=clean_env(**env["aws"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    runs.sids.append(p.pid)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=lambda: ([lines.put(line) for line in p.stdout], lines.put(None)), daemon=True).start()
-    seen, trial = [], None
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            kill_session(p.pid)
-            pytest.fail(f"no `epoch ... {epoch}/{EPOCHS}` line within {timeout} s\n" + "".join(seen)[-4000:])
-        assert line is not None, f"the study ended (exit {p.wait()}) early:\n{''.join(seen)[-4000:]}"
-        seen.append(line)
-        if trial is None and (m := START.match(line)):
-            trial = m[1]
-        if (m := EPOCH.match(line)) and m[1] == trial and int(m[2]) == epoch:
-            break
-    os.kill(p.pid, signal.SIGKILL)
+    p = StudyProcess(str(spec), "--tracking-uri", env["uri"], cwd=cwd, env=env["aws"], runs=runs)
+
+    def first_trial_at(line: str) -> bool:
+        m = EPOCH.match(line)
+        return bool(m and p.starts and m[1] == p.starts[0] and int(m[2]) == epoch)
+
+    p.wait_for(first_trial_at, timeout, f"the first trial's `epoch ... {epoch}/{EPOCHS}` line")
+    p.send(signal.SIGKILL)
     rc = p.wait(timeout=60)
-    kill_session(p.pid)  # only the driver died; its Ray processes are still in its session
-    (cwd / "killed.log").write_text("".join(seen))
-    return {"rc": rc, "output": "".join(seen), "trial": trial}
+    p.kill()  # only the driver died; its Ray processes are still in its session
+    (cwd / "killed.log").write_text(p.output)
+    return {"rc": rc, "output": p.output, "trial": p.starts[0]}
 
 
 @pytest.fixture(scope="module")

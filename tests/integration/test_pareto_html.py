@@ -107,7 +107,7 @@ def repeats_store(tmp_path_factory):
 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
-    from study_cli import clean_env
+    from helpers import clean_env
 
     from study.schema import TAG_CONFIG, TAG_PARENT, TAG_REPEAT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
     from study.spec import load_spec

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from study_cli import clean_env
+from helpers import clean_env
 
 from study.leftovers import session_processes
 

@@ -1,4 +1,7 @@
-"""study.repeats end to end: the real CLI, a real local Ray, real Optuna, a real MLflow SQLite store.
+"""study.repeats end to end: the real CLI, Ray, real Optuna, a real MLflow SQLite store.
+
+Ray: the grouped case joins the session's shared cluster (conftest.py, `--address`); the killed case
+starts a local Ray of its own, whose driver it kills.
 
 1. A grid of 2 configurations (fixed σ, Adaloss) × 2 repeats, 2 epochs: MLflow holds 4 trial runs,
    grouped by `config.id` with `config.repeat` 0 and 1 and train.seed base + repeat; Optuna holds 2
@@ -8,32 +11,29 @@
    third is handed out with the same configuration, no repeat is run twice or lost, and Optuna
    holds one trial with the mean of the three.
 
-Budget: 7 Train worker-group starts and 3 CLI/Ray start-ups; the two cases run side by side
+Budget: 7 Train worker-group starts, 3 CLI and 2 local Ray start-ups; the two cases run side by side
 (one thread each, as test_resume.py does): 6 min here on the shared 2-core machine (3 passed).
 """
 
 from __future__ import annotations
 
-import queue
 import re
 import signal
-import subprocess
-import sys
 import threading
-import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
-from study_cli import clean_env
-from test_resume import Runs, kill_session, optuna_study
+from helpers import Runs, StudyProcess, optuna_study
 
 pytestmark = pytest.mark.integration
 
-EPOCH = re.compile(r"^\[\d+:\d\d\] epoch\s+([0-9a-f]{8}) \(config (\d+), repeat (\d+)/(\d+)\)\s+(\d+)/(\d+)\s")
+# a trial's epoch line when each configuration is repeated: trial, config, repeat, of repeats, epoch, of epochs
+REPEAT_EPOCH = re.compile(r"^\[\d+:\d\d\] epoch\s+([0-9a-f]{8}) \(config (\d+), repeat (\d+)/(\d+)\)\s+(\d+)/(\d+)\s")
 
 
-def write_spec(tmp: Path, name: str, phantom: dict, **study) -> Path:
+def repeats_spec(tmp: Path, name: str, phantom: dict, **study) -> Path:
     spec = {
         "study": {"name": name, "seed": 7, "scheduler": "none", "storage": str(tmp / "store"),
                   "objectives": [{"metric": "val/mre_mm", "mode": "min"}], **study},
@@ -58,7 +58,8 @@ def write_spec(tmp: Path, name: str, phantom: dict, **study) -> Path:
     return path
 
 
-def trial_runs(uri: str, name: str) -> list[dict]:
+def repeat_runs(uri: str, name: str) -> list[dict]:
+    """The MLflow trial runs of study `name`, each with its configuration, repeat, seed and epochs."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -75,52 +76,37 @@ def trial_runs(uri: str, name: str) -> list[dict]:
     return out
 
 
-def grid_case(tmp: Path, phantom: dict, runs: Runs) -> dict:
-    spec = write_spec(tmp, "grouped", phantom, trials=2, repeats=2, concurrency=2, sampler="grid")
-    proc = runs.run("grouped", str(spec), cwd=tmp)
+def grid_case(tmp: Path, phantom: dict, runs: Runs, cluster: dict) -> dict:
+    spec = repeats_spec(tmp, "grouped", phantom, trials=2, repeats=2, concurrency=2, sampler="grid")
+    proc = runs.run("grouped", str(spec), "--address", cluster["address"], cwd=tmp, env=cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
-    return {"proc": proc, "runs": trial_runs(uri, "grouped"), "optuna": optuna_study(tmp / "store" / "grouped" / "tune")}
+    return {"proc": proc, "runs": repeat_runs(uri, "grouped"), "optuna": optuna_study(tmp / "store" / "grouped" / "tune")}
 
 
 def killed_case(tmp: Path, phantom: dict, runs: Runs, timeout: float = 400) -> dict:
-    spec = write_spec(tmp, "killed", phantom, trials=1, repeats=3, concurrency=1, sampler="random")
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=tmp, env=clean_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    runs.sids.append(p.pid)
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=lambda: ([lines.put(x) for x in p.stdout], lines.put(None)), daemon=True).start()
-    seen = []
-    deadline = time.monotonic() + timeout
-    while True:  # until the second repeat (repeat 2/3) printed its epoch 2
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            line = None
-        if line is None:
-            kill_session(p.pid)
-            pytest.fail("the second repeat never reached epoch 2\n" + "".join(seen)[-4000:])
-        seen.append(line)
-        m = EPOCH.match(line)
-        if m and m[3] == "2" and m[5] == "2":
-            break
-    p.kill()  # SIGKILL of the driver only; then what it started, as test_resume does
+    spec = repeats_spec(tmp, "killed", phantom, trials=1, repeats=3, concurrency=1, sampler="random")
+    p = StudyProcess(str(spec), cwd=tmp, runs=runs, label="the killed case's study")
+    # until the second repeat (repeat 2/3) printed its epoch 2
+    p.wait_for(lambda line: (m := REPEAT_EPOCH.match(line)) and m[3] == "2" and m[5] == "2", timeout,
+               "the second repeat's epoch 2")
+    p.send(signal.SIGKILL)  # SIGKILL of the driver only; then what it started, as test_resume does
     p.wait(timeout=60)
-    kill_session(p.pid)
-    (tmp / "killed.log").write_text("".join(seen))
+    p.kill()
+    (tmp / "killed.log").write_text(p.output)
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
-    before = trial_runs(uri, "killed")
+    before = repeat_runs(uri, "killed")
     resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return {"first": "".join(seen), "before": before, "resumed": resumed, "runs": trial_runs(uri, "killed"),
+    return {"first": p.output, "before": before, "resumed": resumed, "runs": repeat_runs(uri, "killed"),
             "optuna": optuna_study(tmp / "store" / "killed" / "tune")}
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory, tiny_phantom):
+def cases(tmp_path_factory, tiny_phantom, ray_cluster):
     runs = {name: Runs() for name in ("grid", "killed")}
     results: dict[str, object] = {}
-    work = {"grid": grid_case, "killed": killed_case}
+    work = {"grid": partial(grid_case, cluster=ray_cluster), "killed": killed_case}
 
     def go(name):
         try:

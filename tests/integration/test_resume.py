@@ -1,5 +1,6 @@
-"""Interrupt a running study (Ctrl-C, or SIGKILL of the driver), then `--resume` it to completion:
-the real CLI, a real local Ray, real Optuna, a real MLflow SQLite store.
+"""Interrupt a running study (Ctrl-C; SIGTERM, as SLURM, Kubernetes and `docker stop` stop a job;
+SIGHUP, a closed terminal; or SIGKILL of the driver), then `--resume` it to completion: the real CLI,
+a real local Ray, real Optuna, a real MLflow SQLite store.
 
 The study has 2 trials of 4 epochs, one at a time. The signal goes out when the second trial has
 printed its `epoch ... 2/4` line: the first trial has finished, the second has a checkpoint at
@@ -7,245 +8,65 @@ epoch 2. After --resume: the first trial is not run again, the second continues 
 checkpoint, MLflow holds one run per trial with exactly one entry per epoch, and the Optuna study
 inside the saved searcher holds both trials, complete.
 
-Each CLI run gets its own session (start_new_session), so the Ray processes it starts can be
-found by session id and killed after a SIGKILL, and checked for leftovers after a normal exit.
+Ray: each CLI run starts a local Ray of its own, not the session's shared cluster (conftest.py): what
+that Ray does when its driver stops is what is tested. Each CLI run gets its own session
+(start_new_session), so the Ray processes it starts can be found by session id and killed after a
+SIGKILL, and checked for leftovers after a normal exit.
 
-Budget: per case 3 Train worker-group starts (2 before the signal, 1 after; 10-40 s each here)
-plus 2-4 CLI and Ray start-ups. The cases mostly wait on those start-ups, so the two run side by
-side (one thread each, each CLI its own local Ray): ~4 min instead of ~6. The edited-spec checks
-run in the SIGINT case only.
+SIGTERM and SIGHUP must stop the study as Ctrl-C does (Tune's graceful stop: state saved, trials
+stopped at their last checkpoint, MLflow's queued results delivered), print one line naming the
+signal and the resume command, and exit 128 + the signal, in less than a batch system's 30 s grace
+(the seconds from the signal to the exit are printed); Ray's own handler must not abort the driver.
+
+Budget: per case 3 Train worker-group starts (2 before the signal, 1 after) plus 2-4 CLI and Ray
+start-ups. The cases mostly wait on those start-ups, so two run side by side at a time (one thread
+each, each CLI its own local Ray). The edited-spec checks run in the SIGINT case only.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import re
 import shlex
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-from study_cli import clean_env
+from helpers import (EPOCH, EPOCHS, HINT, NAME, START, Runs, StudyProcess, checkpointed_epochs,
+                     first_epoch_after_resume, histories, optuna_study, session_pids, trial_runs,
+                     wait_session_empty, write_spec)
 
 pytestmark = pytest.mark.integration
 
-NAME = "resumable"
-CASES = ("SIGINT", "SIGKILL")
-EPOCHS = 4
-START = re.compile(r"^\[\d+:\d\d\] start\s+([0-9a-f]{8})\b")
-EPOCH = re.compile(r"^\[\d+:\d\d\] epoch\s+([0-9a-f]{8})\s+(\d+)/(\d+)\s")
-HINT = "interrupted: the state is saved; continue with"
-
-
-# --- processes: every CLI run is a session leader; its Ray processes stay in its session ------------
-
-def session_pids(sid: int) -> dict[int, str]:
-    """Live (non-zombie) processes of session `sid`: pid -> command line."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
-            if int(fields[3]) != sid or fields[0] == "Z":
-                continue
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        found[int(entry)] = cmd.strip()[:160]
-    return found
-
-
-def wait_session_empty(sid: int, timeout: float) -> dict[int, str]:
-    """Poll until session `sid` has no live process or `timeout` passes; returns what is left."""
-    deadline = time.monotonic() + timeout
-    while (left := session_pids(sid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
-
-
-def kill_session(sid: int) -> dict[int, str]:
-    """SIGKILL the process group and then every process left in the session; returns what was killed."""
-    victims = session_pids(sid)
-    if not victims:
-        return {}  # also: never signal a process group whose id the system may have handed on
-    try:
-        os.killpg(sid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in session_pids(sid):  # Ray's actor workers have process groups of their own
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    left = wait_session_empty(sid, timeout=30)
-    assert not left, f"could not kill session {sid}: {left}"
-    return victims
-
-
-
-
-class Runs:
-    """CLI runs started here, each in its own session; what each one left behind on exit."""
-
-    def __init__(self):
-        self.sids: list[int] = []
-        self.leftovers: dict[str, dict[int, str]] = {}
-
-    def run(self, label: str, *args: str, cwd: Path, timeout: float = 400,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-        """subprocess.run with a hard timeout that also kills the Ray processes the CLI started."""
-        cmd = [sys.executable, "-m", "study.run", *args]
-        p = subprocess.Popen(cmd, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
-        self.sids.append(p.pid)
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_session(p.pid)
-            out, err = p.communicate()
-            pytest.fail(f"{label}: no exit within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
-        self.leftovers[label] = wait_session_empty(p.pid, timeout=30)
-        (cwd / f"{label}.out").write_text(out)  # kept beside the study, for a failure's post-mortem
-        (cwd / f"{label}.err").write_text(err)
-        return subprocess.CompletedProcess(cmd, p.returncode, out, err)
-
-    def cleanup(self) -> None:
-        for sid in self.sids:
-            kill_session(sid)
-
-
-def write_spec(path: Path, storage: Path | str, phantom: dict, epochs: int = EPOCHS, trials: int = 2,
-               concurrency: int = 1, resources: dict | None = None, train: dict | None = None) -> Path:
-    """The tiny study the fault tests run; resources and train add to (or override) its sections."""
-    spec = {
-        "study": {"name": NAME, "trials": trials, "concurrency": concurrency, "seed": 7, "scheduler": "none",
-                  "storage": str(storage), "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
-        "resources": {"workers": 1, "cpus_per_worker": 1, **(resources or {})},
-        "base": {
-            "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(path.parent / "phantom"), "input_size": [32, 24],
-                     "phantom": phantom},
-            "train": {"epochs": epochs, "batch_size": 4, **(train or {})},
-            "loss": {"type": "ewc"},
-            "eval": {"decode": "subpixel", "split": "test2"},
-        },
-        "space": {"optim.lr": {"loguniform": [1e-3, 1e-2]}},
-    }
-    path.write_text(yaml.safe_dump(spec))
-    return path
+CASES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGKILL")
+GRACEFUL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the driver answers these itself
+AT_ONCE = 2  # cases running side by side: each starts a local Ray, on a 2-core machine
+GRACE_S = 30  # SLURM's KillWait and Kubernetes' terminationGracePeriodSeconds: SIGKILL follows after this
 
 
 def interrupt(runs: Runs, spec: Path, cwd: Path, sig: signal.Signals, timeout: float = 400) -> dict:
     """Start the study; send `sig` to the driver once the second trial printed epoch 2/4."""
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec)], cwd=cwd, env=clean_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    runs.sids.append(p.pid)
-    lines: queue.Queue[str | None] = queue.Queue()
+    p = StudyProcess(str(spec), cwd=cwd, runs=runs, label=f"the study ({sig.name} case)")
 
-    def pump():
-        for line in p.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    seen, starts = [], []
-    deadline = time.monotonic() + timeout
-
-    def give_up(why: str):
-        kill_session(p.pid)
-        pytest.fail(f"{why}\n" + "".join(seen)[-4000:])
-
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            give_up(f"no `epoch <second trial> 2/{EPOCHS}` line within {timeout} s")
-        if line is None:
-            give_up(f"the CLI ended (exit {p.wait()}) before the second trial reached epoch 2")
-        seen.append(line)
-        if m := START.match(line):
-            starts.append(m[1])
+    def second_trial_at_epoch_2(line: str) -> bool:
         m = EPOCH.match(line)
-        if m and len(starts) == 2 and m[1] == starts[1] and int(m[2]) == 2:
-            break
+        return bool(m and len(p.starts) == 2 and m[1] == p.starts[1] and int(m[2]) == 2)
 
-    os.kill(p.pid, sig)
-    try:
-        rc = p.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        give_up(f"the driver did not exit within 120 s of {sig.name}")
+    p.wait_for(second_trial_at_epoch_2, timeout, f"the second trial's `epoch ... 2/{EPOCHS}` line")
+    starts = list(p.starts)
+    p.send(sig)
+    sent = time.monotonic()
+    rc = p.wait(timeout=120)
+    stop_s = time.monotonic() - sent
+    print(f"{sig.name}: the driver exited {rc} {stop_s:.1f} s after the signal")
     if sig == signal.SIGKILL:
         # Only the driver died; what it started is still in its session (RAY-NOTES: two agents survive).
-        left_after_exit = kill_session(p.pid)
+        left_after_exit = p.kill()
     else:
         left_after_exit = wait_session_empty(p.pid, timeout=60)
-    reader.join(timeout=30)
-    while (line := lines.get_nowait() if not lines.empty() else None) is not None:
-        seen.append(line)
-    (cwd / f"{sig.name}.log").write_text("".join(seen))
-    return {"rc": rc, "output": "".join(seen), "starts": starts, "left_after_exit": left_after_exit,
+    (cwd / f"{sig.name}.log").write_text(p.output)
+    return {"rc": rc, "output": p.output, "starts": starts, "left_after_exit": left_after_exit, "stop_s": stop_s,
             "checkpointed": checkpointed_epochs(spec.parent / "store" / NAME / "train" / f"train_{starts[1]}")}
-
-
-def checkpointed_epochs(train_run: Path) -> list[int]:
-    """The epochs of the checkpoints the Train run has registered (what a restarted run resumes from).
-
-    Workers write checkpoint folders ahead of the controller: a folder can exist that the run never
-    registered (seen after SIGKILL), so the run's checkpoint_manager_snapshot.json is what counts.
-    """
-    snapshot = train_run / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
-        return []
-    results = json.loads(snapshot.read_text())["checkpoint_results"]
-    return sorted(r["metrics"]["epoch"] for r in results if (train_run / r["checkpoint_dir_name"]).is_dir())
-
-
-def trial_runs(uri: str) -> tuple[dict[str, dict], int, int]:
-    """trial id -> {status, outcome, lr, final val/mre_mm, run_id} of the MLflow trial runs, the
-    number of study (parent) runs and of trial runs. Read with a client of its own: the two cases
-    run in threads."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id], max_results=1000)
-    trials = {}
-    for run in runs:
-        tags = run.data.tags
-        if tags.get("study.role") == "trial":
-            trials[tags["tune.trial_id"]] = {
-                "run_id": run.info.run_id, "status": run.info.status, "outcome": tags.get("trial.status"),
-                "lr": float(run.data.params["optim.lr"]), "val/mre_mm": run.data.metrics.get("val/mre_mm")}
-    roles = [r.data.tags.get("study.role") for r in runs]
-    return trials, roles.count("study"), roles.count("trial")
-
-
-def histories(uri: str, trials: dict[str, dict]) -> dict[str, dict[str, list[int]]]:
-    """trial id -> metric -> the steps logged, in the order they were logged."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    return {tid: {key: [m.step for m in sorted(client.get_metric_history(t["run_id"], key), key=lambda m: m.timestamp)]
-                  for key in ("train/loss", "val/mre_mm")}
-            for tid, t in trials.items()}
-
-
-def optuna_study(tune_dir: Path):
-    """The Optuna study inside the searcher state Tune saved with the experiment."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(tune_dir))  # the newest searcher-state-*.pkl
-    return searcher._ot_study
 
 
 def scenario(sig: signal.Signals, tmp: Path, phantom: dict, runs: Runs) -> dict:
@@ -274,16 +95,18 @@ def scenario(sig: signal.Signals, tmp: Path, phantom: dict, runs: Runs) -> dict:
 
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory, tiny_phantom):
-    """Both cases, side by side; each one's data, or the exception that stopped it."""
+    """Every case, AT_ONCE side by side; each one's data, or the exception that stopped it."""
     runs = {case: Runs() for case in CASES}
     results: dict[str, object] = {}
+    slots = threading.Semaphore(AT_ONCE)
+    folders = {case: tmp_path_factory.mktemp(f"resume-{case}") for case in CASES}  # mktemp is not thread-safe
 
     def work(case: str) -> None:
-        try:
-            tmp = tmp_path_factory.mktemp(f"resume-{case}")
-            results[case] = scenario(signal.Signals[case], tmp, tiny_phantom, runs[case])
-        except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
-            results[case] = e
+        with slots:
+            try:
+                results[case] = scenario(signal.Signals[case], folders[case], tiny_phantom, runs[case])
+            except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
+                results[case] = e
 
     threads = [threading.Thread(target=work, args=(case,), daemon=True) for case in CASES]
     try:
@@ -307,12 +130,6 @@ def study(request, scenarios):
     return result
 
 
-def first_epoch_after_resume(out: str, trial_id: str) -> int:
-    epochs = [int(m[2]) for line in out.splitlines() if (m := EPOCH.match(line)) and m[1] == trial_id]
-    assert epochs, f"no epoch line of {trial_id} after --resume:\n{out[-3000:]}"
-    return epochs[0]
-
-
 def test_the_driver_stopped_where_the_test_signalled(study):
     first = study["first"]
     first_id, second_id = first["starts"]
@@ -333,15 +150,29 @@ def test_ctrl_c_exits_130_and_prints_the_resume_command(study):
     assert first["rc"] == 130, first["output"][-3000:]
 
 
-def test_ctrl_c_marks_the_unfinished_trial_interrupted_in_mlflow(study):
-    if study["signal"] != signal.SIGINT:
+def test_sigterm_and_sighup_stop_the_study_like_ctrl_c_within_the_grace(study):
+    sig = study["signal"]
+    if sig not in (signal.SIGTERM, signal.SIGHUP):
+        pytest.skip("the stop signals of batch systems and terminals")
+    first = study["first"]
+    assert first["rc"] == 128 + sig, first["output"][-3000:]
+    assert f"\ninterrupted by {sig.name}: the state is saved; continue with\n" in first["output"], first["output"][-3000:]
+    assert f"python -m study.run {shlex.quote(str(study['spec']))} --resume" in first["output"]
+    assert f"{sig.name} received: stopping the study" in first["output"]
+    # Ray's C++ handler did not abort the driver first (it prints this and exits 134)
+    assert f"*** {sig.name} received" not in first["output"] and "Traceback" not in first["output"]
+    assert first["stop_s"] < GRACE_S, first["stop_s"]
+
+
+def test_a_graceful_stop_marks_the_unfinished_trial_interrupted_in_mlflow(study):
+    if study["signal"] not in GRACEFUL:
         pytest.skip("a SIGKILLed driver cannot update MLflow")
     first_id, second_id = study["first"]["starts"]
     assert study["after_interrupt"] == {first_id: "finished", second_id: "interrupted"}
 
 
-def test_ray_stops_with_the_driver_on_ctrl_c(study):
-    if study["signal"] != signal.SIGINT:
+def test_ray_stops_with_the_driver_on_a_graceful_stop(study):
+    if study["signal"] not in GRACEFUL:
         pytest.skip("after SIGKILL the test kills the leftovers itself")
     assert study["first"]["left_after_exit"] == {}
 

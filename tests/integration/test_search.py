@@ -1,18 +1,19 @@
 """Search features end to end on phantom data, through the real CLI, Ray, Optuna and MLflow:
 a multi-objective study (NSGA-II) and ASHA early stopping that is recorded honestly.
 
+Ray: every study joins the session's shared cluster (conftest.py, `--address`; 2 CPUs).
+
 Budget: about 1.5 min (a Ray Train worker group starts per trial, 10-15 s here).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import mlflow
 import pytest
 import yaml
-from study_cli import run_cli
+from helpers import run_cli
 
 from study.search import ConditionalGridSampler
 from study.space import Param
@@ -34,7 +35,7 @@ def _runs(tmp, name):
     return runs[runs["tags.study.role"] == "trial"], runs[runs["tags.study.role"] == "study"]
 
 
-def test_multi_objective_study(tmp_path, tiny_phantom):
+def test_multi_objective_study(tmp_path, tiny_phantom, ray_cluster):
     spec = {
         "study": {"name": "mo", "trials": 3, "concurrency": 2, "sampler": "nsga2", "seed": 0,
                   "storage": str(tmp_path / "store"),
@@ -44,7 +45,7 @@ def test_multi_objective_study(tmp_path, tiny_phantom):
     }
     path = tmp_path / "mo.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_cli(str(path), cwd=tmp_path)
+    proc = run_cli(str(path), "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # no early stopping by default with several objectives; progress shows the best of each
     assert "scheduler none" in proc.stdout and "min val/mre_mm, min cost/gflops" in proc.stdout
@@ -74,24 +75,24 @@ def _seed_in_increasing_cost(widths):
     raise AssertionError("no seed orders the widths")
 
 
-def test_asha_stops_trailing_trials_and_says_so(tmp_path, tiny_phantom):
+def test_asha_stops_trailing_trials_and_says_so(tmp_path, tiny_phantom, ray_cluster):
     # The primary objective is cost/gflops, which depends only on model.width: ASHA's decision at
     # epoch 1 is then known in advance. One trial at a time, cheapest first: each later one trails
     # those before it at the first rung and is stopped there. Each trial asks for every CPU of
-    # the machine, so a stopped trial that did not give its CPUs back would stall the next one.
+    # the cluster, so a stopped trial that did not give its CPUs back would stall the next one.
     widths = [0.125, 0.25, 0.5]
     spec = {
         "study": {"name": "asha", "trials": 3, "concurrency": 1, "sampler": "grid",
                   "seed": _seed_in_increasing_cost(widths), "storage": str(tmp_path / "store"),
                   "objectives": [{"metric": "cost/gflops", "mode": "min"}],
                   "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
-        "resources": {"workers": 1, "cpus_per_worker": os.cpu_count()},
+        "resources": {"workers": 1, "cpus_per_worker": ray_cluster["cpus"]},
         "base": _base(tmp_path, tiny_phantom, epochs=3),
         "space": {"model.width": {"choice": widths}},
     }
     path = tmp_path / "asha.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_cli(str(path), cwd=tmp_path)
+    proc = run_cli(str(path), "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("stopped early at epoch 1") == 2, proc.stdout[-4000:]
     trials, _ = _runs(tmp_path, "asha")
@@ -106,7 +107,7 @@ def test_asha_stops_trailing_trials_and_says_so(tmp_path, tiny_phantom):
     assert table.count("stopped early") == 2 and table.count("finished") == 1
 
 
-def test_a_two_worker_trial_trains_with_ddp_through_ray_train(tmp_path, tiny_phantom):
+def test_a_two_worker_trial_trains_with_ddp_through_ray_train(tmp_path, tiny_phantom, ray_cluster):
     spec = {
         "study": {"name": "ddp", "trials": 1, "scheduler": "none", "storage": str(tmp_path / "store")},
         "resources": {"workers": 2, "cpus_per_worker": 1},
@@ -114,7 +115,7 @@ def test_a_two_worker_trial_trains_with_ddp_through_ray_train(tmp_path, tiny_pha
     }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_cli(str(path), cwd=tmp_path)
+    proc = run_cli(str(path), "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "up to 1 at a time" in proc.stdout  # 2 CPUs hold one 2-worker trial
     trials, _ = _runs(tmp_path, "ddp")

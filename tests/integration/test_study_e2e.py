@@ -1,5 +1,7 @@
-"""A tiny study end to end: the real CLI, a real local Ray, real Optuna, a real MLflow SQLite
-store and phantom data in the real ISBI 2015 files. Then the MLflow runs are read back.
+"""A tiny study end to end: the real CLI, a real Ray, real Optuna, a real MLflow SQLite store and
+phantom data in the real ISBI 2015 files. Then the MLflow runs are read back.
+
+Ray: every study run here joins the session's shared cluster (conftest.py, `--address`).
 
 Budget: a Ray Train worker group starts per trial (10-15 s here), so this module takes ~1.5 min.
 """
@@ -11,14 +13,14 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from study_cli import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_phantom):
+def study(tmp_path_factory, tiny_phantom, ray_cluster):
     """Run a 2-trial study once; the tests below inspect what it left behind."""
     tmp = tmp_path_factory.mktemp("study")
     spec = {
@@ -41,19 +43,20 @@ def study(tmp_path_factory, tiny_phantom):
     }
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_cli(str(path), cwd=tmp)
+    proc = run_cli(str(path), "--address", ray_cluster["address"], cwd=tmp, env=ray_cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"dir": tmp, "spec": path, "proc": proc, "uri": f"sqlite:///{tmp / 'store' / 'mlflow.db'}"}
 
 
-def trial_runs(uri: str):
+def mlflow_runs(uri: str):
+    """All runs of study `tiny`, its trial runs and its study run (DataFrames)."""
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["tiny"])
     return runs, runs[runs["tags.study.role"] == "trial"], runs[runs["tags.study.role"] == "study"]
 
 
 def test_one_parent_and_one_child_run_per_trial(study):
-    runs, trials, parents = trial_runs(study["uri"])
+    runs, trials, parents = mlflow_runs(study["uri"])
     assert len(parents) == 1 and len(trials) == 2
     parent_id = parents.iloc[0]["run_id"]
     assert set(trials["tags.mlflow.parentRunId"]) == {parent_id}
@@ -62,7 +65,7 @@ def test_one_parent_and_one_child_run_per_trial(study):
 
 
 def test_trial_params_are_the_dotted_config(study):
-    _, trials, _ = trial_runs(study["uri"])
+    _, trials, _ = mlflow_runs(study["uri"])
     assert sorted(trials["params.target.schedule"]) == ["adaloss", "fixed"]  # the two grid points
     assert set(trials["params.optim.lr"]) == {"0.003"} and set(trials["params.train.epochs"]) == {"2"}
     assert set(trials["params.model.name"]) == {"unet"}
@@ -70,7 +73,7 @@ def test_trial_params_are_the_dotted_config(study):
 
 
 def test_per_epoch_metrics_are_logged_with_step_epoch(study):
-    _, trials, _ = trial_runs(study["uri"])
+    _, trials, _ = mlflow_runs(study["uri"])
     client = mlflow.tracking.MlflowClient(study["uri"])
     for run_id in trials["run_id"]:
         for key in ("train/loss", "val/mre_mm", "val/sdr_2mm", "val/auc", "train/loss_lm_18", "target/sigma_0"):
@@ -86,7 +89,7 @@ def test_per_epoch_metrics_are_logged_with_step_epoch(study):
 
 
 def test_train_runs_are_named_after_trials_and_checkpointed(study):
-    _, trials, _ = trial_runs(study["uri"])
+    _, trials, _ = mlflow_runs(study["uri"])
     train_dir = study["dir"] / "store" / "tiny" / "train"
     for tid in trials["tags.tune.trial_id"]:
         run_dir = train_dir / f"train_{tid}"
@@ -101,7 +104,7 @@ def test_trial_runs_carry_their_pictures_best_checkpoint_and_pareto_tags(study):
     from dashboards import trial_plots
     from dashboards.ranking import pareto_ranks
 
-    _, trials, _ = trial_runs(study["uri"])
+    _, trials, _ = mlflow_runs(study["uri"])
     client = mlflow.tracking.MlflowClient(study["uri"])
     values = trials[["metrics.val/mre_mm", "metrics.val/sdr_4mm"]].to_numpy()
     ranks = pareto_ranks(values, ["min", "max"])  # checked against hand-made sets in test_pareto.py
@@ -122,7 +125,7 @@ def test_trial_runs_carry_their_pictures_best_checkpoint_and_pareto_tags(study):
 def test_the_study_run_carries_the_comparison(study):
     import pandas as pd
 
-    _, trials, parents = trial_runs(study["uri"])
+    _, trials, parents = mlflow_runs(study["uri"])
     client = mlflow.tracking.MlflowClient(study["uri"])
     parent = parents.iloc[0]["run_id"]
     assert {a.path for a in client.list_artifacts(parent, "pareto")} == {
@@ -142,16 +145,17 @@ def test_the_cli_says_where_results_are(study):
     assert "val/mre_mm" in out and "best" in out
 
 
-def test_rerun_without_resume_refuses_and_resume_adds_no_runs(study):
-    again = run_cli(str(study["spec"]), cwd=study["dir"])
+def test_rerun_without_resume_refuses_and_resume_adds_no_runs(study, ray_cluster):
+    address, env = ray_cluster["address"], ray_cluster["env"]
+    again = run_cli(str(study["spec"]), "--address", address, cwd=study["dir"], env=env)
     assert again.returncode == 2 and "already exists" in again.stderr and "--resume" in again.stderr
-    resumed = run_cli(str(study["spec"]), "--resume", cwd=study["dir"])
+    resumed = run_cli(str(study["spec"]), "--resume", "--address", address, cwd=study["dir"], env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    runs, trials, parents = trial_runs(study["uri"])
+    runs, trials, parents = mlflow_runs(study["uri"])
     assert len(parents) == 1 and len(trials) == 2
 
 
-def test_a_diverging_trial_is_recorded_as_diverged(tmp_path, tiny_phantom):
+def test_a_diverging_trial_is_recorded_as_diverged(tmp_path, tiny_phantom, ray_cluster):
     # SGD at lr 1e8 blows the loss up in the first epoch: the trainer raises, Ray Train fails the
     # run, Tune errors the trial, and MLflow must say so; with every trial failed the CLI exits 1.
     spec = {
@@ -169,7 +173,7 @@ def test_a_diverging_trial_is_recorded_as_diverged(tmp_path, tiny_phantom):
     }
     path = tmp_path / "diverge.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_cli(str(path), cwd=tmp_path)
+    proc = run_cli(str(path), "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(NaN/inf train/loss)" in proc.stdout and "1 trials (1 failed or diverged)" in proc.stdout
     # one line on the console, no traceback: that stays in the trial's error.txt

@@ -1,6 +1,9 @@
 """A study against a real `mlflow server` on loopback, as on a cluster: SQLite behind the server,
 artefacts proxied by it into a folder of its own. Only the driver talks to the server.
 
+Ray: the served study and the outage study (and its --resume) join the session's shared cluster
+(conftest.py, `--address`); the unreachable-server run ends before any Ray.
+
 Budget: the server answers /health after ~10 s; the study is one 2-epoch trial (~40 s); the outage
 test's trial trains 60 epochs (~3 min) so that it outlives a 60 s outage.
 """
@@ -10,9 +13,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from itertools import pairwise
@@ -21,21 +24,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from study_cli import run_cli
+from helpers import StudyProcess, free_port, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
@@ -79,8 +76,9 @@ def _spec(tmp: Path, tiny_phantom: dict, name: str) -> Path:
     return path
 
 
-def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, tiny_phantom):
-    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "served")), "--tracking-uri", server["uri"], cwd=tmp_path)
+def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, tiny_phantom, ray_cluster):
+    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "served")), "--tracking-uri", server["uri"],
+                   "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing fell back to the local SQLite store
     mlflow.set_tracking_uri(server["uri"])
@@ -102,7 +100,7 @@ def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, ti
 
 
 def test_an_unreachable_server_fails_before_anything_starts(tmp_path, tiny_phantom):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     proc = run_cli(str(_spec(tmp_path, tiny_phantom, "nowhere")), "--tracking-uri", f"http://127.0.0.1:{port}",
                    cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
@@ -138,22 +136,18 @@ EPOCHS = 60  # long enough (~2 s an epoch here) that the trial usually outlives 
 KILL_AFTER = 5  # epochs before the outage: the study's own pace is measured on them
 
 
-def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tiny_phantom):
+def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tiny_phantom, ray_cluster):
     """The server is killed after the trial's epoch KILL_AFTER and comes back OUTAGE_S later. Meanwhile
     the study goes on: no gap between its console lines is more than 10 s longer than the slowest gap
     between its epochs before the outage. In the end MLflow has every epoch exactly once, delivered in the
     same session once the server answers, or by --resume if the trial ended first."""
-    import threading
-
-    port = _free_port()
+    port = free_port()
     server = _start_server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     spec = _spec(tmp_path, tiny_phantom, "outage")
     spec.write_text(spec.read_text().replace("epochs: 2", f"epochs: {EPOCHS}"))
-    p = subprocess.Popen([sys.executable, "-m", "study.run", str(spec), "--tracking-uri", uri], cwd=tmp_path,
-                         env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[tuple[float, str]] = []
+    joined = ("--address", ray_cluster["address"])
+    p = StudyProcess(str(spec), "--tracking-uri", uri, *joined, cwd=tmp_path, env=ray_cluster["env"])
     stopped: dict = {}
 
     def outage():
@@ -164,12 +158,12 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         stopped["answers"] = time.monotonic()
 
     try:
-        for line in p.stdout:
-            lines.append((time.monotonic(), line))
-            if "epoch " in line and f" {KILL_AFTER}/{EPOCHS} " in line and not stopped:
-                threading.Thread(target=outage, daemon=True).start()
+        p.wait_for(lambda line: "epoch " in line and f" {KILL_AFTER}/{EPOCHS} " in line, 400,
+                   f"the trial's `epoch ... {KILL_AFTER}/{EPOCHS}` line")
+        threading.Thread(target=outage, daemon=True).start()
         rc = p.wait(timeout=900)
-        out = "".join(line for _, line in lines)
+        lines = p.lines  # (when read, line)
+        out = p.output
         (tmp_path / "outage.log").write_text(out)
         assert rc == 0, out[-4000:]
         assert "MLflow unreachable" in out, out[-4000:]
@@ -188,7 +182,7 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
               f"{'delivered in the session' if 'MLflow answers again' in out else 'the trial ended first'}")
         assert not gaps or max(gaps) <= pace + 10, (pace, gaps)
         if "results are queued" in out:  # the trial ended before the server came back: --resume delivers
-            again = run_cli(str(spec), "--resume", "--tracking-uri", uri, cwd=tmp_path)
+            again = run_cli(str(spec), "--resume", "--tracking-uri", uri, *joined, cwd=tmp_path, env=ray_cluster["env"])
             assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         else:
             assert re.search(r"MLflow answers again: delivered \d+ queued results", out), out[-4000:]
@@ -200,8 +194,7 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         assert trial.data.tags["trial.status"] == "finished"
         assert not (tmp_path / "store" / "outage" / "mlflow_outbox.jsonl").exists()
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        p.kill()
         for proc in (server, stopped.get("back")):
             if proc is not None and proc.poll() is None:
                 _stop_server(proc)

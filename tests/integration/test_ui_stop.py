@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from dashboards.ui import processes
 
@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.integration,
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 300  # /health answered after 46-106 s on the loaded 2-core machine (14 processes start)
 STOP_TIMEOUT_S = 60  # the UI's own bound is a 10 s grace, then SIGKILL
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _poll(what: str, timeout_s: float, check):
@@ -70,7 +64,7 @@ def test_sigterm_stops_the_server_and_all_its_children(tmp_path):
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(store).create_experiment("x")
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store, "--port", str(port)],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
