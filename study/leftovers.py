@@ -50,10 +50,12 @@ def session_processes(session_dir: str) -> dict[int, str]:
         try:
             fds = os.listdir(f"/proc/{entry}/fd")
             links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in fds]
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue  # gone, or not ours to look at
-        if any(link.startswith(prefix) for link in links) or session_dir.rstrip("/") in cmdline:
+        # an argument that is the folder or a path in it, alone or as --flag=value
+        named = any(a.split("=", 1)[-1] == prefix[:-1] or a.split("=", 1)[-1].startswith(prefix) for a in args)
+        if named or any(link.startswith(prefix) for link in links):
             start = _pid_start(int(entry))
             if start is not None:
                 found[int(entry)] = start

@@ -67,7 +67,7 @@ class StudyLock:
     A lock left by a driver that is gone is taken over: on the same host when its pid is dead (or
     reused by another program), from another host only with `--break-lock`. A local folder or NFS
     (v3+) creates the lock atomically (O_EXCL); an object store has no such write, so there two
-    drivers started within the same second are not kept apart (README, Interrupt and resume).
+    drivers started within the same second are not kept apart (docs/faults.md).
 
         with StudyLock(storage, break_lock=False):
             ...  # run the study

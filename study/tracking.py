@@ -16,6 +16,7 @@ are drawn by dashboards/, called through dashboards.publish.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -133,6 +134,17 @@ def environment() -> dict:
     except (OSError, subprocess.TimeoutExpired):
         pass  # no git here (an installed wheel): the versions still say what ran
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": packages, "git": git}
+
+
+class _QuietFullDisk(logging.Filter):
+    """Drop MLflow's logged traceback of a SQLite store whose disk is full: the study ends with one line
+    naming the folder and its free space (run_study), and what was not written waits in the outbox."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and disk_full(record.exc_info[1]))
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_QuietFullDisk())
 
 
 # The driver's MLflow client gives up fast: results it cannot deliver wait in the outbox instead of

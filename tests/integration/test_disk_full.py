@@ -10,7 +10,8 @@ naming the folder and the free space, exit 2, no traceback. The filler is remove
 the study: the first trial is not run again, the second continues under its own id, and MLflow
 holds one run per trial with each epoch exactly once. In the abrupt case Train's record of the
 second trial (checkpoint_manager_snapshot.json) was seen cut off at 4096 bytes: the resume moves it
-aside and the trial continues from its newest complete checkpoint folder.
+aside and the trial continues from its newest complete checkpoint folder. The two cases run side by
+side (one thread each, each on its own tmpfs and local Ray), as test_resume.py's do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import os
 import re
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 EPOCHS = 4
 SIZE_MB, MIN_FREE_MB, LEAVE_MB = 48, 16, 12
+CASES = ("guard", "abrupt")
 
 
 def _mount_tmpfs(folder: Path) -> str:
@@ -67,45 +70,75 @@ def _fill(disk: Path, leave: int) -> Path:
 # The abrupt case's own filler once raced the study for the last free blocks (ENOSPC in _fill's
 # fallocate, clean-clone CI of 2026-11-28): the study wrote between the look at the free space and the
 # fallocate. _fill retries since; 4 passes here after that (2026-11-28).
-@pytest.fixture(scope="module", params=["guard", "abrupt"])
-def full(request, tmp_path_factory, tiny_phantom):
+def _case(case: str, tmp: Path, disk: Path, phantom: dict, runs: Runs) -> dict:
     """guard: 12 MiB left, under the 16 MiB the study keeps free (it stops itself); abrupt: nothing
     left (writes fail: Train's checkpoint upload, the outbox, the SQLite store)."""
-    leave = LEAVE_MB * 2**20 if request.param == "guard" else 0
-    tmp = tmp_path_factory.mktemp(f"diskfull-{request.param}")
-    disk = tmp / "disk"
-    why = _mount_tmpfs(disk)
-    if why:
-        pytest.skip(why)
-    os.environ["LANDMARK_STUDY_MIN_FREE_MB"] = str(MIN_FREE_MB)  # CLI runs inherit it (clean_env)
-    runs = Runs()
+    leave = LEAVE_MB * 2**20 if case == "guard" else 0
+    env = {"LANDMARK_STUDY_MIN_FREE_MB": str(MIN_FREE_MB)}
+    spec = write_spec(tmp / "diskfull.yaml", disk / "store", phantom, epochs=EPOCHS)
+    p = StudyProcess(str(spec), cwd=tmp, env=env, runs=runs, stderr_apart=True, label=f"the {case} case")
+
+    def second_trial_at_epoch_1(line: str) -> bool:
+        m = EPOCH.match(line)
+        return bool(m and len(p.starts) == 2 and m[1] == p.starts[1] and m[2] == "1")
+
+    p.wait_for(second_trial_at_epoch_1, 400, "the second trial's `epoch ... 1/N` line")
+    filled = _fill(disk, leave)
+    rc = p.wait(timeout=400)
+    first = {"rc": rc, "out": p.output, "err": p.stderr, "starts": p.starts, "filled": filled}
+    (tmp / "first.out").write_text(first["out"])
+    (tmp / "first.err").write_text(first["err"])
+    for f in disk.glob("filler*.bin"):
+        f.unlink()  # space is back
+    resumed = runs.run("resume", str(spec), "--resume", cwd=tmp, env=env)
+    (tmp / "resumed.out").write_text(resumed.stdout)
+    (tmp / "resumed.err").write_text(resumed.stderr)
+    uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
+    trials, parents, n_trial_runs = trial_runs(uri)
+    return {"disk": disk, "first": first, "resumed": resumed, "trials": trials, "parents": parents,
+            "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, tiny_phantom):
+    """Both cases side by side (one thread each, each on its own tmpfs and local Ray); each one's data,
+    or the exception that stopped it."""
+    folders = {case: tmp_path_factory.mktemp(f"diskfull-{case}") for case in CASES}
+    mounted, results, runs = [], {}, {case: Runs() for case in CASES}
     try:
-        spec = write_spec(tmp / "diskfull.yaml", disk / "store", tiny_phantom, epochs=EPOCHS)
-        p = StudyProcess(str(spec), cwd=tmp, runs=runs, stderr_apart=True)
+        for case, tmp in folders.items():
+            why = _mount_tmpfs(tmp / "disk")
+            if why:
+                pytest.skip(why)
+            mounted.append(tmp / "disk")
 
-        def second_trial_at_epoch_1(line: str) -> bool:
-            m = EPOCH.match(line)
-            return bool(m and len(p.starts) == 2 and m[1] == p.starts[1] and m[2] == "1")
+        def work(case: str) -> None:
+            try:
+                results[case] = _case(case, folders[case], folders[case] / "disk", tiny_phantom, runs[case])
+            except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
+                results[case] = e
 
-        p.wait_for(second_trial_at_epoch_1, 400, "the second trial's `epoch ... 1/N` line")
-        filled = _fill(disk, leave)
-        rc = p.wait(timeout=400)
-        first = {"rc": rc, "out": p.output, "err": p.stderr, "starts": p.starts, "filled": filled}
-        (tmp / "first.out").write_text(first["out"])
-        (tmp / "first.err").write_text(first["err"])
-        for f in disk.glob("filler*.bin"):
-            f.unlink()  # space is back
-        resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
-        (tmp / "resumed.out").write_text(resumed.stdout)
-        (tmp / "resumed.err").write_text(resumed.stderr)
-        uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
-        trials, parents, n_trial_runs = trial_runs(uri)
-        yield {"disk": disk, "first": first, "resumed": resumed, "trials": trials, "parents": parents,
-               "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+        threads = [threading.Thread(target=work, args=(case,), daemon=True) for case in CASES]
+        for t in threads:
+            t.start()
+        for t in threads:  # every step inside has its own timeout; this only bounds their sum
+            t.join(timeout=1800)
+        yield results
     finally:
-        runs.cleanup()
-        os.environ.pop("LANDMARK_STUDY_MIN_FREE_MB", None)
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        for r in runs.values():
+            r.cleanup()
+        for disk in mounted:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture(params=CASES)
+def full(request, cases):
+    result = cases.get(request.param)
+    if result is None:
+        pytest.fail(f"the {request.param} case did not finish", pytrace=False)
+    if isinstance(result, BaseException):
+        pytest.fail(f"the {request.param} case failed: {type(result).__name__}: {result}", pytrace=False)
+    return result
 
 
 def test_a_full_disk_ends_the_study_with_one_line_naming_the_folder_and_the_free_space(full):

@@ -9,7 +9,8 @@ One study (1 trial of 12 epochs). When the trial has printed `epoch ... 2/12`:
   it): Train restarts the worker group from the latest checkpoint, the trial finishes, every epoch
   is in MLflow exactly once, and the run says it took 1 restart.
 The same study with `resources.max_failures: 0` and the same kill: the trial fails at once, and its
-MLflow run still gets its best checkpoint so far and its pictures.
+MLflow run still gets its best checkpoint so far and its pictures. The two studies run side by side
+(one thread each, each its own local Ray).
 """
 
 from __future__ import annotations
@@ -64,28 +65,59 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
     return out
 
 
-def _study_with_a_killed_worker(tmp_path_factory, phantom: dict, folder: str, second_driver: bool, **spec):
-    """A 1-trial study in a new folder whose worker is killed after epoch 2 (_kill_the_worker_after_epoch_2);
-    yields what was seen, then stops what the study left. spec: more write_spec arguments."""
-    tmp = tmp_path_factory.mktemp(folder)
-    spec_path = write_spec(tmp / "faults.yaml", tmp / "store", phantom, epochs=EPOCHS, trials=1, **spec)
-    runs = Runs()
+# The two studies: with restarts (a second driver is started on it too), and with max_failures 0.
+STUDIES = {"faulted": {"second_driver": True, "spec": {}},
+           "exhausted": {"second_driver": False, "spec": {"resources": {"max_failures": 0}}}}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory, tiny_phantom):
+    """Both 1-trial studies whose worker is killed after epoch 2 (_kill_the_worker_after_epoch_2), side
+    by side (one thread each, each its own folder and local Ray); what each saw, or the exception that
+    stopped it. Afterwards, what the studies left is stopped."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in STUDIES}  # mktemp is not thread-safe
+    runs = {name: Runs() for name in STUDIES}
+    results: dict[str, object] = {}
+
+    def work(name: str) -> None:
+        tmp, how = folders[name], STUDIES[name]
+        try:
+            spec_path = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
+                                   **how["spec"])
+            results[name] = _kill_the_worker_after_epoch_2(tmp, spec_path, runs[name], how["second_driver"])
+        except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
+            results[name] = e
+
+    threads = [threading.Thread(target=work, args=(name,), daemon=True) for name in STUDIES]
     try:
-        yield _kill_the_worker_after_epoch_2(tmp, spec_path, runs, second_driver=second_driver)
+        for t in threads:
+            t.start()
+        for t in threads:  # every step inside has its own timeout; this only bounds their sum
+            t.join(timeout=1800)
+        yield results
     finally:
-        runs.cleanup()
+        for r in runs.values():
+            r.cleanup()
 
 
-@pytest.fixture(scope="module")
-def faulted(tmp_path_factory, tiny_phantom):
-    yield from _study_with_a_killed_worker(tmp_path_factory, tiny_phantom, "faults", second_driver=True)
+def _result(studies: dict, name: str) -> dict:
+    result = studies.get(name)
+    if result is None:
+        pytest.fail(f"the {name} study did not finish", pytrace=False)
+    if isinstance(result, BaseException):
+        pytest.fail(f"the {name} study failed: {type(result).__name__}: {result}", pytrace=False)
+    return result
 
 
-@pytest.fixture(scope="module")
-def exhausted(tmp_path_factory, tiny_phantom):
+@pytest.fixture
+def faulted(studies):
+    return _result(studies, "faulted")
+
+
+@pytest.fixture
+def exhausted(studies):
     """The same study with resources.max_failures 0: the first dead worker fails the trial."""
-    yield from _study_with_a_killed_worker(tmp_path_factory, tiny_phantom, "no_restarts", second_driver=False,
-                                           resources={"max_failures": 0})
+    return _result(studies, "exhausted")
 
 
 def test_a_second_driver_on_a_running_study_is_refused_and_names_the_holder(faulted):

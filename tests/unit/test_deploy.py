@@ -1,8 +1,8 @@
 """deploy/: each file checked as far as can be done without Docker, a Kubernetes cluster, a cloud
 account or SLURM.
 
-- Dockerfile: CUDA base, pip install of the project, a non-root USER, tini as PID 1, CMD = the README's
-  command.
+- Dockerfile: CUDA base, pip install of the project, a non-root USER, tini as PID 1, CMD = the study
+  command docs/cluster.md shows.
 - rayjob.yaml: KubeRay RayJob ray.io/v1 with the keys its CRD requires (ray-operator/config/crd/
   bases/ray.io_rayjobs.yaml: rayClusterSpec needs headGroupSpec; a group needs template and a pod
   spec with named containers; a worker group also groupName, minReplicas, maxReplicas), S3 storage,
@@ -39,23 +39,24 @@ from study.spec import load_spec
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 IMAGE_ROOT = "/app"  # the Dockerfile's WORKDIR: the repository's root inside the image
-README_COMMAND = "python -m study.run search_spaces/farnet.yaml"
+STUDY_COMMAND = "python -m study.run search_spaces/farnet.yaml"  # the study command of deploy/ and docs/cluster.md
 SECRETISH = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
 
-def _readme_cluster_section() -> str:
-    return (REPO / "README.md").read_text().split("\n## On a cluster\n", 1)[1].split("\n## ", 1)[0]
+def _cluster_page() -> str:
+    """docs/cluster.md, "Studies on a cluster", which says how to use each deploy file."""
+    return (REPO / "docs" / "cluster.md").read_text()
 
 
 def _check_study_command(argv: list[str]) -> None:
-    """python -m study.run <farnet.yaml> [options]: the README's command, options its parser takes,
+    """python -m study.run <farnet.yaml> [options]: the documented command, options its parser takes,
     --set overrides the spec accepts."""
     assert argv[:3] == ["python", "-m", "study.run"], argv
     spec = argv[3].removeprefix(IMAGE_ROOT + "/")
     assert spec == "search_spaces/farnet.yaml" and (REPO / spec).is_file()
     args = parse_args(argv[3:])
     load_spec(REPO / spec, args.overrides, check_data=False)
-    assert README_COMMAND in (REPO / "README.md").read_text()
+    assert STUDY_COMMAND in _cluster_page()
 
 
 def _repo_paths(text: str) -> set[str]:
@@ -71,8 +72,8 @@ def test_every_repository_path_a_deploy_file_names_exists(name):
     assert not missing, f"deploy/{name} names {missing}"
 
 
-def test_the_readme_says_which_deploy_file_is_for_what():
-    section = _readme_cluster_section()
+def test_the_docs_say_which_deploy_file_is_for_what():
+    section = _cluster_page()
     for name in ["Dockerfile", "rayjob.yaml", "ray-cluster.yaml", "slurm.sbatch"]:
         assert f"deploy/{name}" in section
         assert (DEPLOY / name).is_file()
@@ -104,7 +105,7 @@ def test_dockerfile():
         if kind == "COPY":
             *sources, _ = shlex.split(arg)
             assert all((REPO / s).exists() for s in sources if not s.startswith("--")), arg
-    # the project and the shipped specs are in the image, under the WORKDIR the README's paths are relative to
+    # the project and the shipped specs are in the image, under the WORKDIR the documented paths are relative to
     copied = {shlex.split(a)[0] for k, a in steps if k == "COPY"}
     assert {"pyproject.toml", "study", "trainables", "dashboards", "search_spaces"} <= copied
     assert ("WORKDIR", IMAGE_ROOT) in steps
@@ -115,7 +116,7 @@ def test_dockerfile():
     assert json.loads(next(a for k, a in steps if k == "ENTRYPOINT")) == ["/usr/bin/tini", "--"]
     assert re.search(r"apt-get install [^&]*\btini\b", runs)
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))  # exec form
-    assert " ".join(cmd) == README_COMMAND
+    assert " ".join(cmd) == STUDY_COMMAND
     _check_study_command(cmd)
 
 
@@ -194,8 +195,8 @@ def test_ray_cluster_launcher_config_passes_rays_own_validation():
     gpu = [t for t in config["available_node_types"].values() if t.get("resources", {}).get("GPU")]
     assert gpu and config["available_node_types"][config["head_node_type"]]["resources"].get("CPU") == 0
     assert not SECRETISH.search(json.dumps(config["provider"]) + json.dumps(config["auth"]))
-    # the study runs with `ray exec` as the README shows
-    line = next(line for line in _readme_cluster_section().splitlines()
+    # the study runs with `ray exec` as docs/cluster.md shows
+    line = next(line for line in _cluster_page().splitlines()
                 if line.startswith("ray exec deploy/ray-cluster.yaml"))
     argv = shlex.split(line)
     _check_study_command(shlex.split(argv[-1]))

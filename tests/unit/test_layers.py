@@ -1,6 +1,6 @@
 """The import graph of study/, dashboards/ and trainables/, read with ast (nothing is imported).
 
-Rules (README, Layout):
+Rules (docs/architecture.md, Layers):
 - no import cycle, counting function-local imports too;
 - trainables/ imports neither study/ nor dashboards/, and only ray_adapter.py imports ray;
 - dashboards/ imports from study/ only the shared models: study.schema, study.space, study.search;
