@@ -21,7 +21,7 @@ import optuna
 
 from study.space import Param, active, enumerate_grid
 
-if TYPE_CHECKING:  # make_sampler reads a Spec's study section; spec.py does not import this module
+if TYPE_CHECKING:  # make_sampler reads a Spec's study section; study.spec does not import this module
     from study.spec import Spec
 
 

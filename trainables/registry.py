@@ -3,7 +3,7 @@
     problems = config_problems(TrialConfig.from_dict({"optim": {"name": "adamm"}}))
     # [Problem("optim.name", "unknown 'adamm'; choose one of ['adadelta', 'adam', 'adamw', 'sgd']")]
 
-A registry is a dict keyed by the YAML name. Spec validation (study/spec.py) calls
+A registry is a dict keyed by the YAML name. Spec validation (study/spec/) calls
 `config_problems` on the base and on each searched value, so a bad config fails before Ray
 starts; `fit` calls it again, so a trial run without the study does too.
 """

@@ -139,7 +139,7 @@ def test_python_api_load_spec(runs):
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0] == "after import: []"  # `import study` alone loads none of torch, Ray, MLflow
-    assert lines[1] == "study.spec Spec quickstart 2 val/mre_mm"
+    assert lines[1] == "study.spec.model Spec quickstart 2 val/mre_mm"
     assert lines[2] == "after load_spec: False"  # Ray waits for run_study
     assert re.fullmatch(r"SpecError: \[.*study\.sampler.*'annealing'.*\]", lines[3])
     assert "study" in imported and not {m for m in imported if m == "ray" or m.startswith("ray.")}

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from study.spec import Objective
+from study.spec import StudyObjective
 from study.tuner import _table
 
 
@@ -12,7 +12,7 @@ def _result(trial: str, **metrics):
 
 
 def _spec(metric: str):
-    objective = Objective(metric, "min")
+    objective = StudyObjective(metric, "min")
     return SimpleNamespace(space={"optim.lr": None}, primary=objective, study=SimpleNamespace(objectives=[objective]),
                            base={"train": {"epochs": 2}})
 
