@@ -38,7 +38,8 @@ from dashboards.effects import (choice_params, configurations_text, per_configur
 from dashboards.importance import importances, log_importance
 from dashboards.ranking import describe_excluded
 from dashboards.store import StudyInfo, StudyNotFound, check_reachable, trial_runs, trial_table
-from dashboards.study_plots import pareto_html, pareto_png
+from dashboards.pareto_page import pareto_html
+from dashboards.pareto_image import pareto_png
 from dashboards.ui import default_tracking_uri, missing_store
 from dashboards.views import NOTE_TAG, trial_note
 from study.schema import TAG_CONFIG, TAG_FRONT, TAG_RANK

@@ -1,6 +1,7 @@
 """What every picture shares: matplotlib set-up (Agg, exact pixel sizes), the sizes and colours,
-and small formatting helpers. The pictures themselves are in study_plots.py (the comparison)
-and trial_plots.py (one trial); both draw from plain tables and arrays (no MLflow, no Ray).
+and small formatting helpers. The pictures themselves are in pareto_page.py and pareto_image.py (the
+comparison, both drawing pareto_view.ParetoView), importance.py (importance bars) and trial_plots.py
+(one trial); all draw from plain tables and arrays (no MLflow, no Ray).
 
 PNGs come from matplotlib (Agg) at an exact pixel size that the `*_size` functions and constants
 below state; the Pareto comparison is also an interactive, self-contained plotly HTML page (plotly.js
@@ -42,6 +43,10 @@ DPI = 100  # every PNG is figsize × DPI pixels, saved without bbox_inches="tigh
 
 # Pareto pictures: the front in one warm colour, the other ranks on a cool sequential scale.
 FRONT_COLOR = "#e4572e"
+FRONT_EDGE = "#7a1f08"  # the front's outline and label colour
+ERROR_COLOR = "#8a8a8a"  # 95 % intervals (error bars), behind the points
+OVERLAP_NAME = "interval overlaps the front's"  # a hollow FRONT_EDGE marker: not told apart from the front
+COST_FRONT_COLOR = "#444444"  # one objective: the trials no cheaper trial beats
 RANK_COLORS = ("#1f4e79", "#9fb8cf")  # rank 2 … worst rank
 EMPTY_PARETO_TEXT = "no trial has all objectives yet"
 PARETO_PNG_SIZE = (1000, 750)  # 1 or 2 objectives

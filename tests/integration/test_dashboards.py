@@ -21,7 +21,7 @@ from PIL import Image
 from helpers import clean_env, free_port
 from test_pareto_html import _check_drawn, _screenshot
 
-from dashboards import plots, study_plots, trial_plots
+from dashboards import importance, pareto_image, plots, trial_plots
 from dashboards.trials import best, checkpoints, log_trial_artifacts
 from study.spec import load_spec
 from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
@@ -131,7 +131,7 @@ def test_the_front_plots_are_on_the_study_run(store):
     assert "plotly" in html and all(f'"{t}"' in html or f"'{t}'" in html or f">{t}<" in html or t in html
                                     for t in ("a", "b", "g"))
     png = Image.open(_artifact(store, "pareto/front.png"))
-    assert png.format == "PNG" and png.size == study_plots.pareto_png_size(2)
+    assert png.format == "PNG" and png.size == pareto_image.pareto_png_size(2)
     assert np.asarray(png.convert("L")).std() > 5  # not a blank canvas
 
 
@@ -151,7 +151,7 @@ def test_parameter_importance_is_on_the_study_run(store):
     assert sum(info["importances"].values()) == pytest.approx(1.0, abs=1e-6)
     assert "6 finished trials" in info["method"]
     png = Image.open(_artifact(store, "importance/importance.png"))
-    assert png.size == study_plots.importance_png_size(2)
+    assert png.size == importance.importance_png_size(2)
     metrics = store["client"].get_run(store["run_id"]).data.metrics
     assert set(k for k in metrics if k.startswith("importance/")) == {"importance/optim.lr", "importance/target.schedule"}
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dashboards.plots import FRONT_COLOR
 from dashboards.ranking import rank_table
-from dashboards.study_plots import pareto_html
+from dashboards.pareto_page import pareto_html
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,11 @@ from dashboards.plots import (
     OVERLAY_TITLE_PX,
     SIGMA_PNG_SIZE,
 )
-from dashboards import study_plots, trial_plots
-from dashboards.plots import recipe, short_number
-from dashboards.study_plots import (importance_png, importance_png_size, pareto_figure, pareto_html, pareto_png,
-                                    pareto_png_size)
+from dashboards import importance, pareto_image, trial_plots
+from dashboards.importance import importance_png, importance_png_size
+from dashboards.pareto_page import pareto_figure, pareto_html
+from dashboards.pareto_image import pareto_png, pareto_png_size
+from dashboards.plots import OVERLAP_NAME, recipe, short_number
 from dashboards.trial_plots import (ced_png, ced_summary, heatmaps_png, landmark_styles, overlay_png_size, overlays_png,
                                     sigma_png)
 from trainables.data import landmark_names
@@ -75,7 +76,7 @@ def drawn(monkeypatch):
     """What every matplotlib figure drawn by the test shows, read just before it is saved: a list
     of {"legend": [entry texts], "xlabel": [per axes]}."""
     seen = []
-    for module in (study_plots, trial_plots):
+    for module in (pareto_image, importance, trial_plots):
         def spy(fig, path, real=module.save):
             legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
             seen.append({"legend": [t.get_text() for leg in legends if leg for t in leg.get_texts()],
@@ -514,7 +515,7 @@ def test_pareto_with_repeats_draws_intervals_and_marks_what_overlaps_the_front(t
     assert front.error_x.arrayminus[i] == pytest.approx(0.49687, abs=2e-3)
     assert front.error_x.array[i] == pytest.approx(0.49687, abs=2e-3)
     assert front.error_y.array[i] == pytest.approx(0.0)
-    overlap = traces[study_plots.OVERLAP_NAME]
+    overlap = traces[OVERLAP_NAME]
     assert len(overlap.x) == 1 and "config.id C" in overlap.text[0] and "cost/gflops: 6<br>" in overlap.text[0]
     assert len(traces["other ranks"].x) == 1 and "config.id D" in traces["other ranks"].text[0]
     assert "val/mre_mm: 2.6 [2.352, 2.848] (95 % CI)" in overlap.text[0] and "repeats.n: 3" in overlap.text[0]
@@ -525,11 +526,11 @@ def test_pareto_with_repeats_draws_intervals_and_marks_what_overlaps_the_front(t
          pareto_png_size(2))
     _png(pareto_png(rank_table(configs, [MRE]), [MRE], "repeats 1d", tmp_path / "pareto_repeats_1d.png", searched=SEARCHED),
          pareto_png_size(1))
-    assert study_plots.OVERLAP_NAME in drawn[0]["legend"] and study_plots.OVERLAP_NAME in drawn[1]["legend"]
+    assert OVERLAP_NAME in drawn[0]["legend"] and OVERLAP_NAME in drawn[1]["legend"]
     # one objective (ranked on it alone): A is best; C's 2.35157 and B's 2.4147 are below A's 2.69687: both
     # marked; D's 3.70313 is not
     one = {t.name: t for t in pareto_figure(rank_table(configs, [MRE]), [MRE], SEARCHED, "1d").data}
-    assert sorted(t.split("config.id ")[1][0] for t in one[study_plots.OVERLAP_NAME].text) == ["B", "C"]
+    assert sorted(t.split("config.id ")[1][0] for t in one[OVERLAP_NAME].text) == ["B", "C"]
 
 
 def test_pareto_with_one_repeat_each_looks_as_before():
@@ -539,7 +540,7 @@ def test_pareto_with_one_repeat_each_looks_as_before():
     configs = per_configuration(table, [MRE, GF], SEARCHED)
     fig = pareto_figure(configs, [MRE, GF], SEARCHED, "t")
     assert all(t.error_x.array is None and t.error_y.array is None for t in fig.data if isinstance(t, type(fig.data[0])))
-    assert study_plots.OVERLAP_NAME not in {t.name for t in fig.data}
+    assert OVERLAP_NAME not in {t.name for t in fig.data}
     before = {t.name: sorted(map(str, t.x)) for t in pareto_figure(table, [MRE, GF], SEARCHED, "t").data}
     assert {t.name: sorted(map(str, t.x)) for t in fig.data} == before
     html = _readable(pareto_html(configs, [MRE, GF], SEARCHED, "t"))
