@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     import pandas as pd  # lazy: needed only once the study ran, as dashboards.publish (MLflow)
 
     from dashboards.publish import python_command, ui_command, ui_url
-    from study.tracking import experiment_name
+    from study.study_run import experiment_name
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print("\ntrials, best first:")

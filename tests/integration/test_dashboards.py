@@ -25,7 +25,7 @@ from dashboards import importance, pareto_image, plots, trial_plots
 from dashboards.trials import best, checkpoints, log_trial_artifacts
 from study.spec import load_spec
 from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
-from study.tracking import open_study_run
+from study.study_run import open_study_run
 from trainables import TrialConfig, fit
 from trainables.config import apply_overrides
 

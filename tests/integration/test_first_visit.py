@@ -34,7 +34,7 @@ from dashboards.publish import StudyInfo, publish_study
 from dashboards.ui import processes
 from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from study.spec import load_spec
-from study.tracking import open_study_run
+from study.study_run import open_study_run
 
 pytestmark = pytest.mark.integration
 

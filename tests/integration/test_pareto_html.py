@@ -111,7 +111,7 @@ def repeats_store(tmp_path_factory):
 
     from study.schema import TAG_CONFIG, TAG_PARENT, TAG_REPEAT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
     from study.spec import load_spec
-    from study.tracking import open_study_run
+    from study.study_run import open_study_run
 
     tmp = tmp_path_factory.mktemp("rep")
     path = tmp / "rep.yaml"
