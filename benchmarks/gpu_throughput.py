@@ -42,7 +42,7 @@ from trainables.config import TrialConfig
 from trainables.data.dataset import normalize
 from trainables.losses import LOSSES
 from trainables.models import build_model
-from trainables.objective import Objective
+from trainables.objective import HeadsLoss
 from trainables.precision import grad_scaler, to_layout
 from trainables.registry import OPTIMIZERS
 from trainables.trainer import fit, load_split, train_step
@@ -114,7 +114,7 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
     run_model = torch.compile(model) if cfg.train.compile else model  # as `fit` does; warm-up pays the compilation
     optimizer = OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
     scaler = grad_scaler(device, precision)
-    objective = Objective(LOSSES[cfg.loss.type], cfg, tuple(model.strides))
+    heads_loss = HeadsLoss(LOSSES[cfg.loss.type], cfg, tuple(model.strides))
     sigma = torch.full((K,), cfg.target.sigma, device=device)
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (b, 1, h, w), dtype=torch.uint8, generator=gen)
@@ -126,7 +126,7 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
 
     def one() -> torch.Tensor:
         images = to_layout(normalize(pixels.to(device, non_blocking=cuda)), channels_last)
-        per_landmark, _ = train_step(run_model, images, coords.to(device, non_blocking=cuda), sigma, objective,
+        per_landmark, _ = train_step(run_model, images, coords.to(device, non_blocking=cuda), sigma, heads_loss,
                                      optimizer, scaler, precision)
         return per_landmark
 
@@ -145,7 +145,7 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
            "warmup_s": warmup_s, "img_s": b * steps / elapsed,
            "step_ms": 1000 * elapsed / steps, "loss": loss.mean().item(),
            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None, "gpu_util_pct": util.mean}
-    del model, run_model, optimizer, objective
+    del model, run_model, optimizer, heads_loss
     if cuda:
         torch.cuda.empty_cache()
     return out

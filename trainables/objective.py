@@ -1,11 +1,11 @@
 """What a trial optimises and how it is scored: the regression loss over heads, and the
 evaluation of a split (decode, flip test, errors in mm or NME, the preview arrays for pictures).
 
-    objective = Objective(LOSSES["ewc"], cfg, strides=(2, 1))
-    per_landmark = objective(heads, coords, sigma)        # (K,)
+    heads_loss = HeadsLoss(LOSSES["ewc"], cfg, strides=(2, 1))
+    per_landmark = heads_loss(heads, coords, sigma)       # (K,)
     epoch = EpochLosses(K, device)                        # per-landmark training loss over an epoch
-    epoch.add(per_landmark, objective.targeted(coords, sigma))
-    metrics, errors = Scorer(cfg, spec, flip_index, device)(model, val_ds, sigma, objective, "val")
+    epoch.add(per_landmark, heads_loss.targeted(coords, sigma))
+    metrics, errors = Scorer(cfg, spec, flip_index, device)(model, val_ds, sigma, heads_loss, "val")
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from trainables.metrics import NME_AUC_PERCENT, NME_FR_PERCENT, normalized_error
 from trainables.precision import autocast, to_layout
 
 
-class Objective:
+class HeadsLoss:
     """The regression loss L_R: each head against a target rendered at its own stride, summed over heads.
 
     heads: [(B, K, H/s, W/s) for s in strides], coords (B, K, 2) (NaN rows = not annotated),
@@ -68,11 +68,11 @@ class Objective:
 class EpochLosses:
     """The per-landmark training loss of an epoch, what Adaloss's statistics (trainables/schedules.py)
     and `train/loss_lm_<k>` see: each landmark's batch losses averaged over the images in which it
-    counted (`Objective.targeted`), so a batch where it had no target adds nothing; NaN for a
+    counted (`HeadsLoss.targeted`), so a batch where it had no target adds nothing; NaN for a
     landmark that had none all epoch (Adaloss then leaves its σ and history as they are).
 
         epoch = EpochLosses(num_landmarks, device)
-        epoch.add(per_landmark, objective.targeted(coords, sigma))   # (K,), (B, K) bool; each step
+        epoch.add(per_landmark, heads_loss.targeted(coords, sigma))  # (K,), (B, K) bool; each step
         epoch.all_reduce()                                           # under DDP: over every rank's images
         per_landmark_loss = epoch.result()                           # (K,) float32 on the CPU
     """
@@ -134,14 +134,14 @@ class Scorer:
             heatmaps = (heatmaps + mirrored.float().flip(-1)[:, self.flip_index]) / 2
         return heatmaps, heads
 
-    def _decode(self, heatmaps, objective: Objective, sigma):
+    def _decode(self, heatmaps, heads_loss: HeadsLoss, sigma):
         """Finest heatmaps (B, K, h, w) -> (B, K, 2) input px, with σ in that head's pixels for DARK."""
-        stride = objective.strides[-1]
-        blur = self.dark_blur or objective.head_sigma(sigma, stride).to(heatmaps.device)
+        stride = heads_loss.strides[-1]
+        blur = self.dark_blur or heads_loss.head_sigma(sigma, stride).to(heatmaps.device)
         return self.decode(heatmaps, stride, blur)
 
     @torch.no_grad()
-    def __call__(self, model, ds: LandmarkDataset, sigma, objective: Objective, split: str) -> tuple[dict, torch.Tensor]:
+    def __call__(self, model, ds: LandmarkDataset, sigma, heads_loss: HeadsLoss, split: str) -> tuple[dict, torch.Tensor]:
         """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
         model.eval()
         errors, loss_sum, n = [], 0.0, 0
@@ -149,9 +149,9 @@ class Scorer:
         for images, coords, frames, spacing in DataLoader(ds, batch_size=self.batch_size, pin_memory=pin):
             images, coords = images.to(self.device, non_blocking=pin), coords.to(self.device, non_blocking=pin)
             heatmaps, heads = self._predict(model, images)
-            loss_sum += objective(heads, coords, sigma).mean().item() * len(images)
+            loss_sum += heads_loss(heads, coords, sigma).mean().item() * len(images)
             n += len(images)
-            pred = to_original(self._decode(heatmaps, objective, sigma).cpu(), frames)
+            pred = to_original(self._decode(heatmaps, heads_loss, sigma).cpu(), frames)
             gt = to_original(coords.cpu(), frames)
             if self.unit == "nme":
                 errors.append(normalized_errors(pred, gt, self.nme_pair))
@@ -163,14 +163,14 @@ class Scorer:
         return metrics, errors
 
     @torch.no_grad()
-    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, objective: Objective,
+    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, heads_loss: HeadsLoss,
                 sigma: torch.Tensor) -> dict:
         """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
         images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
         landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
         whole split (for the CED); unit, ced_threshold and stride (the finest head's) as 0-d arrays.
         sigma (K,): the schedule's σ this epoch, as for `__call__`."""
-        stride = objective.strides[-1]
+        stride = heads_loss.strides[-1]
         out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
                "stride": np.array(stride)}
         count = min(count, len(ds))
@@ -178,7 +178,7 @@ class Scorer:
             model.eval()
             images, coords, _, _ = next(iter(DataLoader(ds, batch_size=count)))
             heatmaps, _ = self._predict(model, images.to(self.device))
-            pred = self._decode(heatmaps, objective, sigma).cpu()
+            pred = self._decode(heatmaps, heads_loss, sigma).cpu()
             peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
             out |= {
                 "images": images[:, 0].numpy(),  # the dataset's uint8 grey levels

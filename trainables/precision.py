@@ -4,7 +4,7 @@
     scaler = grad_scaler(device, "fp16")    # enabled only for fp16; a disabled scaler is a pass-through
     with ctx:
         heads = model(images)               # convolutions in bf16/fp16
-    loss = objective(heads, coords, sigma)  # outside autocast: losses and σ statistics in fp32
+    loss = heads_loss(heads, coords, sigma)  # outside autocast: losses and σ statistics in fp32
 
 fp16 needs a GradScaler (its 5-bit exponent underflows small gradients); bf16 has float32's
 exponent range and does not. Both run on CPU too (slowly), which is how the tests check them.

@@ -41,7 +41,7 @@ from trainables.heatmaps import sigma_frame
 from trainables.losses import LOSSES
 from trainables.metrics import format_table, per_landmark_table
 from trainables.models import build_model
-from trainables.objective import EpochLosses, Objective, Scorer
+from trainables.objective import EpochLosses, HeadsLoss, Scorer
 from trainables.precision import autocast, device_problem, grad_scaler, to_layout
 from trainables.registry import OPTIMIZERS, config_problems
 from trainables.schedules import SCHEDULES
@@ -95,7 +95,7 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
     schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, frame)
     policy = CheckpointPolicy(cfg.train.checkpoint_every, cfg.train.epochs, cfg.train.checkpoint_metric,
                               cfg.train.checkpoint_mode)
-    objective = Objective(LOSSES[cfg.loss.type], cfg, strides)
+    heads_loss = HeadsLoss(LOSSES[cfg.loss.type], cfg, strides)
     scorer = Scorer(cfg, spec, flip_index, device)
 
     start_epoch = 0
@@ -146,9 +146,9 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             images, coords = normalize(pixels.to(device, non_blocking=pin)), coords.to(device, non_blocking=pin)
             if is_active(cfg.data.augment):
                 images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
-            per_landmark, distill_loss = train_step(run_model, to_layout(images, channels_last), coords, sigma, objective,
+            per_landmark, distill_loss = train_step(run_model, to_layout(images, channels_last), coords, sigma, heads_loss,
                                                     optimizer, scaler, precision, distiller, cfg.distill.lambda_)
-            epoch_losses.add(per_landmark, objective.targeted(coords, sigma))
+            epoch_losses.add(per_landmark, heads_loss.targeted(coords, sigma))
             if distill_loss is not None:
                 distill_sum += distill_loss
             n_batches += 1
@@ -166,13 +166,13 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             train["train/loss_distill"] = (distill_sum / max(n_batches, 1)).item()
         schedule.step(per_landmark_loss, train_loss)
 
-        val, val_errors = scorer(run_model, val_ds, sigma, objective, "val")
+        val, val_errors = scorer(run_model, val_ds, sigma, heads_loss, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
         metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s,
                    "cost/workers": float(dist.get_world_size() if distributed else 1)}  # DDP ranks behind epoch_s
         tables = {}
         if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
-            test, test_errors = scorer(run_model, test_ds, sigma, objective, "test")
+            test, test_errors = scorer(run_model, test_ds, sigma, heads_loss, "test")
             tables[f"test_{cfg.eval.split}"] = format_table(per_landmark_table(test_errors, spec.unit))
             metrics.update(test)
         history.append(metrics)
@@ -180,13 +180,13 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             report(metrics, None)
             continue
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
-        preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, objective, sigma) if rank == 0 else None
+        preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, heads_loss, sigma) if rank == 0 else None
         report_with_checkpoint(report, metrics, rank, checkpoint_state(_unwrap(model), optimizer, scaler, schedule,
                                                                        policy, epoch + 1), tables, preview, history)
     return metrics
 
 
-def train_step(model, images, coords, sigma, objective: Objective, optimizer, scaler, precision: str,
+def train_step(model, images, coords, sigma, heads_loss: HeadsLoss, optimizer, scaler, precision: str,
                distiller: Distiller | None = None, distill_lambda: float = 0.0):
     """One optimisation step. images (B, 1, H, W) normalised, on the device; coords (B, K, 2); sigma (K,).
 
@@ -197,7 +197,7 @@ def train_step(model, images, coords, sigma, objective: Objective, optimizer, sc
     with autocast(images.device, precision):
         heads = model(images)
         distill_loss = distiller.loss(images) if distiller is not None else None
-    per_landmark = objective(heads, coords, sigma)  # float32: the Objective casts each head
+    per_landmark = heads_loss(heads, coords, sigma)  # float32: the HeadsLoss casts each head
     loss = per_landmark.mean()
     if distill_loss is not None:
         loss = loss + distill_term(distill_lambda, distill_loss, heads)  # cross-task eq 2

@@ -17,7 +17,7 @@ from trainables.data.record import Record
 from trainables.losses import LOSSES
 from trainables.metrics import reported_metrics
 from trainables.checkpoint import CHECKPOINT_FILE
-from trainables.objective import Objective, Scorer
+from trainables.objective import HeadsLoss, Scorer
 from trainables.registry import config_problems
 from trainables.trainer import load_split
 
@@ -82,8 +82,8 @@ def _score(ds, model, flip_test: bool, flip_index: list[int]):
         return seen_preds[-1]
 
     scorer.decode = spy
-    objective = Objective(LOSSES["mse"], cfg, (1,))
-    metrics, _ = scorer(model, ds, torch.full((2,), 2.0), objective, "val")
+    heads_loss = HeadsLoss(LOSSES["mse"], cfg, (1,))
+    metrics, _ = scorer(model, ds, torch.full((2,), 2.0), heads_loss, "val")
     return metrics, torch.cat(seen_preds), torch.cat(seen_heatmaps)
 
 

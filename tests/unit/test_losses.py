@@ -268,13 +268,13 @@ def test_hand_constants_agree_with_the_formula():
 # ---- a target that misses the heatmap (a face point past the photo's border) ----
 
 
-def _objective(input_size=(8, 8), sigma_units="input"):
+def _heads_loss(input_size=(8, 8), sigma_units="input"):
     from trainables.config import TrialConfig
-    from trainables.objective import Objective
+    from trainables.objective import HeadsLoss
 
     cfg = TrialConfig.from_dict({"data": {"input_size": list(input_size)}, "loss": {"type": "mse"},
                                  "target": {"sigma_units": sigma_units}})
-    return Objective(mse, cfg, (1,))
+    return HeadsLoss(mse, cfg, (1,))
 
 
 def test_on_map_is_the_3_sigma_box_overlapping_the_map_edges():
@@ -299,26 +299,26 @@ def test_a_target_10_sigma_off_the_map_adds_exactly_nothing_by_hand():
     #   loss = 1.772637² / 64 pixels = 3.142242 / 64 = 0.049098
     # Landmark 1 at (-10.5, 4): 10σ left of the map's edge at -0.5; its target is at most e⁻⁵⁰ ≈ 2e-22,
     # so without the mask it would cost (0.5 - 0)² = 0.25 a pixel; it costs exactly 0.
-    objective = _objective()
+    heads_loss = _heads_loss()
     coords = torch.tensor([[[3.0, 4.0], [-10.5, 4.0]]])
     pred = torch.zeros(1, 2, 8, 8)
     pred[0, 1] = 0.5
-    out = objective([pred], coords, torch.tensor([1.0, 1.0]))
+    out = heads_loss([pred], coords, torch.tensor([1.0, 1.0]))
     assert out[0].item() == pytest.approx(0.049098, abs=1e-6)
     assert out[1].item() == 0.0
-    assert objective.targeted(coords, torch.tensor([1.0, 1.0])).tolist() == [[True, False]]
+    assert heads_loss.targeted(coords, torch.tensor([1.0, 1.0])).tolist() == [[True, False]]
     # The prediction for it gets no gradient either: nothing pulls the network towards a target it cannot see.
     pred.requires_grad_(True)
-    objective([pred], coords, torch.tensor([1.0, 1.0])).sum().backward()
+    heads_loss([pred], coords, torch.tensor([1.0, 1.0])).sum().backward()
     assert pred.grad[0, 1].abs().sum().item() == 0.0 and pred.grad[0, 0].abs().sum().item() > 0
 
 
 def test_a_target_off_the_map_in_one_image_is_averaged_over_the_others():
     # Landmark 0 at (3, 4) in image 0 and at (-10.5, 4) in image 1, prediction 0 in both:
     # the mean is over image 0 alone, 0.049098 (as above), not (0.049098 + ~0) / 2.
-    objective = _objective()
+    heads_loss = _heads_loss()
     coords = torch.tensor([[[3.0, 4.0]], [[-10.5, 4.0]]])
-    out = objective([torch.zeros(2, 1, 8, 8)], coords, torch.tensor([1.0]))
+    out = heads_loss([torch.zeros(2, 1, 8, 8)], coords, torch.tensor([1.0]))
     assert out.item() == pytest.approx(0.049098, abs=1e-6)
 
 
@@ -326,13 +326,13 @@ def test_a_wider_coarse_target_still_counts_where_the_fine_one_misses():
     # target.sigma_units: head, σ = 1 at a head of stride 2 is 2 input pixels: reach 6. A landmark
     # at x = -6 reaches the coarse map (-6 + 6 >= -0.5) but not a stride-1 map with σ 1 (reach 3).
     from trainables.config import TrialConfig
-    from trainables.objective import Objective
+    from trainables.objective import HeadsLoss
 
     cfg = TrialConfig.from_dict({"data": {"input_size": [8, 8]}, "target": {"sigma_units": "head"}})
-    objective = Objective(mse, cfg, (2, 1))
+    heads_loss = HeadsLoss(mse, cfg, (2, 1))
     coords = torch.tensor([[[-6.0, 4.0]]])
-    assert objective.targeted(coords, torch.tensor([1.0])).tolist() == [[True]]
-    assert Objective(mse, cfg, (1,)).targeted(coords, torch.tensor([1.0])).tolist() == [[False]]
+    assert heads_loss.targeted(coords, torch.tensor([1.0])).tolist() == [[True]]
+    assert HeadsLoss(mse, cfg, (1,)).targeted(coords, torch.tensor([1.0])).tolist() == [[False]]
 
 
 def test_epoch_losses_average_each_landmark_over_the_images_it_counted_in():

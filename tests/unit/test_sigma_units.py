@@ -13,7 +13,7 @@ from trainables.data import DatasetSpec
 from trainables.data.dataset import LandmarkDataset
 from trainables.data.record import Record
 from trainables.heatmaps import decode_dark, decode_subpixel, head_sigma, input_sigma, sigma_frame
-from trainables.objective import Objective, Scorer
+from trainables.objective import HeadsLoss, Scorer
 from trainables.registry import config_problems
 from trainables.schedules import SCHEDULES
 
@@ -22,7 +22,7 @@ H_IN, W_IN = 96, 80  # divisible by every stride below
 
 def _targets(units: str, strides: tuple[int, ...], coords: torch.Tensor, sigma: torch.Tensor,
              size: tuple[int, int] = (H_IN, W_IN)) -> list[torch.Tensor]:
-    """The targets an Objective renders for each head of an input of this size, caught by a loss that records them."""
+    """The targets an HeadsLoss renders for each head of an input of this size, caught by a loss that records them."""
     cfg = TrialConfig.from_dict({"target": {"sigma_units": units}})
     seen = []
 
@@ -32,7 +32,7 @@ def _targets(units: str, strides: tuple[int, ...], coords: torch.Tensor, sigma: 
 
     b, k = coords.shape[:2]
     heads = [torch.zeros(b, k, size[0] // s, size[1] // s) for s in strides]
-    Objective(spy_loss, cfg, strides)(heads, coords, sigma)
+    HeadsLoss(spy_loss, cfg, strides)(heads, coords, sigma)
     return seen
 
 
@@ -115,14 +115,14 @@ def test_round_trip_render_decode_per_head(units, sigma, strides):
     # target's own σ in that head's pixels (what the Scorer passes), at sub-pixel positions.
     cfg = TrialConfig.from_dict({"target": {"sigma_units": units}})
     sigma = torch.tensor(sigma)
-    objective = Objective(None, cfg, strides)
+    heads_loss = HeadsLoss(None, cfg, strides)
     # Kept 3σ (target) + 3σ (blur) + 1 head pixel from the border, where the zero-padded blur bends the map.
     margin = max(6 * input_sigma(sigma, s, units).max().item() + s for s in strides)
     coords = _sub_pixel_coords(3, 2, 128, margin, seed=len(strides) + 10 * (units == "head"))
     for target, stride in zip(_targets(units, strides, coords, sigma, (128, 128)), strides):
         sub = decode_subpixel(target, stride)
         assert (sub - coords).abs().max().item() < 0.01, (stride, (sub - coords).abs().max().item())
-        dark = decode_dark(target, stride, objective.head_sigma(sigma, stride))
+        dark = decode_dark(target, stride, heads_loss.head_sigma(sigma, stride))
         assert (dark - coords).abs().max().item() < 0.05, (stride, (dark - coords).abs().max().item())
 
 
@@ -157,10 +157,10 @@ def _dark_sigma_seen(tmp_path, target: dict, dark_blur: float = 0.0):
         return decode(heatmaps, stride, sigma)
 
     scorer.decode = spy
-    objective = Objective(lambda p, t, c, v: torch.zeros(t.shape[1]), cfg, PooledImage.strides)
+    heads_loss = HeadsLoss(lambda p, t, c, v: torch.zeros(t.shape[1]), cfg, PooledImage.strides)
     sigma = torch.tensor([2.0, 6.0])  # the schedule's σ this epoch, per landmark
-    scorer(PooledImage(), ds, sigma, objective, "val")
-    scorer.preview(PooledImage(), ds, torch.zeros(1, 2), 1, objective, sigma)
+    scorer(PooledImage(), ds, sigma, heads_loss, "val")
+    scorer.preview(PooledImage(), ds, torch.zeros(1, 2), 1, heads_loss, sigma)
     return seen
 
 
