@@ -1,7 +1,7 @@
 """The fidelity report: each paper claim re-checked on the phantom studies of search_spaces/fidelity/,
 read back from MLflow alone.
 
-    report = build_report(client, context)            # context: teacher figures, times, commands
+    report = fidelity_report(client, context)         # context: teacher figures, times, commands
     Path("reports/fidelity.md").write_text(report.markdown)
     report.claims[["claim", "ours", "difference", "verdict"]]
 
@@ -315,7 +315,7 @@ def _configs_markdown(study: StudyData, extra: tuple[str, ...] = ()) -> list[str
     return lines
 
 
-def build_report(client, context: dict) -> Report:
+def fidelity_report(client, context: dict) -> Report:
     """The report from the three fidelity studies in MLflow. `context`: {"figure": png path (written),
     "teacher": {"val/acc", "val/chance", "seconds", ...}, "times": {phase: seconds}, "commands": [...],
     "machine": str, "date": str, "scale": str}."""
@@ -388,7 +388,7 @@ def build_report(client, context: dict) -> Report:
     return Report("\n".join(md) + "\n", claims, sigma, studies)
 
 
-def log_report(client, files: list[Path], report: Report, context: dict) -> str:
+def log_fidelity_report(client, files: list[Path], report: Report, context: dict) -> str:
     """The report's files and its verdict counts as one run of the `fidelity-report` experiment; returns its id."""
     exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)

@@ -83,7 +83,7 @@ def ranked_by_configuration(table: pd.DataFrame, info: StudyInfo) -> pd.DataFram
                              na_position="last", ignore_index=True)
 
 
-def refresh(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
+def publish_study(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
     """Rank the study's trials from MLflow, tag their runs, and (re)write the study run's
     comparison artefacts; with importance=True also the parameter importance. -> the table."""
     runs = trial_runs(client, info)
@@ -140,7 +140,7 @@ def _for_parquet(table: pd.DataFrame) -> pd.DataFrame:
 def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
     """The front for the terminal: its configurations, each objective as mean ± half its 95 %
     interval (n), a line on what was left unranked, then the recipe table (dashboards.effects).
-    table: the trial table (one row per run, as refresh and compare return it)."""
+    table: the trial table (one row per run, as publish_study and compare return it)."""
     configs = configurations(table, info)
     front = configs[configs[TAG_RANK] == 1]
     ranked = int(configs[TAG_RANK].notna().sum())
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m dashboards.pareto
         print(f"\n(read only: nothing was written to {uri}; --write re-tags the runs and rewrites the study "
               f"run's pareto/ and importance/)")
         return 0
-    table = refresh(client, info, importance=True)
+    table = publish_study(client, info, importance=True)
     print(front_text(table, info))
     done = "pareto/ and importance/" if client.get_run(info.run_id).data.tags.get("importance.method", "").startswith(
         "fANOVA") else "pareto/ (importance skipped, as said above)"

@@ -26,24 +26,24 @@ __all__ = ["StudyInfo", "check_reachable", "configurations", "fidelity_report", 
 
 
 def publish_study(client, info: StudyInfo, importance: bool = False):
-    """dashboards.pareto.refresh: rank the trials, tag their runs, rewrite the comparison. -> the table."""
+    """dashboards.pareto.publish_study: rank the trials, tag their runs, rewrite the comparison. -> the table."""
     from dashboards import pareto
 
-    return pareto.refresh(client, info, importance=importance)
+    return pareto.publish_study(client, info, importance=importance)
 
 
 def publish_trial(client, run_id: str, train_dir: str, primary: tuple[str, str], adaloss: bool) -> list[str]:
-    """dashboards.trials.log_trial_artifacts: a finished trial's pictures and best checkpoint."""
+    """dashboards.trials.publish_trial: a finished trial's pictures and best checkpoint."""
     from dashboards import trials
 
-    return trials.log_trial_artifacts(client, run_id, train_dir, primary, adaloss=adaloss)
+    return trials.publish_trial(client, run_id, train_dir, primary, adaloss=adaloss)
 
 
 def publish_study_view(client, experiment_id: str, study: str, objectives, searched) -> None:
-    """dashboards.views.set_study_view: the saved view the printed MLflow link opens."""
+    """dashboards.views.publish_study_view: the saved view the printed MLflow link opens."""
     from dashboards import views
 
-    views.set_study_view(client, experiment_id, study, objectives, searched)
+    views.publish_study_view(client, experiment_id, study, objectives, searched)
 
 
 def front_text(table, info: StudyInfo) -> str:
@@ -68,14 +68,14 @@ def recipes(table, info: StudyInfo):
 
 
 def fidelity_report(client, context: dict):
-    """dashboards.fidelity.build_report: the fidelity report from its three studies in MLflow."""
+    """dashboards.fidelity.fidelity_report: the fidelity report from its three studies in MLflow."""
     from dashboards import fidelity
 
-    return fidelity.build_report(client, context)
+    return fidelity.fidelity_report(client, context)
 
 
 def log_fidelity_report(client, files, report, context: dict) -> str:
-    """dashboards.fidelity.log_report: the report's files as a run of the fidelity-report experiment."""
+    """dashboards.fidelity.log_fidelity_report: the report's files as a run of the fidelity-report experiment."""
     from dashboards import fidelity
 
-    return fidelity.log_report(client, files, report, context)
+    return fidelity.log_fidelity_report(client, files, report, context)

@@ -2,8 +2,8 @@
 
 The study driver calls this when a trial ends (finished, stopped early, diverged or failed):
 
-    log_trial_artifacts(client, run_id, "studies/quickstart/train/train_1a2b3c4d",
-                        primary=("val/mre_mm", "min"), adaloss=True)
+    publish_trial(client, run_id, "studies/quickstart/train/train_1a2b3c4d",
+                  primary=("val/mre_mm", "min"), adaloss=True)
 
 It picks the trial's best epoch by the primary objective among the checkpoints Train kept (the
 two best and the latest), and logs to the run:
@@ -64,7 +64,7 @@ def best(found: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, di
     return min(scored, key=lambda c: (sign * c[1][metric], -c[1].get("epoch", 0)))
 
 
-def log_trial_artifacts(client, run_id: str, train_dir: str, primary: tuple[str, str], adaloss: bool) -> list[str]:
+def publish_trial(client, run_id: str, train_dir: str, primary: tuple[str, str], adaloss: bool) -> list[str]:
     """Log the pictures and best checkpoint of one trial; -> the artefact paths logged."""
     metric, mode = primary
     found = checkpoints(train_dir)

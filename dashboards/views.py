@@ -1,7 +1,7 @@
 """What the MLflow UI (3.17) shows first for a study: a saved view of its trial runs, the link that
 opens it, and each trial run's description.
 
-    set_study_view(client, experiment_id, "quickstart", [("val/mre_mm", "min")], ["optim.lr"])
+    publish_study_view(client, experiment_id, "quickstart", [("val/mre_mm", "min")], ["optim.lr"])
     study_url("http://127.0.0.1:5000", experiment_id, "quickstart")
     # http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=study-quickstart
     trial_note(row, objectives, searched, "quickstart")    # markdown: the trial's objectives and cost first
@@ -85,8 +85,8 @@ def view_tags(study: str, objectives: Sequence[tuple[str, str]], searched: Seque
     return {KIND_TAG: KIND, VIEW_TAG_PREFIX + view_key(study): json.dumps(envelope)}
 
 
-def set_study_view(client, experiment_id: str, study: str, objectives: Sequence[tuple[str, str]],
-                   searched: Sequence[str]) -> None:
+def publish_study_view(client, experiment_id: str, study: str, objectives: Sequence[tuple[str, str]],
+                       searched: Sequence[str]) -> None:
     """Tag the study's experiment (view_tags); a saved view already there keeps its creation time.
     An experiment whose kind a user already chose keeps it."""
     tags = client.get_experiment(experiment_id).tags
@@ -105,7 +105,7 @@ def set_study_view(client, experiment_id: str, study: str, objectives: Sequence[
 
 
 def saved_studies(client) -> list[tuple[str, str]]:
-    """(experiment id, study) of every study view (set_study_view) in the store, in experiment order."""
+    """(experiment id, study) of every study view (publish_study_view) in the store, in experiment order."""
     prefix = VIEW_TAG_PREFIX + view_key("")
     return [(e.experiment_id, tag.removeprefix(prefix)) for e in client.search_experiments()
             for tag in sorted(e.tags) if tag.startswith(prefix)]

@@ -399,7 +399,7 @@ class MlflowTracking(Callback):
             print(f"warning: trial {tid}: pictures not logged: {e!r}", flush=True)
 
     def refresh(self, importance: bool = False):
-        """Re-rank the study and rewrite its comparison (dashboards.pareto.refresh). -> the table, or None."""
+        """Re-rank the study and rewrite its comparison (dashboards.pareto.publish_study). -> the table, or None."""
         try:
             return publish_study(self.client, self.info, importance=importance)
         except Exception as e:

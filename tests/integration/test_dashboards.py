@@ -22,7 +22,7 @@ from helpers import clean_env, free_port
 from test_pareto_html import _check_drawn, _screenshot
 
 from dashboards import importance, pareto_image, plots, trial_plots
-from dashboards.trials import best, checkpoints, log_trial_artifacts
+from dashboards.trials import best, checkpoints, publish_trial
 from study.spec import load_spec
 from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from study.study_run import open_study_run
@@ -235,7 +235,7 @@ def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, m["epoch"]) for m in rec.metrics
                                       for k, v in m.items() if k.startswith("target/sigma_")])
-    logged = log_trial_artifacts(client, run_id, str(train_dir), ("val/mre_mm", "min"), adaloss=True)
+    logged = publish_trial(client, run_id, str(train_dir), ("val/mre_mm", "min"), adaloss=True)
     assert sorted(logged) == ["checkpoint/checkpoint.pt", "checkpoint/metrics.json", "plots/ced.png",
                               "plots/heatmaps.png", "plots/overlays.png", "plots/sigma.png",
                               "tables/test_test2_per_landmark.txt"]

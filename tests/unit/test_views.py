@@ -17,7 +17,7 @@ from dashboards.views import (
     KIND_TAG,
     VIEW_TAG_PREFIX,
     saved_studies,
-    set_study_view,
+    publish_study_view,
     study_url,
     trial_note,
     trials_view,
@@ -83,21 +83,21 @@ def test_the_installed_mlflow_ui_reads_what_the_link_and_the_view_set():
     assert re.search(r"JSON\.stringify\(\{name:\w+,createdAt:\w+,updatedAt:\w+,state:\w+\}\)", text)
 
 
-def test_set_study_view_round_trip(tmp_path):
+def test_publish_study_view_round_trip(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("landmarks")
     other = client.create_experiment("mine")
     client.set_experiment_tag(other, KIND_TAG, "genai_development")
-    set_study_view(client, exp, "quickstart", OBJECTIVES, SEARCHED)
-    set_study_view(client, exp, "farnet", [("val/mre_mm", "min")], [])  # two studies, one experiment
-    set_study_view(client, other, "mine", OBJECTIVES, [])
+    publish_study_view(client, exp, "quickstart", OBJECTIVES, SEARCHED)
+    publish_study_view(client, exp, "farnet", [("val/mre_mm", "min")], [])  # two studies, one experiment
+    publish_study_view(client, other, "mine", OBJECTIVES, [])
     assert sorted(saved_studies(client)) == sorted([(exp, "farnet"), (exp, "quickstart"), (other, "mine")])
     tags = client.get_experiment(exp).tags
     assert tags[KIND_TAG] == KIND
     assert client.get_experiment(other).tags[KIND_TAG] == "genai_development"  # a chosen kind is kept
     first = json.loads(tags[VIEW_TAG_PREFIX + "study-quickstart"])
     assert json.loads(first["state"]) == trials_view("quickstart", OBJECTIVES, SEARCHED)
-    set_study_view(client, exp, "quickstart", OBJECTIVES, SEARCHED)  # --resume: the same view, untouched
+    publish_study_view(client, exp, "quickstart", OBJECTIVES, SEARCHED)  # --resume: the same view, untouched
     assert json.loads(client.get_experiment(exp).tags[VIEW_TAG_PREFIX + "study-quickstart"]) == first
 
 
