@@ -32,6 +32,7 @@ from trainables.problems import Problem
 # Where phantom data is generated when data.root is empty; on a cluster each node makes its
 # own (identical, seeded) copy.
 DATA_HOME = Path(os.environ.get("LANDMARK_STUDY_DATA", Path.home() / ".cache" / "landmark_study"))
+MAX_PROBLEMS = 30  # lines of data problems shown in spec validation
 
 
 @dataclass(frozen=True)
@@ -195,9 +196,6 @@ def problems(cfg) -> list[str]:
         found = found[:MAX_PROBLEMS] + [Problem("data.root", f"… and {len(found) - MAX_PROBLEMS} more problems; "
                                                             f"`python -m trainables.data.{_module(cfg)} ROOT` lists them all")]
     return found + notes
-
-
-MAX_PROBLEMS = 30  # lines of data problems shown in spec validation
 
 
 def _module(cfg) -> str:

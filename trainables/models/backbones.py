@@ -49,6 +49,9 @@ from trainables.problems import Problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's old DenseNet parameter names ("denselayer1.norm.1.weight"), renamed by _read_weights.
+_DENSE_OLD = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 @dataclass
@@ -292,10 +295,6 @@ def _read_weights(name: str, weights: str) -> dict[str, Tensor]:
     # The new dict drops torch.load's _metadata, so BatchNorm fills a missing num_batches_tracked (files
     # older than that buffer, like the published DenseNets) with 0 instead of failing a strict load.
     return {_DENSE_OLD.sub(r"\1\2", k): v for k, v in state.items()}
-
-
-_DENSE_OLD = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> str | None:
