@@ -22,6 +22,7 @@ from ray import tune
 from ray.exceptions import RayActorError
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -140,14 +141,31 @@ def train_run_name(trial_id: str) -> str:
     return f"train_{trial_id}"
 
 
+class _WithoutRayData:
+    """Train gives every run a DatasetManager actor and sends Ray Data's context to each worker,
+    whether or not the run has Ray datasets: a process more per trial, and Ray Data imported in it
+    and in every worker (benchmarks/README.md, "Per-trial start-up"). The trainer reads its own
+    files and passes no datasets, so that callback is left out."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
+class _SingleWorkerTrainer(_WithoutRayData, DataParallelTrainer):
+    pass
+
+
 def _trainer_class(workers: int) -> type[DataParallelTrainer]:
     """TorchTrainer where workers train together (DDP needs its process group); one worker needs no
     backend, so its Train controller never imports torch (seconds of every trial's start-up)."""
     if workers == 1:
-        return DataParallelTrainer
+        return _SingleWorkerTrainer
     from ray.train.torch import TorchTrainer
 
-    return TorchTrainer
+    return type("TorchTrainer", (_WithoutRayData, TorchTrainer), {})
 
 
 def trial_driver(config: dict, payload: TrialPayload) -> None:
