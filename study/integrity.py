@@ -31,6 +31,7 @@ from ray.tune import Callback
 
 from study.spec import StudyError
 from study.storage import StudyStorage
+from trainables.checkpoint import BROKEN, TRAIN_SNAPSHOT, TrainRun
 
 MIN_FREE_MB = 64  # below this (or 3 newest checkpoints' worth) the study stops; LANDMARK_STUDY_MIN_FREE_MB overrides
 COPY = ".state-copy"  # in tune/: the last readable experiment state, searcher and callback states
@@ -136,10 +137,6 @@ def check_tune_state(storage: StudyStorage) -> None:
                          f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
 
 
-TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train's record of a run's checkpoints (rewritten in place)
-BROKEN = ".broken"  # a state file that could not be read is kept under its name + this
-
-
 def check_train_snapshots(storage: StudyStorage) -> None:
     """Before a resume: Train rewrites each run's checkpoint_manager_snapshot.json in place too, and
     a write cut off by a full disk leaves it truncated; Train then refuses to start that run again
@@ -207,9 +204,8 @@ class SpaceGuard(Callback):
         """Bytes that must stay free: the floor, or three of the trial's newest checkpoints."""
         if trial_id is None or self.storage.local is None:
             return self.min_free
-        run = self.storage.local / "train" / f"train_{trial_id}"
-        folders = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # not checkpoint_manager_snapshot.json
-        size = sum(f.stat().st_size for f in folders[-1].iterdir() if f.is_file()) if folders else 0
+        folders = TrainRun(f"{self.storage.path}/train/train_{trial_id}", fs=self.storage.fs).folders()
+        size = sum(f.stat().st_size for f in Path(folders[-1].path).iterdir() if f.is_file()) if folders else 0
         return max(self.min_free, 3 * size)
 
     def check(self, trial_id: str | None = None) -> None:

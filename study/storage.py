@@ -20,10 +20,10 @@ import socket
 import time
 from pathlib import Path
 
-import pyarrow.fs
-
 from study.spec import Spec, StudyError
+from trainables.checkpoint import filesystem
 from trainables.config import flatten
+from trainables.procs import UNKNOWN, process_start
 
 SNAPSHOT = "study.json"  # the resolved spec a study started with, beside its Tune state
 
@@ -34,7 +34,7 @@ class StudyStorage:
     def __init__(self, spec: Spec):
         self.uri = spec.location
         self.local = None if "://" in self.uri else Path(self.uri)
-        self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.local.as_uri() if self.local else self.uri)
+        self.fs, self.path = filesystem(self.uri)
 
     @property
     def tune(self) -> str:
@@ -75,7 +75,7 @@ class StudyLock:
 
     def __init__(self, storage: StudyStorage, break_lock: bool = False):
         self.storage, self.break_lock = storage, break_lock
-        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         self.held = False
 
@@ -129,10 +129,10 @@ class StudyLock:
         pid = int(holder.get("pid", -1))
         if pid == self.mine["pid"]:
             return "it is this process"
-        if _pid_start(pid) is None:
+        if process_start(pid) is None:  # a zombie counts as alive: its pid is not free yet
             return f"pid {pid} is not running on this host"
-        now, then = _pid_start(pid), holder.get("pid_start")
-        if now != "?" and then not in (None, "?") and now != then:
+        now, then = process_start(pid), holder.get("pid_start")
+        if now != UNKNOWN and then not in (None, UNKNOWN) and now != then:
             return f"pid {pid} is now another program"
         return ""
 
@@ -157,21 +157,6 @@ class StudyLock:
             self.storage.fs.delete_file(f"{self.storage.path}/{LOCK}")
         except FileNotFoundError:
             pass
-
-
-def _pid_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (None: no such process); tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"  # alive, start time unknown (no /proc)
 
 
 def _describe(holder: dict) -> str:
