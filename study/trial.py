@@ -27,7 +27,7 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.integrity import disk_full
+from study.faults.disk import disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
@@ -216,7 +216,7 @@ class TrialFailed(RuntimeError):
 
 def fallback_checkpoint(train_storage: str, run_name: str) -> str | None:
     """The newest complete checkpoint folder of a Train run whose record (checkpoint_manager_snapshot.json)
-    was moved aside as unreadable (study.integrity.check_train_snapshots), else None. Local/NFS only."""
+    was moved aside as unreadable (study.faults.integrity.check_train_snapshots), else None. Local/NFS only."""
     if "://" in train_storage:
         return None
     run = Path(train_storage) / run_name

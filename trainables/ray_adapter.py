@@ -36,7 +36,7 @@ RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these w
 # folder name, whose history.json the driver reads to deliver epochs the tracking never got.
 RESUMED_CHECKPOINT = "resumed_checkpoint"
 # train_loop_config key (not a TrialConfig field): a complete checkpoint folder to start from when Train
-# hands back none (its record of the run was truncated by a full disk and moved aside: study.integrity).
+# hands back none (its record of the run was truncated by a full disk and moved aside: study.faults.integrity).
 FALLBACK_CHECKPOINT = "_fallback_checkpoint"
 
 
@@ -119,7 +119,7 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
     - The GCS's job record, which covers drivers on other nodes of a cluster joined with --address.
     The GCS client is Ray's private API; if it moved, or the GCS does not answer (a restarting GCS
     on a fault-tolerant cluster) or does not know the job, that check says alive: a checkpoint too
-    many is removed by the next --resume (study.leftovers), while a healthy worker stopped by
+    many is removed by the next --resume (study.faults.leftovers), while a healthy worker stopped by
     mistake costs a restart."""
     job = ray.get_runtime_context().get_job_id()
     if job in _driver_process and not _process_runs(*_driver_process[job]):

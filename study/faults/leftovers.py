@@ -147,7 +147,7 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
     for run in fs.get_file_info(pyarrow.fs.FileSelector(base)):
         if run.type != pyarrow.fs.FileType.Directory:
             continue
-        # a snapshot moved aside (study.integrity) or unreadable: its folders are left alone
+        # a snapshot moved aside (study.faults.integrity) or unreadable: its folders are left alone
         for folder in TrainRun(run.path, fs=fs).unregistered():
             try:
                 fs.delete_dir(folder.path)
