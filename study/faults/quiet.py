@@ -44,9 +44,11 @@ class _QuietStop(logging.Filter):
 
 def quiet_tunes_stop() -> None:
     """Drop Tune's own words for a graceful stop (they speak of Ctrl-C and Tuner.restore): installed by
-    the guard that stops the study, which says in its own line what happened and what to run."""
-    logging.getLogger("ray.tune.tune").addFilter(_QuietStop())
-
+    what stops the study (the disk guard, a SIGTERM or SIGHUP), which says in its own line what
+    happened and what to run."""
+    tune = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _QuietStop) for f in tune.filters):
+        tune.addFilter(_QuietStop())
 
 
 class _QuietTrialEnds(logging.Filter):
