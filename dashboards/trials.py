@@ -20,7 +20,6 @@ so nothing here runs a model. The Train storage may be a local folder or a URI (
 from __future__ import annotations
 
 import io
-import json
 import math
 import shutil
 import tempfile
@@ -32,27 +31,8 @@ import pyarrow.fs
 
 from dashboards import trial_plots
 from dashboards.plots import FACE68_REGIONS
-from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE
+from trainables.checkpoint import CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, TrainRun
 from trainables.data import landmark_names
-
-
-def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else Path(uri).resolve().as_uri())
-
-
-def checkpoints(train_dir: str) -> list[tuple[str, dict]]:
-    """(path, metrics.json) of each complete checkpoint of a Train run, oldest epoch first."""
-    fs, root = _fs(train_dir)
-    found = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/{METRICS_FILE}") as f:
-                found.append((info.path, json.loads(f.read())))
-        except (FileNotFoundError, OSError, ValueError):
-            continue  # written when the trial was killed: incomplete
-    return sorted(found, key=lambda c: c[1].get("epoch", 0))
 
 
 def best(found: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, dict] | None:
@@ -67,9 +47,10 @@ def best(found: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, di
 def publish_trial(client, run_id: str, train_dir: str, primary: tuple[str, str], adaloss: bool) -> list[str]:
     """Log the pictures and best checkpoint of one trial; -> the artefact paths logged."""
     metric, mode = primary
-    found = checkpoints(train_dir)
+    run = TrainRun(train_dir)
+    found = run.saved_metrics()  # (path, metrics.json) of each checkpoint whose metrics read, oldest epoch first
     chosen = best(found, metric, mode)
-    fs, _ = _fs(train_dir)
+    fs = run.fs
     logged = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

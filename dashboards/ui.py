@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainables.procs import stat_fields
+
 STOP_GRACE_S = 10.0  # SIGTERM, then this long to exit (8 s seen here for the 14 processes), then SIGKILL
 UI_PORT = 5000  # MLflow's own default
 
@@ -166,12 +168,10 @@ def processes() -> dict[int, tuple[str, int, int]] | None:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-        except OSError:  # it exited meanwhile
+        fields = stat_fields(entry.name)
+        if fields is None:  # it exited meanwhile
             continue
-        state, ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]  # after "pid (name) "; a name may hold ")"
+        state, ppid, pgrp = fields[:3]
         table[int(entry.name)] = (state, int(ppid), int(pgrp))
     return table
 

@@ -57,7 +57,7 @@ def _fmt_request(need: dict[str, float]) -> str:
 
 def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
     """Join `address` (or RAY_ADDRESS), or start a local Ray; returns the session folder of a Ray
-    started here (what study.leftovers records, to clean up after a killed driver), else None."""
+    started here (what study.faults.leftovers records, to clean up after a killed driver), else None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return None
@@ -157,7 +157,7 @@ def stop_failed_start(since: float) -> list[str]:
     their session folder is <Ray's temp folder>/session_<time>_<our pid>. -> 'pid name' of each."""
     from ray._common.utils import get_default_ray_temp_dir
 
-    from study.leftovers import kill_processes, session_processes
+    from study.faults.leftovers import kill_processes, session_processes
 
     ray.shutdown()  # whatever of the failed start this process still holds
     killed = []

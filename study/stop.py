@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 
+from study.faults.quiet import quiet_tunes_stop
+
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -61,4 +63,5 @@ class GracefulStop:
             raise Stopped(signum)
         print(f"\n{name} received: stopping the study (trials stop at their last checkpoint, the state is saved; "
               f"a second signal ends it at once)", file=sys.stderr, flush=True)
+        quiet_tunes_stop()  # Tune's words speak of Ctrl-C and Tuner.restore; the study prints its --resume line
         tune_stop(signal.SIGUSR1, frame)

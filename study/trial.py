@@ -15,24 +15,24 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.fs
 import ray
 import ray.cloudpickle
 from ray import tune
 from ray.exceptions import RayActorError
 from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.context import TrainRunContext
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.integrity import BROKEN, TRAIN_SNAPSHOT, disk_full
+from study.faults.disk import disk_full
 from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
-from trainables.checkpoint import HISTORY_FILE, METRICS_FILE, is_complete
+from trainables.checkpoint import BROKEN, TRAIN_SNAPSHOT, TrainRun, filesystem
 from trainables.ray_adapter import (DIVERGED, FALLBACK_CHECKPOINT, RESUMED_CHECKPOINT,  # noqa: F401 (re-exported)
                                     RESUMED_FROM, train_loop_per_worker)
 
@@ -140,14 +140,31 @@ def train_run_name(trial_id: str) -> str:
     return f"train_{trial_id}"
 
 
+class _WithoutRayData:
+    """Train gives every run a DatasetManager actor and sends Ray Data's context to each worker,
+    whether or not the run has Ray datasets: a process more per trial, and Ray Data imported in it
+    and in every worker (benchmarks/README.md, "Per-trial start-up"). The trainer reads its own
+    files and passes no datasets, so that callback is left out."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
+class _SingleWorkerTrainer(_WithoutRayData, DataParallelTrainer):
+    pass
+
+
 def _trainer_class(workers: int) -> type[DataParallelTrainer]:
     """TorchTrainer where workers train together (DDP needs its process group); one worker needs no
     backend, so its Train controller never imports torch (seconds of every trial's start-up)."""
     if workers == 1:
-        return DataParallelTrainer
+        return _SingleWorkerTrainer
     from ray.train.torch import TorchTrainer
 
-    return TorchTrainer
+    return type("TorchTrainer", (_WithoutRayData, TorchTrainer), {})
 
 
 def trial_driver(config: dict, payload: TrialPayload) -> None:
@@ -215,64 +232,36 @@ class TrialFailed(RuntimeError):
     """The trial's workers failed more often than resources.max_failures allows (on a retry by Tune)."""
 
 
-def _storage_fs(train_storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    uri = train_storage if "://" in train_storage else Path(train_storage).resolve().as_uri()
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
 def fallback_checkpoint(train_storage: str, run_name: str) -> str | None:
     """The newest complete checkpoint folder of a Train run whose record (checkpoint_manager_snapshot.json)
-    was moved aside as unreadable (study.integrity.check_train_snapshots), else None. Local/NFS only."""
+    was moved aside as unreadable (study.faults.integrity.check_train_snapshots), else None. Local/NFS only."""
     if "://" in train_storage:
         return None
     run = Path(train_storage) / run_name
     if (run / TRAIN_SNAPSHOT).exists() or not (run / f"{TRAIN_SNAPSHOT}{BROKEN}").exists():
         return None  # Train's own record decides
-    found = []
-    for folder in run.glob("checkpoint_*"):
-        if folder.is_dir() and is_complete(folder):
-            try:
-                found.append((json.loads((folder / METRICS_FILE).read_text()).get("epoch", 0), folder.name, folder))
-            except (OSError, ValueError):
-                continue
-    return str(max(found)[2].resolve()) if found else None
+    newest = TrainRun(run).newest_complete()
+    return str(newest[1].resolve()) if newest else None
 
 
 def checkpoint_history(train_storage: str, trial_id: str, checkpoint: str) -> list[dict]:
     """The metrics of every epoch up to checkpoint `checkpoint` (a folder name) of the trial's Train
     run, in order (its history.json); [] for a checkpoint written before history.json existed."""
-    fs, root = _storage_fs(train_storage)
-    try:
-        with fs.open_input_stream(f"{root}/{train_run_name(trial_id)}/{checkpoint}/{HISTORY_FILE}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return []
+    return TrainRun(f"{train_storage}/{train_run_name(trial_id)}").history(checkpoint)
 
 
 def furthest_history(train_storage: str, trial_id: str) -> list[dict]:
     """The history.json of the trial's furthest checkpoint (the most epochs; registered by Train or not,
     as long as its history reads), else []. A trial that fails for good is never resumed, so the epochs
     its workers checkpointed just before they died would otherwise never reach MLflow."""
-    fs, root = _storage_fs(train_storage)
-    furthest: list[dict] = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{train_run_name(trial_id)}", allow_not_found=True)):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/{HISTORY_FILE}") as f:
-                history = json.loads(f.read())
-        except (OSError, ValueError):
-            continue  # cut short when the worker died, or written before history.json existed
-        if isinstance(history, list) and len(history) > len(furthest):
-            furthest = history
-    return furthest
+    return TrainRun(f"{train_storage}/{train_run_name(trial_id)}").furthest_history()
 
 
 class _Outcome:
     """`outcome.json` beside a Train run: a final outcome that a retry of the trial must not redo."""
 
     def __init__(self, train_storage: str, run_name: str):
-        self.fs, root = _storage_fs(train_storage)
+        self.fs, root = filesystem(train_storage)
         self.folder = f"{root}/{run_name}"
         self.path = f"{self.folder}/outcome.json"
 

@@ -4,19 +4,18 @@
     result.table          # one row per trial, best first
     result.interrupted    # True after Ctrl-C: `--resume` continues from the saved state
 
-The walk of a study: study.storage (the lock; refuse or resume) -> study.leftovers (what a killed
-driver left: its Ray's processes, unregistered checkpoints) -> study.integrity (on --resume, Tune's
-state must read back) -> dashboards check the tracking store ->
-study.cluster (Ray up, the plan) -> study.tracking (the study's MLflow run) -> Tune with the
-Optuna searcher and ASHA, each trial a study.trial.trial_driver -> callbacks study.tracking and
-study.progress on every result (study.integrity.SpaceGuard first: it stops the study while the
-storage has room for its state) -> the final table and the Pareto front.
+The walk of a study: check (the study exists or not; on --resume the saved state) -> start (the
+tracking store, Ray, the plan; the study's MLflow run) -> build the Tuner (Optuna searcher and
+ASHA, each trial a study.trial.trial_driver; callbacks study.tracking and study.progress on every
+result) -> run -> summarise (the final table and the Pareto front). The fault guards around it,
+and the order they run in, are study.faults's: the lock and a killed driver's leftovers before,
+the resume checks, the free-space guard first of the callbacks, the MLflow outbox, a full disk
+turned into one line at the end.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,32 +35,16 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from dashboards.publish import check_reachable, front_text  # noqa: E402
-from study import tracking  # noqa: E402
+from study import faults, study_run, tracking  # noqa: E402
 from study.cluster import init_ray, plan  # noqa: E402
-from study.leftovers import forget_ray_session, record_ray_session, remove_orphan_checkpoints, stop_leftover_ray  # noqa: E402
-from study.integrity import (SpaceGuard, StorageFull, check_train_snapshots, check_tune_state, disk_full,  # noqa: E402
-                             storage_full_message)
 from study.progress import Progress  # noqa: E402
 from study.repeats import RepeatASHA, RepeatSearch  # noqa: E402
-from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status, is_diverged  # noqa: E402
+from study.schema import TAG_CONFIG, TAG_RANK, TAG_REPEAT, Status  # noqa: E402
 from study.search import SpaceSampler, make_sampler  # noqa: E402
-from study.spec import Spec, SpecError, StudyError  # noqa: E402
+from study.spec import Spec, StudyError  # noqa: E402
 from study.stop import GracefulStop  # noqa: E402
-from study.storage import SNAPSHOT, StudyLock, StudyStorage, check_unchanged  # noqa: E402
+from study.storage import SNAPSHOT, StudyStorage  # noqa: E402
 from study.trial import DRIVER_RESOURCES, StopTrainRuns, TrialPayload, trial_driver  # noqa: E402
-
-
-class _QuietTrialEnds(logging.Filter):
-    """Drop Tune's traceback for a trial that diverged (a NaN loss is an outcome, which study.progress
-    prints in one line) or that a full disk stopped (run_study ends the study with one line naming the
-    folder); the traceback stays in the trial's error.txt."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Trial task failed") and (is_diverged(error) or disk_full(error)))
-
-
-logging.getLogger("ray.tune.execution.tune_controller").addFilter(_QuietTrialEnds())
 
 
 @dataclass
@@ -87,48 +70,14 @@ def run_study(
     verbose: bool = False,
     break_lock: bool = False,
 ) -> StudyResult:
-    """Run (or with resume, continue) the study; one driver at a time (StudyLock). Raises
+    """Run (or with resume, continue) the study; one driver at a time (study.faults.driving). Raises
     StudyError, SpecError or ConnectionError before any trial starts when it cannot run."""
     storage = StudyStorage(spec)
     if storage.local is None and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise StudyError(f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
                          f"the default SQLite store needs a local folder")
-    fresh = storage.local is not None and not storage.local.exists()
-    lock = StudyLock(storage, break_lock)
-    lock.acquire()  # before looking at the state: a second driver started a second later must not pass
-    ours = False
-    try:
-        try:
-            # What a killed driver of this study left (its local Ray's agents, unregistered checkpoints):
-            # safe now that the lock says no driver of this study runs.
-            stop_leftover_ray(storage)
-            remove_orphan_checkpoints(storage)
-            ours = True  # from here a Ray this driver starts is recorded; forgotten again at its end
-            return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
-        except Exception as e:
-            # A full disk (Train's checkpoint upload, the SQLite store, the outbox): one line naming the
-            # folder and its free space, not a traceback; what was saved before is kept for --resume.
-            what = disk_full(e) if storage.local is not None else ""
-            if what and not isinstance(e, StudyError):
-                raise StorageFull(storage_full_message(storage.local, what)) from e
-            raise
-    except (StudyError, SpecError, ConnectionError):
-        if fresh:  # refused before anything ran: leave no folder behind
-            lock.release()
-            forget_ray_session(storage)
-            _remove_if_empty(storage.local)
-        raise
-    finally:
-        if ours:
-            forget_ray_session(storage)
-        lock.release()
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty (or gone): keep it
+    with faults.driving(storage, break_lock):  # the lock, a killed driver's leftovers; a full disk in one line
+        return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
 
 
 def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume, force, verbose) -> StudyResult:
@@ -141,17 +90,14 @@ def _run_locked(spec: Spec, storage: StudyStorage, address, tracking_uri, resume
             f"choose another name with --set study.name=NEW, or delete the folder to start over"
         )
     if resume:
-        check_unchanged(spec, storage, force)
-        check_tune_state(storage)  # Tune would start over silently from a truncated state file
-        check_train_snapshots(storage)  # and Train would fail a trial whose checkpoint record is truncated
-    uri = tracking.resolve_tracking_uri(tracking_uri, spec)
+        faults.on_resume(spec, storage, force)  # the spec, Tune's state and Train's records read back
+    uri = study_run.resolve_tracking_uri(tracking_uri, spec)
     check_reachable(uri)
 
     with ThreadPoolExecutor(1) as pool:
-        store = pool.submit(tracking.prepare_store, uri)  # MLflow's store gets ready while Ray starts
+        store = pool.submit(study_run.prepare_store, uri)  # MLflow's store gets ready while Ray starts
         session = init_ray(address, verbose, dashboard=spec.study.scheduler.type == "asha")
-        if session:  # a Ray of our own: if this driver is killed, the next start of the study stops what is left
-            record_ray_session(storage, session)
+        faults.ray_started(storage, session)  # a Ray of our own: the next start stops what a kill leaves
         store.result()
     stop = GracefulStop().install()  # after ray.init, whose handler would abort the driver on SIGTERM
     try:
@@ -165,12 +111,11 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
     num_samples = configurations * spec.study.repeats  # each repeat of a configuration is a Tune trial
     if not resume:
         storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": spec.resolved()}, indent=1))
-    study_run = tracking.open_study_run(uri, spec)
+    parent = study_run.open_study_run(uri, spec)
     payload = TrialPayload.from_spec(spec, storage.train)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, payload=payload), DRIVER_RESOURCES)
-    recorder = tracking.MlflowTracking(uri, study_run, spec, storage.train,
-                                       outbox=storage.local / tracking.OUTBOX if storage.local else None)
-    guard = SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
+    recorder = tracking.MlflowTracking(uri, parent, spec, storage.train, outbox=faults.outbox_path(storage.local))
+    guard = faults.SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
     callbacks = [guard, StopTrainRuns(spec), recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
     trials = (f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
@@ -178,10 +123,7 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
     print(f"study {spec.study.name!r}: {trials}, up to {concurrency} at a time, {objectives}; "
           f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}", flush=True)
     if resume:
-        tuner = tune.Tuner.restore(storage.tune, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        # Tune restores the callbacks pickled with the experiment; use this run's (tracking URI, clock).
-        if getattr(tuner, "_local_tuner", None) is not None:
-            tuner._local_tuner.get_run_config().callbacks = callbacks
+        tuner = faults.restore(storage, trainable, callbacks)  # with this run's callbacks, not the pickled ones
     else:
         tuner = tune.Tuner(
             trainable,
@@ -226,12 +168,12 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
     undelivered = len(recorder.queue)
     if delivered:
         try:
-            tracking.close_study_run(uri, study_run, summary, status)
+            study_run.close_study_run(uri, parent, summary, status)
         except Exception as e:  # noqa: BLE001 - the server went down at the very end
-            if not tracking.unreachable(e):
+            if not faults.unreachable(e):
                 raise
             undelivered += 1
-    return StudyResult(table, uri, storage.uri, study_run.experiment_id, study_run.run_id, grid.num_errors,
+    return StudyResult(table, uri, storage.uri, parent.experiment_id, parent.run_id, grid.num_errors,
                        interrupted, front, undelivered, stop.received.name if stop.received else "")
 
 

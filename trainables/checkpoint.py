@@ -30,6 +30,17 @@ their metrics with no checkpoint.
 
     policy = CheckpointPolicy(every=0, epochs=300, metric="val/mre_mm", mode="min")   # every 10
     policy.due(epoch=13, metrics={"val/mre_mm": 2.1})   # True if 2.1 beats the best so far
+
+The folders of one Train run (`train/train_<trial>/checkpoint_*`), on a local folder or a URI
+(s3://, gs://: through pyarrow), are read through `TrainRun`, by the driver, the worker and the
+dashboards alike:
+
+    run = TrainRun("studies/quickstart/train/train_1a2b3c4d")   # or a URI; or TrainRun(path, fs=...)
+    run.folders()              # the checkpoint_* folders (pyarrow FileInfo), by name
+    run.saved_metrics()        # (path, metrics.json) of each folder whose metrics read, oldest epoch first
+    run.history("checkpoint_000003"), run.furthest_history()    # history.json of one / of the furthest
+    run.newest_complete()      # (epoch, folder) of the newest complete one (local runs)
+    run.unregistered()         # folders Train's checkpoint_manager_snapshot.json does not name
 """
 
 from __future__ import annotations
@@ -42,12 +53,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # the epoch's reported metrics, beside its checkpoint
 HISTORY_FILE = "history.json"  # [metrics of epoch 1, …, of this epoch]: what a resume can replay
 PREVIEW_FILE = "preview.npz"  # the arrays behind the trial's pictures (Scorer.preview)
 MANIFEST_FILE = "manifest.json"  # written last: {file name: bytes} of everything else in the folder
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train's record of a run's checkpoints (rewritten in place)
+BROKEN = ".broken"  # a state file that could not be read is kept under its name + this (study.faults.integrity)
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -151,6 +165,117 @@ def is_complete(folder: Path) -> bool:
     except IncompleteCheckpoint:
         return False
     return True
+
+
+def filesystem(path: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A pyarrow filesystem and the path in it, for a local folder (relative to the working
+    directory) or a URI (file://, s3://, gs://, ...)."""
+    path = str(path)
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+
+
+class TrainRun:
+    """The checkpoint folders of one Train run: `path` a local folder or a URI, or, with `fs`, a
+    path in that filesystem."""
+
+    def __init__(self, path: str | Path, fs: pyarrow.fs.FileSystem | None = None):
+        self.fs, self.root = (fs, str(path)) if fs is not None else filesystem(path)
+        self.local = Path(self.root) if isinstance(self.fs, pyarrow.fs.LocalFileSystem) else None
+
+    def _entries(self) -> dict[str, pyarrow.fs.FileInfo]:
+        found = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        return {e.base_name: e for e in sorted(found, key=lambda e: e.base_name)}
+
+    def folders(self, entries: dict[str, pyarrow.fs.FileInfo] | None = None) -> list[pyarrow.fs.FileInfo]:
+        """The run's checkpoint_* folders, by name ([] if there is no run); not the snapshot file."""
+        entries = self._entries() if entries is None else entries
+        return [e for name, e in entries.items() if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory]
+
+    def read_json(self, name: str):
+        """A JSON file of the run ("checkpoint_000003/history.json"); raises OSError or ValueError."""
+        with self.fs.open_input_stream(f"{self.root}/{name}") as f:
+            return json.loads(f.read())
+
+    def saved_metrics(self) -> list[tuple[str, dict]]:
+        """(path, metrics.json) of each folder whose metrics read, oldest epoch first."""
+        found = []
+        for info in self.folders():
+            try:
+                found.append((info.path, self.read_json(f"{info.base_name}/{METRICS_FILE}")))
+            except (OSError, ValueError):
+                continue  # written when the trial was killed: incomplete
+        return sorted(found, key=lambda c: c[1].get("epoch", 0))
+
+    def history(self, folder: str) -> list[dict]:
+        """The history.json of checkpoint `folder` (a name); [] for one written before history.json existed."""
+        try:
+            return self.read_json(f"{folder}/{HISTORY_FILE}")
+        except FileNotFoundError:
+            return []
+
+    def furthest_history(self) -> list[dict]:
+        """The history.json with the most epochs among the run's folders (registered by Train or not),
+        else []."""
+        furthest: list[dict] = []
+        for info in self.folders():
+            try:
+                history = self.read_json(f"{info.base_name}/{HISTORY_FILE}")
+            except (OSError, ValueError):
+                continue  # cut short when the worker died, or written before history.json existed
+            if isinstance(history, list) and len(history) > len(furthest):
+                furthest = history
+        return furthest
+
+    def newest_complete(self, skip: str | None = None) -> tuple[int, Path] | None:
+        """(epoch, folder) of the complete folder (check_complete) with the latest epoch, other than
+        `skip` (a name); None if there is none. Local and NFS runs only (None on a URI)."""
+        if self.local is None:
+            return None
+        found = []
+        for info in self.folders():
+            folder = Path(info.path)
+            if info.base_name != skip and is_complete(folder):
+                try:
+                    found.append((json.loads((folder / METRICS_FILE).read_text()).get("epoch", 0), folder))
+                except (OSError, ValueError):
+                    continue
+        return max(found) if found else None
+
+    def unregistered(self) -> list[pyarrow.fs.FileInfo]:
+        """The folders Train's checkpoint_manager_snapshot.json does not name (a worker writes a checkpoint
+        before its controller registers it). [] when the snapshot is unreadable, or was moved aside
+        (BROKEN, study.faults.integrity): then the folders are what the trial continues from."""
+        entries = self._entries()
+        folders = self.folders(entries)
+        if not folders or (TRAIN_SNAPSHOT not in entries and f"{TRAIN_SNAPSHOT}{BROKEN}" in entries):
+            return []
+        try:
+            registered = registered_checkpoints(self.read_json(TRAIN_SNAPSHOT)) if TRAIN_SNAPSHOT in entries else set()
+        except (OSError, ValueError):
+            return []
+        return [f for f in folders if f.base_name not in registered]
+
+
+def registered_checkpoints(snapshot: dict) -> set[str]:
+    """Every checkpoint folder name Train's checkpoint_manager_snapshot.json refers to."""
+    names: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "checkpoint_dir_name" and isinstance(value, str):
+                    names.add(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, str) and value.startswith("checkpoint_"):
+                    names.add(value)
+                else:
+                    walk(value)
+
+    walk(snapshot)
+    return names
 
 
 # The default cadence keeps a trial to this many periodic checkpoints, whatever its length.

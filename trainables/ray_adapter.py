@@ -26,8 +26,9 @@ import ray
 import ray.train
 import ray.util
 
-from trainables.checkpoint import METRICS_FILE, IncompleteCheckpoint, is_complete
+from trainables.checkpoint import METRICS_FILE, IncompleteCheckpoint, TrainRun, is_complete
 from trainables.config import Diverged, TrialConfig
+from trainables.procs import UNKNOWN, process_start
 
 DIVERGED = "diverged"  # result key: the Diverged message of a trial whose loss became NaN/inf
 RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these workers started from
@@ -35,7 +36,7 @@ RESUMED_FROM = "resumed_from"  # result key: the epoch of the checkpoint these w
 # folder name, whose history.json the driver reads to deliver epochs the tracking never got.
 RESUMED_CHECKPOINT = "resumed_checkpoint"
 # train_loop_config key (not a TrialConfig field): a complete checkpoint folder to start from when Train
-# hands back none (its record of the run was truncated by a full disk and moved aside: study.integrity).
+# hands back none (its record of the run was truncated by a full disk and moved aside: study.faults.integrity).
 FALLBACK_CHECKPOINT = "_fallback_checkpoint"
 
 
@@ -118,7 +119,7 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
     - The GCS's job record, which covers drivers on other nodes of a cluster joined with --address.
     The GCS client is Ray's private API; if it moved, or the GCS does not answer (a restarting GCS
     on a fault-tolerant cluster) or does not know the job, that check says alive: a checkpoint too
-    many is removed by the next --resume (study.leftovers), while a healthy worker stopped by
+    many is removed by the next --resume (study.faults.leftovers), while a healthy worker stopped by
     mistake costs a restart."""
     job = ray.get_runtime_context().get_job_id()
     if job in _driver_process and not _process_runs(*_driver_process[job]):
@@ -137,7 +138,8 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
     if job not in _driver_process:
         node = ray.get_runtime_context().get_node_id()
         same_node = info.driver_address.node_id.hex() == node
-        started = _process_start(info.driver_pid) if same_node and info.driver_pid else None
+        started = process_start(info.driver_pid, zombie_alive=False) if same_node and info.driver_pid else None
+        started = None if started == UNKNOWN else started  # no /proc: the GCS's record alone decides
         # A driver that is alive by the GCS's record but not visible here runs in another PID namespace.
         _driver_process[job] = (info.driver_pid, started) if started is not None else (0, None)
     return True
@@ -145,25 +147,13 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
 
 # Ray job id -> (the driver's pid, its start time in clock ticks since boot), or (0, None) where the
 # driver is on another node or in another PID namespace; filled at a worker's first check.
-_driver_process: dict[str, tuple[int, int | None]] = {}
+_driver_process: dict[str, tuple[int, str | None]] = {}
 
 
-def _process_start(pid: int) -> int | None:
-    """Start time of a running (not zombie) process, from /proc/<pid>/stat; None if there is no such
-    process here, or no /proc (not Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-    state, start = fields[0], int(fields[19])  # stat fields 3 and 22 (proc(5))
-    return None if state in "ZXx" else start
-
-
-def _process_runs(pid: int, started: int | None) -> bool:
+def _process_runs(pid: int, started: str | None) -> bool:
     """Whether the process taken at the first check still runs: True if that check found none to
     follow (pid 0); False once the pid is gone, a zombie, or reused by a later process."""
-    return started is None or _process_start(pid) == started
+    return started is None or process_start(pid, zombie_alive=False) == started
 
 
 def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Checkpoint | None:
@@ -178,12 +168,9 @@ def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Che
     if not isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
         raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete (no valid manifest.json); delete it to resume "
                                    f"from the one before")
-    older = []
-    for folder in Path(checkpoint.path).parent.glob("checkpoint_*"):
-        if folder != Path(checkpoint.path) and is_complete(folder):
-            older.append((json.loads((folder / METRICS_FILE).read_text()).get("epoch", 0), folder))
-    if not older:
+    older = TrainRun(Path(checkpoint.path).parent).newest_complete(skip=Path(checkpoint.path).name)
+    if older is None:
         raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete, and no complete checkpoint beside it")
-    epoch, folder = max(older)
+    epoch, folder = older
     print(f"warning: {checkpoint.path} is incomplete; resuming from {folder.name} (epoch {epoch})", flush=True)
     return ray.train.Checkpoint(str(folder), filesystem=checkpoint.filesystem)

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trainables.procs import stat_fields
+
 NAME = "resumable"  # the study write_spec writes (and trial_runs reads)
 EPOCHS = 4
 START = re.compile(r"^\[\d+:\d\d\] start\s+([0-9a-f]{8})\b")
@@ -187,9 +189,8 @@ def session_pids(sid: int) -> dict[int, str]:
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
-            if int(fields[3]) != sid or fields[0] == "Z":
+            fields = stat_fields(entry)  # state ppid pgrp session ...
+            if fields is None or int(fields[3]) != sid or fields[0] == "Z":
                 continue
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError, IndexError):

@@ -22,11 +22,12 @@ from helpers import clean_env, free_port
 from test_pareto_html import _check_drawn, _screenshot
 
 from dashboards import importance, pareto_image, plots, trial_plots
-from dashboards.trials import best, checkpoints, publish_trial
+from dashboards.trials import best, publish_trial
 from study.spec import load_spec
 from study.schema import TAG_PARENT, TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL
 from study.study_run import open_study_run
 from trainables import TrialConfig, fit
+from trainables.checkpoint import TrainRun
 from trainables.config import apply_overrides
 
 pytestmark = pytest.mark.integration
@@ -224,7 +225,7 @@ def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny
     train_dir.mkdir(parents=True)
     for i, ckpt in enumerate(rec.checkpoints):
         ckpt.rename(train_dir / f"checkpoint_2026-01-01_00-00-0{i}.000000")
-    found = checkpoints(str(train_dir))
+    found = TrainRun(str(train_dir)).saved_metrics()
     assert [m["epoch"] for _, m in found] == [1, 2, 3]
     chosen = best(found, "val/mre_mm", "min")
     assert chosen[1]["val/mre_mm"] == min(m["val/mre_mm"] for m in rec.metrics)

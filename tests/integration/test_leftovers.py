@@ -24,7 +24,7 @@ import time
 import pytest
 from helpers import EPOCH, Runs, StudyProcess, clean_env, histories, session_pids, trial_runs, write_spec
 
-from study.leftovers import registered_checkpoints
+from trainables.checkpoint import registered_checkpoints
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import clean_env
 
-from study.leftovers import session_processes
+from study.faults.leftovers import session_processes
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

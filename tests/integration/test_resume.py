@@ -161,6 +161,7 @@ def test_sigterm_and_sighup_stop_the_study_like_ctrl_c_within_the_grace(study):
     assert f"{sig.name} received: stopping the study" in first["output"]
     # Ray's C++ handler did not abort the driver first (it prints this and exits 134)
     assert f"*** {sig.name} received" not in first["output"] and "Traceback" not in first["output"]
+    assert "Tuner.restore" not in first["output"]  # Tune's own resume hint, which is not the user's command
     assert first["stop_s"] < GRACE_S, first["stop_s"]
 
 

@@ -11,14 +11,15 @@ import textwrap
 
 import pytest
 
-from study.integrity import (COPY, TRAIN_SNAPSHOT, SpaceGuard, check_train_snapshots, check_tune_state, disk_full,
-                             state_problem)
-from study.leftovers import remove_orphan_checkpoints
+from study.faults.disk import disk_full
+from study.faults.integrity import COPY, check_train_snapshots, check_tune_state, state_problem
+from study.faults.space_guard import SpaceGuard
+from study.faults.leftovers import remove_orphan_checkpoints
 from study.trial import fallback_checkpoint, train_run_name
 from study.spec import StudyError, load_spec
 from study.storage import StudyStorage
-from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, IncompleteCheckpoint,
-                                   check_complete, is_complete, report_with_checkpoint)
+from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, TRAIN_SNAPSHOT,
+                                   IncompleteCheckpoint, check_complete, is_complete, report_with_checkpoint)
 from trainables.config import TrialConfig
 from trainables.trainer import fit
 
@@ -247,7 +248,7 @@ def _holder(folder):
 
 
 def test_the_next_start_stops_the_processes_of_the_killed_drivers_ray_only(tmp_path):
-    from study.leftovers import RAY_SESSION, record_ray_session, session_processes, stop_leftover_ray
+    from study.faults.leftovers import RAY_SESSION, record_ray_session, session_processes, stop_leftover_ray
 
     storage = _storage(tmp_path)
     ours = tmp_path / "ray" / "session_2026-11-27_10-00-00_000001_42"
@@ -279,7 +280,7 @@ def test_the_next_start_stops_the_processes_of_the_killed_drivers_ray_only(tmp_p
 
 
 def test_a_record_from_another_host_is_only_reported(tmp_path, capsys):
-    from study.leftovers import RAY_SESSION, stop_leftover_ray
+    from study.faults.leftovers import RAY_SESSION, stop_leftover_ray
 
     storage = _storage(tmp_path)
     (storage.local / RAY_SESSION).write_text(json.dumps(
@@ -289,7 +290,7 @@ def test_a_record_from_another_host_is_only_reported(tmp_path, capsys):
 
 
 def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
-    from study.leftovers import remove_orphan_checkpoints
+    from study.faults.leftovers import remove_orphan_checkpoints
 
     storage = _storage(tmp_path)
     run = storage.local / "train" / "train_t1"
@@ -313,7 +314,7 @@ def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
 
 def test_unregistered_checkpoint_folders_are_removed_from_an_object_store_too(tmp_path, s3_store, monkeypatch):
     """The same clean-up on s3:// (a real S3-compatible server on loopback), where a folder is a key prefix."""
-    from study.leftovers import remove_orphan_checkpoints
+    from study.faults.leftovers import remove_orphan_checkpoints
 
     for key, value in s3_store["env"].items():
         monkeypatch.setenv(key, value)

@@ -1,4 +1,4 @@
-"""One driver per study (study.storage.StudyLock), on a real folder with real processes."""
+"""One driver per study (study.faults.lock.StudyLock), on a real folder with real processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from study.spec import StudyError, load_spec
-from study.storage import LOCK, StudyLock, StudyStorage
+from study.faults.lock import LOCK, StudyLock
+from study.storage import StudyStorage
 
 
 @pytest.fixture

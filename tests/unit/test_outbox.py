@@ -12,7 +12,9 @@ from types import SimpleNamespace
 from mlflow.tracking import MlflowClient
 
 from study.spec import load_spec
-from study.tracking import OUTBOX, MlflowTracking, open_study_run, unreachable
+from study.faults.outbox import OUTBOX, unreachable
+from study.study_run import open_study_run
+from study.tracking import MlflowTracking
 from study.trial import RESUMED_CHECKPOINT, RESUMED_FROM, checkpoint_history, train_run_name
 from trainables.checkpoint import HISTORY_FILE
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 NOT_IN_A_TRIALS_OWN_PROCESS = ("trainables.trainer", "trainables.models", "torch", "torchvision", "mlflow", "matplotlib")
 
@@ -37,3 +39,21 @@ def test_a_train_worker_imports_torchvision_only_for_a_backbone():
     # `import torchvision.models` took 3.2-5.4 s at load 4-5 here; a U-Net trial never needs it.
     got = _imported_after("import trainables.trainer, trainables.ray_adapter, trainables.models")
     assert "torchvision" not in got["modules"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, from copying its context
+def test_a_trial_without_ray_datasets_starts_no_dataset_manager():
+    # Train's DatasetsCallback starts a DatasetManager actor (a process importing Ray Data) per run,
+    # datasets or not; the trainer reads its own files, so a trial leaves it out.
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from study.trial import _trainer_class
+
+    for workers in (1, 2):
+        def names(**datasets):
+            trainer = _trainer_class(workers)(lambda: None, scaling_config=ScalingConfig(num_workers=workers),
+                                              datasets=datasets or None)
+            return [type(c) for c in trainer._create_default_callbacks()]
+        assert DatasetsCallback not in names(), workers
+        assert DatasetsCallback in names(train=[1, 2, 3]), workers  # a user's Ray dataset still gets its shards

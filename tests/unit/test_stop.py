@@ -30,6 +30,10 @@ def test_a_first_signal_asks_tune_to_stop_and_a_second_ends_at_once(sig, status)
         os.kill(os.getpid(), signal.{sig})
         time.sleep(0.5)
         print("first:", stop.received.name, asked == [signal.SIGUSR1], flush=True)
+        import logging
+        tune = logging.getLogger("ray.tune.tune")  # Tune's words for its stop name Tuner.restore, not --resume
+        tune.warning("Experiment has been interrupted, but the most recent state was saved.\\nResume experiment with: Tuner.restore(...)")
+        tune.warning("other warnings stay")
         os.kill(os.getpid(), signal.{sig})
         time.sleep(10)
         print("still running", flush=True)
@@ -38,6 +42,7 @@ def test_a_first_signal_asks_tune_to_stop_and_a_second_ends_at_once(sig, status)
     assert run.stdout.splitlines() == ["first: " + sig + " True"]
     assert f"{sig} received: stopping the study" in run.stderr
     assert f"{sig} again: stopping at once" in run.stderr and "Traceback" not in run.stderr
+    assert "Tuner.restore" not in run.stderr and "other warnings stay" in run.stderr
 
 
 def test_a_signal_before_tune_runs_stops_the_study_and_uninstall_restores_the_default():

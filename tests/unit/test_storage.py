@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 from study.spec import StudyError, load_spec
-from study.storage import StudyLock, StudyStorage
+from study.faults.lock import StudyLock
+from study.storage import StudyStorage
 
 
 def _spec(tmp_path, storage):

@@ -239,17 +239,19 @@ def test_a_ray_worker_gets_its_whole_cpus_as_threads():
 def test_a_worker_follows_its_drivers_process_by_pid_and_start_time():
     # What driver_alive checks on the driver's node: a SIGKILLed driver is a zombie until its parent
     # reaps it, then gone; a reused pid has another start time.
-    from trainables.ray_adapter import _process_runs, _process_start
+    from trainables.procs import process_start
+    from trainables.ray_adapter import _process_runs
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    started = _process_start(child.pid)
-    assert isinstance(started, int) and _process_runs(child.pid, started)
-    assert not _process_runs(child.pid, started + 1)  # the same pid, a later process
+    started = process_start(child.pid, zombie_alive=False)
+    assert started.isdigit() and _process_runs(child.pid, started)
+    assert not _process_runs(child.pid, str(int(started) + 1))  # the same pid, a later process
     child.kill()
     os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped: a zombie
-    assert _process_start(child.pid) is None and not _process_runs(child.pid, started)
+    assert process_start(child.pid, zombie_alive=False) is None and not _process_runs(child.pid, started)
+    assert process_start(child.pid) == started  # for the study's lock a zombie's pid is still taken
     child.wait()
-    assert _process_start(child.pid) is None and not _process_runs(child.pid, started)
+    assert process_start(child.pid) is None and not _process_runs(child.pid, started)
     assert _process_runs(0, None)  # nothing to follow (another node or PID namespace): alive
 
 

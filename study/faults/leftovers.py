@@ -33,8 +33,9 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from study.integrity import BROKEN, TRAIN_SNAPSHOT
-from study.storage import StudyStorage, _pid_start
+from study.storage import StudyStorage
+from trainables.checkpoint import TrainRun
+from trainables.procs import process_start
 
 RAY_SESSION = "ray_session.json"  # in a local study folder, beside driver.lock
 
@@ -56,7 +57,7 @@ def session_processes(session_dir: str) -> dict[int, str]:
         # an argument that is the folder or a path in it, alone or as --flag=value
         named = any(a.split("=", 1)[-1] == prefix[:-1] or a.split("=", 1)[-1].startswith(prefix) for a in args)
         if named or any(link.startswith(prefix) for link in links):
-            start = _pid_start(int(entry))
+            start = process_start(int(entry))
             if start is not None:
                 found[int(entry)] = start
     return found
@@ -67,7 +68,7 @@ def record_ray_session(storage: StudyStorage, session_dir: str) -> None:
     if storage.local is None:
         return
     storage.write(RAY_SESSION, json.dumps({
-        "host": socket.gethostname(), "driver_pid": os.getpid(), "driver_start": _pid_start(os.getpid()),
+        "host": socket.gethostname(), "driver_pid": os.getpid(), "driver_start": process_start(os.getpid()),
         "session_dir": session_dir, "pids": session_processes(session_dir)}, indent=1))
 
 
@@ -97,11 +98,11 @@ def stop_leftover_ray(storage: StudyStorage) -> list[str]:
         forget_ray_session(storage)
         return []
     driver = int(rec.get("driver_pid") or 0)
-    if driver == os.getpid() or (driver > 0 and _pid_start(driver) not in (None, "?") and _pid_start(driver) == rec.get("driver_start")):
+    if driver == os.getpid() or (driver > 0 and process_start(driver) not in (None, "?") and process_start(driver) == rec.get("driver_start")):
         return []  # that driver still runs (this process, or the lock was broken): its Ray is not left over
     victims = session_processes(session)
     for pid, start in (rec.get("pids") or {}).items():  # recorded at start; a reused pid has another start time
-        if _pid_start(int(pid)) == start:
+        if process_start(int(pid)) == start:
             victims[int(pid)] = start
     killed = kill_processes(victims)
     if killed:
@@ -115,7 +116,7 @@ def kill_processes(victims: dict[int, str]) -> list[str]:
     """SIGKILL each pid that still has the start time it was found with; -> 'pid name' of each killed."""
     killed = []
     for pid, start in sorted(victims.items()):
-        if _pid_start(pid) != start:
+        if process_start(pid) != start:
             continue  # ended meanwhile, or the pid was reused
         name = _name(pid)
         try:
@@ -133,28 +134,6 @@ def _name(pid: int) -> str:
         return "?"
 
 
-def registered_checkpoints(snapshot: dict) -> set[str]:
-    """Every checkpoint folder name Train's checkpoint_manager_snapshot.json refers to."""
-    names: set[str] = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "checkpoint_dir_name" and isinstance(value, str):
-                    names.add(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                if isinstance(value, str) and value.startswith("checkpoint_"):
-                    names.add(value)
-                else:
-                    walk(value)
-
-    walk(snapshot)
-    return names
-
-
 def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
     """Delete checkpoint_* folders that their Train run never registered (a worker writes a checkpoint
     before its controller registers it; a killed driver leaves such folders), on any storage (a local
@@ -168,26 +147,13 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
     for run in fs.get_file_info(pyarrow.fs.FileSelector(base)):
         if run.type != pyarrow.fs.FileType.Directory:
             continue
-        entries = {e.base_name: e for e in fs.get_file_info(pyarrow.fs.FileSelector(run.path))}
-        folders = [e for name, e in entries.items() if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory]
-        if not folders:
-            continue
-        if TRAIN_SNAPSHOT not in entries and f"{TRAIN_SNAPSHOT}{BROKEN}" in entries:
-            continue  # moved aside by study.integrity: its folders are what the trial continues from
-        try:
-            registered = set()
-            if TRAIN_SNAPSHOT in entries:
-                with fs.open_input_stream(f"{run.path}/{TRAIN_SNAPSHOT}") as f:
-                    registered = registered_checkpoints(json.loads(f.read()))
-        except (OSError, ValueError):
-            continue
-        for folder in folders:
-            if folder.base_name not in registered:
-                try:
-                    fs.delete_dir(folder.path)
-                except OSError:
-                    continue  # gone meanwhile, or not ours to delete: the next start tries again
-                removed.append(f"train/{run.base_name}/{folder.base_name}")
+        # a snapshot moved aside (study.faults.integrity) or unreadable: its folders are left alone
+        for folder in TrainRun(run.path, fs=fs).unregistered():
+            try:
+                fs.delete_dir(folder.path)
+            except OSError:
+                continue  # gone meanwhile, or not ours to delete: the next start tries again
+            removed.append(f"train/{run.base_name}/{folder.base_name}")
     if removed:
         print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
               f"last driver stopped or was killed): {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
