@@ -57,8 +57,13 @@ def saved_bytes(obj) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default="search_spaces/farnet.yaml")
-    p.add_argument("--improving", type=int, nargs="+", default=[0, 10, 30, 60],
-                   help="epochs off the cadence that improve the primary objective")
+    p.add_argument(
+        "--improving",
+        type=int,
+        nargs="+",
+        default=[0, 10, 30, 60],
+        help="epochs off the cadence that improve the primary objective",
+    )
     args = p.parse_args()
     with open(args.spec) as f:
         base = yaml.safe_load(f)["base"]
@@ -73,8 +78,9 @@ def main() -> None:
     optimizer.step()  # Adam creates its state (step, exp_avg, exp_avg_sq) on the first step
     schedule = SCHEDULES[cfg.target.schedule](cfg.target, k, cfg.data.input_size)
     policy = CheckpointPolicy(cfg.train.checkpoint_every, epochs, "val/mre_mm", "min")
-    state = checkpoint_state(model, optimizer, grad_scaler(torch.device("cpu"), cfg.train.precision), schedule,
-                             policy, 1)
+    state = checkpoint_state(
+        model, optimizer, grad_scaler(torch.device("cpu"), cfg.train.precision), schedule, policy, 1
+    )
     before_keys = ("model", "optimizer", "schedule", "rng", "epoch")  # what the trainer saved before
     full_before = saved_bytes({key: state[key] for key in before_keys})
     full = saved_bytes(state)
@@ -87,10 +93,14 @@ def main() -> None:
     preview = cfg.eval.preview * (h * w + 2 * (h // stride) * (w // stride)) + 150 * k * 4  # uint8 + float16 + errors
 
     gb = 1e9
-    print(f"{args.spec}: {cfg.model.name}-{cfg.model.backbone} width {cfg.model.width}, {k} landmarks, "
-          f"{cfg.optim.name}, {epochs} epochs; {n_params / 1e6:.2f} M values in the model's state dict")
-    print(f"  checkpoint.pt, model + optimiser + σ schedule + RNG (+ best so far, loss scale): {full / gb:.3f} GB "
-          f"(weights alone {weights / gb:.3f} GB; before issue 18 {full_before / gb:.3f} GB)")
+    print(
+        f"{args.spec}: {cfg.model.name}-{cfg.model.backbone} width {cfg.model.width}, {k} landmarks, "
+        f"{cfg.optim.name}, {epochs} epochs; {n_params / 1e6:.2f} M values in the model's state dict"
+    )
+    print(
+        f"  checkpoint.pt, model + optimiser + σ schedule + RNG (+ best so far, loss scale): {full / gb:.3f} GB "
+        f"(weights alone {weights / gb:.3f} GB; before issue 18 {full_before / gb:.3f} GB)"
+    )
     print(f"  preview.npz beside each: at most {preview / 1e6:.1f} MB uncompressed (left out below)")
     before = epochs * full_before
     print(f"  before: {epochs} checkpoints (every epoch)                    {before / gb:8.1f} GB per trial")
@@ -98,14 +108,18 @@ def main() -> None:
     for extra in args.improving:
         n = periodic + extra
         after = n * full
-        print(f"  after, checkpoint_every {every}: {periodic} periodic + {extra:3d} improving = {n:3d} checkpoints "
-              f"{after / gb:8.1f} GB per trial  ({before / after:5.1f}x less)")
+        print(
+            f"  after, checkpoint_every {every}: {periodic} periodic + {extra:3d} improving = {n:3d} checkpoints "
+            f"{after / gb:8.1f} GB per trial  ({before / after:5.1f}x less)"
+        )
     # What keeping the optimiser state out of improvement-only checkpoints would have saved, and why not:
     # such a checkpoint is the newest until the next one, and a restarted Train run resumes from the newest.
     for extra in args.improving[-1:]:
         alt = periodic * full + extra * weights
-        print(f"  (not done) {extra} improving ones as weights only: {alt / gb:.1f} GB per trial, "
-              f"{(periodic + extra) * full / gb - alt / gb:.1f} GB less, but a resume from one would lose Adam's state")
+        print(
+            f"  (not done) {extra} improving ones as weights only: {alt / gb:.1f} GB per trial, "
+            f"{(periodic + extra) * full / gb - alt / gb:.1f} GB less, but a resume from one would lose Adam's state"
+        )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,10 @@ def main() -> None:
         files = [f for f in root.rglob("*") if f.is_file()]
         images = sorted(root.rglob("*.bmp"))
         size = sum(f.stat().st_size for f in files)
-        print(f"fixture: {len(images)} BMPs of {W}×{H} 8-bit + {len(files) - len(images)} annotation files, "
-              f"{size / 1e9:.2f} GB, in {root}")
+        print(
+            f"fixture: {len(images)} BMPs of {W}×{H} 8-bit + {len(files) - len(images)} annotation files, "
+            f"{size / 1e9:.2f} GB, in {root}"
+        )
 
         shutil.rmtree(cache, ignore_errors=True)
         checks.ImageHeaders._memo, checks._parsed = {}, {}
@@ -96,8 +98,10 @@ def main() -> None:
         print(f"first check:  {t_first:.3f} s ({1e3 * t_first / len(images):.2f} ms per image and its two annotations)")
         print(f"cached check: {t_cached:.3f} s (new process, cache file {cache_kb:.0f} kB)")
         print(f"warm check:   {t_warm:.3f} s (same process)")
-        print(f"full decode for scale: {t_decode / k:.3f} s per image, {t_decode / k * len(images):.1f} s for "
-              f"{len(images)} (measured on {k})")
+        print(
+            f"full decode for scale: {t_decode / k:.3f} s per image, {t_decode / k * len(images):.1f} s for "
+            f"{len(images)} (measured on {k})"
+        )
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -49,7 +49,11 @@ from trainables.trainer import fit, load_split, train_step
 
 K = 19
 ROOT = Path(__file__).resolve().parents[1]  # the repository: trainer processes import trainables from it
-VARIANTS = [("fp32", False, False), ("bf16", False, False), ("bf16", True, False)]  # (precision, channels_last, compile)
+VARIANTS = [
+    ("fp32", False, False),
+    ("bf16", False, False),
+    ("bf16", True, False),
+]  # (precision, channels_last, compile)
 COMPILED = [("fp32", False, True), ("bf16", False, True), ("bf16", True, True)]  # with --compile: train.compile
 
 
@@ -63,8 +67,12 @@ class GpuSampler:
         if not self.enabled:
             return self
         if shutil.which("nvidia-smi"):
-            self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                           "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         else:
             self._stop = threading.Event()
 
@@ -93,14 +101,19 @@ class GpuSampler:
         return statistics.fmean(self.samples) if self.samples else None
 
 
-def farnet_config(batch: int, precision: str, channels_last: bool, size: tuple[int, int],
-                  compile: bool = False) -> TrialConfig:
-    return TrialConfig.from_dict({
-        "model": {"name": "farnet", "backbone": "densenet121", "weights": "none", "width": 1.0},
-        "data": {"input_size": list(size), "num_landmarks": K},
-        "target": {"sigma": 10.0}, "loss": {"type": "ewc", "alpha": 40.0}, "optim": {"name": "adam", "lr": 1e-4},
-        "train": {"batch_size": batch, "precision": precision, "channels_last": channels_last, "compile": compile},
-    })
+def farnet_config(
+    batch: int, precision: str, channels_last: bool, size: tuple[int, int], compile: bool = False
+) -> TrialConfig:
+    return TrialConfig.from_dict(
+        {
+            "model": {"name": "farnet", "backbone": "densenet121", "weights": "none", "width": 1.0},
+            "data": {"input_size": list(size), "num_landmarks": K},
+            "target": {"sigma": 10.0},
+            "loss": {"type": "ewc", "alpha": 40.0},
+            "optim": {"name": "adam", "lr": 1e-4},
+            "train": {"batch_size": batch, "precision": precision, "channels_last": channels_last, "compile": compile},
+        }
+    )
 
 
 def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: int) -> dict:
@@ -126,8 +139,9 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
 
     def one() -> torch.Tensor:
         images = to_layout(normalize(pixels.to(device, non_blocking=cuda)), channels_last)
-        per_landmark, _ = train_step(run_model, images, coords.to(device, non_blocking=cuda), sigma, heads_loss,
-                                     optimizer, scaler, precision)
+        per_landmark, _ = train_step(
+            run_model, images, coords.to(device, non_blocking=cuda), sigma, heads_loss, optimizer, scaler, precision
+        )
         return per_landmark
 
     t0 = time.perf_counter()
@@ -141,10 +155,18 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
             loss = one()
         sync()
         elapsed = time.perf_counter() - t0
-    out = {"batch": b, "precision": precision, "channels_last": channels_last, "compile": cfg.train.compile,
-           "warmup_s": warmup_s, "img_s": b * steps / elapsed,
-           "step_ms": 1000 * elapsed / steps, "loss": loss.mean().item(),
-           "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None, "gpu_util_pct": util.mean}
+    out = {
+        "batch": b,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": cfg.train.compile,
+        "warmup_s": warmup_s,
+        "img_s": b * steps / elapsed,
+        "step_ms": 1000 * elapsed / steps,
+        "loss": loss.mean().item(),
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "gpu_util_pct": util.mean,
+    }
     del model, run_model, optimizer, heads_loss
     if cuda:
         torch.cuda.empty_cache()
@@ -155,9 +177,15 @@ def small_fit_config(root: str, seed: int, device: str, epochs: int, num_train: 
     """The quickstart trial at width 1.0 on a phantom of num_train training images, no final test."""
     return {
         "model": {"name": "unet", "width": 1.0},
-        "data": {"dataset": "phantom", "root": root, "input_size": [128, 104],
-                 "phantom": {"num_train": num_train, "num_test1": 16, "num_test2": 16, "image_size": [480, 388], "seed": 0}},
-        "target": {"sigma": 3.0}, "loss": {"type": "mse"}, "optim": {"lr": 1e-3},
+        "data": {
+            "dataset": "phantom",
+            "root": root,
+            "input_size": [128, 104],
+            "phantom": {"num_train": num_train, "num_test1": 16, "num_test2": 16, "image_size": [480, 388], "seed": 0},
+        },
+        "target": {"sigma": 3.0},
+        "loss": {"type": "mse"},
+        "optim": {"lr": 1e-3},
         "train": {"epochs": epochs, "batch_size": 4, "seed": seed, "device": device, "threads": 4},
         "eval": {"split": "", "preview": 0},
     }
@@ -170,8 +198,14 @@ def fit_worker(cfg_json: str, result: str) -> None:
     fit(cfg, lambda m, c: epochs.append(m))
     steady = [m["cost/epoch_s"] for m in epochs[1:]] or [epochs[0]["cost/epoch_s"]]
     n = cfg.data.phantom.num_train
-    Path(result).write_text(json.dumps({"epoch_s": [m["cost/epoch_s"] for m in epochs],
-                                        "img_s": n // cfg.train.batch_size * cfg.train.batch_size / statistics.median(steady)}))
+    Path(result).write_text(
+        json.dumps(
+            {
+                "epoch_s": [m["cost/epoch_s"] for m in epochs],
+                "img_s": n // cfg.train.batch_size * cfg.train.batch_size / statistics.median(steady),
+            }
+        )
+    )
 
 
 def run_fits(cfgs: list[dict], tmp: Path, label: str, cuda: bool) -> tuple[list[dict], float | None]:
@@ -181,8 +215,12 @@ def run_fits(cfgs: list[dict], tmp: Path, label: str, cuda: bool) -> tuple[list[
         for i, cfg in enumerate(cfgs):
             result = tmp / f"{label}-{i}.json"
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-            procs.append((subprocess.Popen([sys.executable, __file__, "--fit-worker", json.dumps(cfg), str(result)],
-                                           env=env), result))
+            procs.append(
+                (
+                    subprocess.Popen([sys.executable, __file__, "--fit-worker", json.dumps(cfg), str(result)], env=env),
+                    result,
+                )
+            )
         for proc, result in procs:
             if proc.wait() != 0:
                 raise RuntimeError(f"{label}: a trainer process failed (exit {proc.returncode})")
@@ -214,30 +252,54 @@ def main() -> None:
     cuda = device.type == "cuda"
     out = Path(args.out or tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                    "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                    "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "steps": [], "share": {}}
+    report: dict = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "steps": [],
+        "share": {},
+    }
 
     def save() -> None:
         (out / "gpu_throughput.json").write_text(json.dumps(report, indent=2))
 
-    print(f"torch {report['torch']} on {report['device']}; TF32 convolutions {report['cudnn_allow_tf32']}, "
-          f"TF32 matmuls {report['matmul_allow_tf32']} (torch's defaults; fp32 below runs under them)", flush=True)
+    print(
+        f"torch {report['torch']} on {report['device']}; TF32 convolutions {report['cudnn_allow_tf32']}, "
+        f"TF32 matmuls {report['matmul_allow_tf32']} (torch's defaults; fp32 below runs under them)",
+        flush=True,
+    )
     if "steps" not in args.skip:
-        print(f"FARNet-densenet121 width 1.0, {K} landmarks, {args.size[0]}×{args.size[1]}, Adam, EWC: "
-              f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+        print(
+            f"FARNet-densenet121 width 1.0, {K} landmarks, {args.size[0]}×{args.size[1]}, Adam, EWC: "
+            f"{args.warmup} warm-up + {args.steps} timed steps",
+            flush=True,
+        )
         for batch in args.batches:
             base = None
             for precision, channels_last, compiled in VARIANTS + (COMPILED if args.compile else []):
-                name = (f"batch {batch} {precision}{' + channels_last' if channels_last else ''}"
-                        f"{' + compile' if compiled else ''}")
+                name = (
+                    f"batch {batch} {precision}{' + channels_last' if channels_last else ''}"
+                    f"{' + compile' if compiled else ''}"
+                )
                 try:
-                    r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size), compiled),
-                                        device, args.warmup, args.steps)
+                    r = step_throughput(
+                        farnet_config(batch, precision, channels_last, tuple(args.size), compiled),
+                        device,
+                        args.warmup,
+                        args.steps,
+                    )
                 except Exception as e:  # an OOM or a missing kernel ends this row, not the run
                     traceback.print_exc()
-                    report["steps"].append({"batch": batch, "precision": precision, "channels_last": channels_last,
-                                            "compile": compiled, "error": repr(e)})
+                    report["steps"].append(
+                        {
+                            "batch": batch,
+                            "precision": precision,
+                            "channels_last": channels_last,
+                            "compile": compiled,
+                            "error": repr(e),
+                        }
+                    )
                     save()
                     continue
                 base = base or (r["img_s"] if precision == "fp32" else None)
@@ -246,15 +308,22 @@ def main() -> None:
                 util = f"{r['gpu_util_pct']:.0f} %" if r["gpu_util_pct"] is not None else "n/a"
                 peak = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a"
                 ratio = f"{r['img_s'] / base:.2f}x fp32" if base else ""
-                print(f"  {name:<44} {r['img_s']:8.2f} img/s {r['step_ms']:8.1f} ms/step  peak {peak:>9}  "
-                      f"GPU util {util:>6}  loss {r['loss']:.4f}  warm-up {r['warmup_s']:.0f} s  {ratio}", flush=True)
+                print(
+                    f"  {name:<44} {r['img_s']:8.2f} img/s {r['step_ms']:8.1f} ms/step  peak {peak:>9}  "
+                    f"GPU util {util:>6}  loss {r['loss']:.4f}  warm-up {r['warmup_s']:.0f} s  {ratio}",
+                    flush=True,
+                )
         if cuda:  # not what fit does (it leaves cudnn.benchmark off): how much cuDNN's autotuner would add
             torch.backends.cudnn.benchmark = True
             batch, base = args.batches[-1], None
             for precision, channels_last, _ in (VARIANTS[0], VARIANTS[-1]):
                 try:
-                    r = step_throughput(farnet_config(batch, precision, channels_last, tuple(args.size)), device,
-                                        args.warmup, args.steps)
+                    r = step_throughput(
+                        farnet_config(batch, precision, channels_last, tuple(args.size)),
+                        device,
+                        args.warmup,
+                        args.steps,
+                    )
                 except Exception as e:
                     traceback.print_exc()
                     r = {"error": repr(e)}
@@ -262,21 +331,28 @@ def main() -> None:
                 save()
                 if "img_s" in r:
                     base = base or r["img_s"]
-                    print(f"  batch {batch} {precision}{' + channels_last' if channels_last else ''}, cudnn.benchmark: "
-                          f"{r['img_s']:8.2f} img/s  peak {r['peak_gib']:.1f} GiB  {r['img_s'] / base:.2f}x fp32",
-                          flush=True)
+                    print(
+                        f"  batch {batch} {precision}{' + channels_last' if channels_last else ''}, cudnn.benchmark: "
+                        f"{r['img_s']:8.2f} img/s  peak {r['peak_gib']:.1f} GiB  {r['img_s'] / base:.2f}x fp32",
+                        flush=True,
+                    )
             torch.backends.cudnn.benchmark = False
     if "share" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             os.environ["LANDMARK_STUDY_CACHE"] = str(tmp / "cache")  # the processes share one image cache
-            cfgs = [small_fit_config(str(tmp / "phantom"), seed, args.device, args.fit_epochs, args.fit_train)
-                    for seed in (0, 1)]
+            cfgs = [
+                small_fit_config(str(tmp / "phantom"), seed, args.device, args.fit_epochs, args.fit_train)
+                for seed in (0, 1)
+            ]
             first = TrialConfig.from_dict(cfgs[0])
             for split in ("train", "test1"):
                 load_split(first, split)  # generate the phantom and fill the cache before the race
-            print(f"two trainers on one device: quickstart U-Net width 1.0, 128×104, batch 4, "
-                  f"{args.fit_train} phantom training images, {args.fit_epochs} epochs each", flush=True)
+            print(
+                f"two trainers on one device: quickstart U-Net width 1.0, 128×104, batch 4, "
+                f"{args.fit_train} phantom training images, {args.fit_epochs} epochs each",
+                flush=True,
+            )
             alone = []
             for i, cfg in enumerate(cfgs):
                 (r,), util = run_fits([cfg], tmp, f"alone{i}", cuda)
@@ -289,9 +365,12 @@ def main() -> None:
                 print(f"  trainer {i}: alone {a:8.1f} img/s, together {t:8.1f} img/s ({t / a:.2f}x)", flush=True)
             total = sum(t["img_s"] for t in together)
             pct = lambda x: "n/a" if x is None else f"{x:.0f} %"  # noqa: E731
-            print(f"  together: {total:.1f} img/s in all = {total / statistics.fmean(a['img_s'] for a in alone):.2f}x "
-                  f"one trainer alone; GPU util alone {pct(alone[0]['gpu_util_pct'])} and "
-                  f"{pct(alone[1]['gpu_util_pct'])}, together {pct(util)}", flush=True)
+            print(
+                f"  together: {total:.1f} img/s in all = {total / statistics.fmean(a['img_s'] for a in alone):.2f}x "
+                f"one trainer alone; GPU util alone {pct(alone[0]['gpu_util_pct'])} and "
+                f"{pct(alone[1]['gpu_util_pct'])}, together {pct(util)}",
+                flush=True,
+            )
     save()
 
 

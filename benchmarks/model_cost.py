@@ -34,8 +34,10 @@ def train_img_per_s(model, size, batch: int, device, steps: int, warmup: int = 2
             sync()
             t0 = time.perf_counter()
         heads = model(x)
-        loss = sum(mse(h, render_gaussians(coords, sigma, tuple(h.shape[-2:]), s), LossConfig()).mean()
-                   for h, s in zip(heads, model.strides))
+        loss = sum(
+            mse(h, render_gaussians(coords, sigma, tuple(h.shape[-2:]), s), LossConfig()).mean()
+            for h, s in zip(heads, model.strides)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -45,8 +47,12 @@ def train_img_per_s(model, size, batch: int, device, steps: int, warmup: int = 2
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["farnet:densenet121:1.0", "farnet:densenet121:0.25"],
-                   help="name:backbone:width entries")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["farnet:densenet121:1.0", "farnet:densenet121:0.25"],
+        help="name:backbone:width entries",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--flops-size", type=int, nargs=2, default=[800, 640])
     p.add_argument("--train-size", type=int, nargs=2, default=[256, 256])
@@ -58,14 +64,22 @@ def main() -> None:
         name, backbone, width = entry.split(":")
         cfg = ModelConfig(name=name, backbone=backbone or "resnet18", width=float(width))
         model = build_model(cfg, 19).to(args.device)
-        rows.append((entry, params_m(model), forward_gflops(model, tuple(args.flops_size)),
-                     latency_ms(model, tuple(args.flops_size), args.device),
-                     train_img_per_s(model, tuple(args.train_size), args.batch, args.device, args.steps)))
+        rows.append(
+            (
+                entry,
+                params_m(model),
+                forward_gflops(model, tuple(args.flops_size)),
+                latency_ms(model, tuple(args.flops_size), args.device),
+                train_img_per_s(model, tuple(args.train_size), args.batch, args.device, args.steps),
+            )
+        )
     fh, fw = args.flops_size
     th, tw = args.train_size
     print(f"19 landmarks, device {args.device} ({torch.get_num_threads()} threads)")
-    print(f"{'model':<28} {'params M':>9} {f'GFLOPs@{fh}x{fw}':>16} {f'latency ms@{fh}x{fw}':>20} "
-          f"{f'train img/s@{th}x{tw} b{args.batch}':>24} {'vs first':>9}")
+    print(
+        f"{'model':<28} {'params M':>9} {f'GFLOPs@{fh}x{fw}':>16} {f'latency ms@{fh}x{fw}':>20} "
+        f"{f'train img/s@{th}x{tw} b{args.batch}':>24} {'vs first':>9}"
+    )
     for entry, pm, gf, lat, ips in rows:
         print(f"{entry:<28} {pm:9.2f} {gf:16.1f} {lat:20.1f} {ips:24.2f} {ips / rows[0][4]:8.1f}x")
 

@@ -56,8 +56,7 @@ GRID_SPACE = {
 LINE = re.compile(r"^\[\d+:\d+\] (start|epoch|finished|stopped early at epoch \d+)\s+(\S+)(?:\s+(\d+)/)?")
 
 
-def write_spec(folder: Path, epochs: int, concurrency: int, trials: int, scheduler: str,
-               overrides: list[str]) -> Path:
+def write_spec(folder: Path, epochs: int, concurrency: int, trials: int, scheduler: str, overrides: list[str]) -> Path:
     """The benchmark's spec: quickstart.yaml with the grid space and its own storage."""
     spec = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     spec["space"] = GRID_SPACE
@@ -111,8 +110,14 @@ def run_platform(spec_path: Path) -> tuple[float, list[tuple[float, str]]]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONUNBUFFERED"] = "1"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", str(spec_path)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study.run", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines = [(time.perf_counter() - t0, line.rstrip("\n")) for line in proc.stdout]
     proc.wait(timeout=3600)
     wall = time.perf_counter() - t0
@@ -153,8 +158,9 @@ def main() -> None:
         for epochs in args.epochs:
             for c in args.concurrency:
                 (folder / f"e{epochs}c{c}").mkdir()
-                spec_path = write_spec(folder / f"e{epochs}c{c}", epochs, c, args.trials, args.scheduler,
-                                       args.overrides)
+                spec_path = write_spec(
+                    folder / f"e{epochs}c{c}", epochs, c, args.trials, args.scheduler, args.overrides
+                )
                 configs = trial_configs(spec_path)
                 if not bare_walls:  # generates the phantom data and fills the image cache both paths read
                     run_bare([configs[0].with_values({"train.epochs": 1})])
@@ -165,16 +171,24 @@ def main() -> None:
                 ran = [t.get("epochs", 0) for t in trials.values()]
                 key = tuple(ran)
                 if key not in bare_walls:
-                    bare_walls[key] = run_bare([cfg.with_values({"train.epochs": max(e, 1)})
-                                                for cfg, e in zip(configs, ran)])
+                    bare_walls[key] = run_bare(
+                        [cfg.with_values({"train.epochs": max(e, 1)}) for cfg, e in zip(configs, ran)]
+                    )
                 rows.append((epochs, c, ran, bare_walls[key], wall, trials, load))
-                print(f"epochs {epochs}, concurrency {c or 'spec'}: platform {wall:.1f} s, bare "
-                      f"{sum(bare_walls[key]):.1f} s, epochs run {ran}, load {load:.2f}", flush=True)
+                print(
+                    f"epochs {epochs}, concurrency {c or 'spec'}: platform {wall:.1f} s, bare "
+                    f"{sum(bare_walls[key]):.1f} s, epochs run {ran}, load {load:.2f}",
+                    flush=True,
+                )
 
-    print(f"\nsame {args.trials} quickstart grid trials (U-Net 0.25, 128×104, batch 4), bare `fit` at 1 thread vs "
-          f"`python -m study.run` (local Ray, scheduler {args.scheduler}); overrides {args.overrides or 'none'}")
-    print(f"{'epochs':>6} {'at once':>7} {'bare s':>7} {'platform s':>10} {'ratio':>6} {'study start':>11} "
-          f"{'per trial':>9} {'study end':>9} {'load':>5}")
+    print(
+        f"\nsame {args.trials} quickstart grid trials (U-Net 0.25, 128×104, batch 4), bare `fit` at 1 thread vs "
+        f"`python -m study.run` (local Ray, scheduler {args.scheduler}); overrides {args.overrides or 'none'}"
+    )
+    print(
+        f"{'epochs':>6} {'at once':>7} {'bare s':>7} {'platform s':>10} {'ratio':>6} {'study start':>11} "
+        f"{'per trial':>9} {'study end':>9} {'load':>5}"
+    )
     phases = []
     for epochs, c, ran, bare, wall, trials, load in rows:
         ts = list(trials.values())
@@ -183,19 +197,30 @@ def main() -> None:
         if c == 1:
             per_trial = statistics.median(t["end"] - t["start"] - b for t, b in zip(ts, bare))
             starts, ends = [t["start"] for t in ts], [t["end"] for t in ts]
-            phases.append((epochs, {
-                "start→1st epoch": statistics.median(t["first"] - t["start"] for t in ts),
-                "1st→last epoch": statistics.median(t["last"] - t["first"] for t in ts),
-                "last epoch→end": statistics.median(t["end"] - t["last"] for t in ts),
-                "end→next start": statistics.median(s - e for s, e in zip(starts[1:], ends)) if len(ts) > 1
-                else float("nan")}))
+            phases.append(
+                (
+                    epochs,
+                    {
+                        "start→1st epoch": statistics.median(t["first"] - t["start"] for t in ts),
+                        "1st→last epoch": statistics.median(t["last"] - t["first"] for t in ts),
+                        "last epoch→end": statistics.median(t["end"] - t["last"] for t in ts),
+                        "end→next start": statistics.median(s - e for s, e in zip(starts[1:], ends))
+                        if len(ts) > 1
+                        else float("nan"),
+                    },
+                )
+            )
         else:
             slots = c or 2  # the quickstart's concurrency
             per_trial = ((last_end - start) * slots - sum(bare)) / len(ts)
-        print(f"{epochs:>6} {('spec' if c == 0 else str(c)):>7} {sum(bare):7.1f} {wall:10.1f} {wall / sum(bare):6.2f} "
-              f"{start:11.1f} {per_trial:9.1f} {wall - last_end:9.1f} {load:5.2f}")
-    print("(per trial: one at a time, a trial's start-to-end line less the same trial bare, median; at the spec's "
-          "concurrency c, (the trials' span × c - bare) / trials)")
+        print(
+            f"{epochs:>6} {('spec' if c == 0 else str(c)):>7} {sum(bare):7.1f} {wall:10.1f} {wall / sum(bare):6.2f} "
+            f"{start:11.1f} {per_trial:9.1f} {wall - last_end:9.1f} {load:5.2f}"
+        )
+    print(
+        "(per trial: one at a time, a trial's start-to-end line less the same trial bare, median; at the spec's "
+        "concurrency c, (the trials' span × c - bare) / trials)"
+    )
     if phases:
         keys = list(phases[0][1])
         print("\none at a time, where a platform trial's seconds go (median over its trials, seconds):")

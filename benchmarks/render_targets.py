@@ -44,7 +44,9 @@ def farnet_gaussian(width: int, height: int, cx: float, cy: float, sigma: float)
     return np.exp(-(dx * dx + dy * dy) / (2.0 * sigma * sigma))
 
 
-def farnet_sample(x: np.ndarray, y: np.ndarray, sigma: float, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def farnet_sample(
+    x: np.ndarray, y: np.ndarray, sigma: float, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Both heads' targets of one sample, landmark by landmark: (K, H, W) and (K, H/2, W/2) float32 tensors.
 
     x, y: (K,) landmark coordinates in their 1-based input pixels.
@@ -56,8 +58,10 @@ def farnet_sample(x: np.ndarray, y: np.ndarray, sigma: float, size: tuple[int, i
     coarse = np.zeros((len(x), h // 2, w // 2))
     for k in range(len(x)):
         coarse[k] = farnet_gaussian(w // 2, h // 2, x[k] / 2, y[k] / 2, sigma)
-    return (torch.from_numpy(np.asarray(fine, dtype="float32")).float(),
-            torch.from_numpy(np.asarray(coarse, dtype="float32")).float())
+    return (
+        torch.from_numpy(np.asarray(fine, dtype="float32")).float(),
+        torch.from_numpy(np.asarray(coarse, dtype="float32")).float(),
+    )
 
 
 def farnet_batch(coords: np.ndarray, sigma: float, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,9 +129,11 @@ def main() -> None:
     ref = med[next(iter(cases))]
 
     n = args.batch
-    print(f"targets for batch {n} × {args.landmarks} landmarks at {h}×{w} and {h // 2}×{w // 2}, σ = {sigma} px; "
-          f"median of {args.rounds} interleaved rounds; {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"targets for batch {n} × {args.landmarks} landmarks at {h}×{w} and {h // 2}×{w // 2}, σ = {sigma} px; "
+        f"median of {args.rounds} interleaved rounds; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
     for name, t in med.items():
         print(f"  {name:<62} {1000 * t:9.2f} ms/sample  {ref / t:7.1f}x vs reference")
     if len(args.threads) > 1:

@@ -48,11 +48,15 @@ def main() -> None:
         cfg = apply_overrides(base, overrides)
         results = {d: measure(cfg, d) for d in args.devices}
     ref = results[args.devices[0]]
-    print(f"quickstart trial config, {args.epochs} epochs, overrides {args.overrides or 'none'}, "
-          f"{args.threads} CPU thread(s)")
+    print(
+        f"quickstart trial config, {args.epochs} epochs, overrides {args.overrides or 'none'}, "
+        f"{args.threads} CPU thread(s)"
+    )
     for d, r in results.items():
-        print(f"  {d:<5} {r['epoch_s']:7.3f} s/epoch  {r['img_s']:8.1f} img/s  "
-              f"x{r['img_s'] / ref['img_s']:.1f} vs {args.devices[0]}  (val/mre_mm {r['val/mre_mm']:.2f})")
+        print(
+            f"  {d:<5} {r['epoch_s']:7.3f} s/epoch  {r['img_s']:8.1f} img/s  "
+            f"x{r['img_s'] / ref['img_s']:.1f} vs {args.devices[0]}  (val/mre_mm {r['val/mre_mm']:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
     se = math.sqrt(va + vb)
     if se == 0:  # no spread on either side: the difference is what it is
         return diff, diff, diff
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = t_quantile(dof) * se
     return diff, diff - half, diff + half
 
@@ -100,7 +100,9 @@ def _config_ids(trials: pd.DataFrame) -> pd.Series:
     own = trials["trial"].astype(str)
     if TAG_CONFIG not in trials:
         return own
-    return trials[TAG_CONFIG].where(trials[TAG_CONFIG].notna() & (trials[TAG_CONFIG].astype(str) != ""), own).astype(str)
+    return (
+        trials[TAG_CONFIG].where(trials[TAG_CONFIG].notna() & (trials[TAG_CONFIG].astype(str) != ""), own).astype(str)
+    )
 
 
 def _valued(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -113,8 +115,11 @@ def _valued(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def _status(rows: pd.DataFrame, valued: pd.DataFrame) -> str:
     if len(valued):  # stopped early only when ASHA stopped every repeat that counts
-        return Status.STOPPED_EARLY.value if (valued["status"] == Status.STOPPED_EARLY.value).all() \
+        return (
+            Status.STOPPED_EARLY.value
+            if (valued["status"] == Status.STOPPED_EARLY.value).all()
             else Status.FINISHED.value
+        )
     have = set(rows["status"].astype(str))
     return next((s for s in _WAITING if s in have), str(rows["status"].iloc[0]))
 
@@ -159,8 +164,9 @@ def per_configuration(trials: pd.DataFrame, objectives: list[tuple[str, str]], s
     first = [TAG_CONFIG, "trial", "status", TAG_RANK, TAG_FRONT, *stat_cols, N, FAILED, *searched]
     table = table[first + [c for c in table.columns if c not in first]]
     primary, mode = objectives[0]
-    return table.sort_values([TAG_RANK, primary, TAG_CONFIG], ascending=[True, mode == "min", True],
-                             na_position="last", ignore_index=True)
+    return table.sort_values(
+        [TAG_RANK, primary, TAG_CONFIG], ascending=[True, mode == "min", True], na_position="last", ignore_index=True
+    )
 
 
 def overlaps_front(configs: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.Series:
@@ -178,8 +184,12 @@ def overlaps_front(configs: pd.DataFrame, objectives: list[tuple[str, str]]) -> 
 
     def ends(rows):  # (better end, worse end) per row and objective, everything minimised
         mean = np.stack([rows[m].astype(float).to_numpy() for m in metrics], 1)
-        lo = np.stack([pd.to_numeric(rows[f"{m}.ci_low"], errors="coerce").astype(float).to_numpy() for m in metrics], 1)
-        hi = np.stack([pd.to_numeric(rows[f"{m}.ci_high"], errors="coerce").astype(float).to_numpy() for m in metrics], 1)
+        lo = np.stack(
+            [pd.to_numeric(rows[f"{m}.ci_low"], errors="coerce").astype(float).to_numpy() for m in metrics], 1
+        )
+        hi = np.stack(
+            [pd.to_numeric(rows[f"{m}.ci_high"], errors="coerce").astype(float).to_numpy() for m in metrics], 1
+        )
         lo, hi = np.where(np.isnan(lo), mean, lo) * signs, np.where(np.isnan(hi), mean, hi) * signs
         return np.minimum(lo, hi), np.maximum(lo, hi)
 
@@ -208,8 +218,9 @@ def _n_text(na: int, nb: int, pairs: bool) -> str:
     return str(na) if na == nb else f"{na} vs {nb}"
 
 
-def recipe_effects(trials: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str],
-                   choices: Sequence[str]) -> pd.DataFrame:
+def recipe_effects(
+    trials: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str], choices: Sequence[str]
+) -> pd.DataFrame:
     """The recipe table (see the module docstring): one row per value of each choice parameter in
     `choices`, judged on the primary objective (objectives[0]). Columns: param, value, config.id
     (its best configuration), m, m.ci_low, m.ci_high, repeats.n, repeats.failed (of that
@@ -223,14 +234,32 @@ def recipe_effects(trials: pd.DataFrame, objectives: list[tuple[str, str]], sear
     for cid in configs[TAG_CONFIG]:
         runs = _valued(trials[ids == cid], metrics)
         keys = runs[TAG_REPEAT] if TAG_REPEAT in runs else pd.Series(range(len(runs)), index=runs.index)
-        repeats[cid] = {(int(k) if pd.notna(k) else -1 - i): float(v)
-                        for i, (k, v) in enumerate(zip(keys, runs[metric].astype(float)))}
+        repeats[cid] = {
+            (int(k) if pd.notna(k) else -1 - i): float(v)
+            for i, (k, v) in enumerate(zip(keys, runs[metric].astype(float)))
+        }
     sign = 1.0 if mode == "min" else -1.0
     ranked = configs[configs[N] > 0].copy()
     ranked["_key"] = sign * ranked[metric].astype(float)
     ranked = ranked.sort_values(["_key", N, TAG_CONFIG], ascending=[True, False, True], kind="stable")
-    cols = ["param", "value", TAG_CONFIG, metric, f"{metric}.ci_low", f"{metric}.ci_high", N, FAILED,
-            "configurations", "vs", "vs.config.id", "diff", "diff.ci_low", "diff.ci_high", "method", "verdict"]
+    cols = [
+        "param",
+        "value",
+        TAG_CONFIG,
+        metric,
+        f"{metric}.ci_low",
+        f"{metric}.ci_high",
+        N,
+        FAILED,
+        "configurations",
+        "vs",
+        "vs.config.id",
+        "diff",
+        "diff.ci_low",
+        "diff.ci_high",
+        "method",
+        "verdict",
+    ]
     out = []
     for param in choices:
         if param not in configs:
@@ -244,15 +273,24 @@ def recipe_effects(trials: pd.DataFrame, objectives: list[tuple[str, str]], sear
         for v in order:
             a = best[v]
             row = dict.fromkeys(cols)
-            row.update(param=param, value=v, configurations=int(sum(_same(x, v) for x in configs[param])),
-                       method="")
+            row.update(param=param, value=v, configurations=int(sum(_same(x, v) for x in configs[param])), method="")
             if a is None:
-                row.update(verdict="no finished configuration", **{N: 0, FAILED: int(
-                    configs.loc[[_same(x, v) for x in configs[param]], FAILED].sum())})
+                row.update(
+                    verdict="no finished configuration",
+                    **{N: 0, FAILED: int(configs.loc[[_same(x, v) for x in configs[param]], FAILED].sum())},
+                )
                 out.append(row)
                 continue
-            row.update({TAG_CONFIG: a[TAG_CONFIG], metric: a[metric], f"{metric}.ci_low": a[f"{metric}.ci_low"],
-                        f"{metric}.ci_high": a[f"{metric}.ci_high"], N: int(a[N]), FAILED: int(a[FAILED])})
+            row.update(
+                {
+                    TAG_CONFIG: a[TAG_CONFIG],
+                    metric: a[metric],
+                    f"{metric}.ci_low": a[f"{metric}.ci_low"],
+                    f"{metric}.ci_high": a[f"{metric}.ci_high"],
+                    N: int(a[N]),
+                    FAILED: int(a[FAILED]),
+                }
+            )
             rivals = [(w, best[w]) for w in order if not _same(w, v) and best[w] is not None]
             if not rivals:
                 row["verdict"] = "no other value"
@@ -299,15 +337,23 @@ def interval_text(mean, low, high, n) -> str:
     return f"{_num(mean)}{spread} (n = {int(n)})"
 
 
-def configurations_text(configs: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str],
-                        rows: pd.DataFrame | None = None) -> str:
+def configurations_text(
+    configs: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str], rows: pd.DataFrame | None = None
+) -> str:
     """Configurations (all, or `rows` of them) as a terminal table: config.id, status, pareto.rank,
     each objective as mean ± half the 95 % interval (n), failed repeats, the searched params."""
     rows = configs if rows is None else rows
-    out = pd.DataFrame({TAG_CONFIG: rows[TAG_CONFIG], "status": rows["status"],
-                        TAG_RANK: rows[TAG_RANK].astype(object).where(rows[TAG_RANK].notna(), "-")})
+    out = pd.DataFrame(
+        {
+            TAG_CONFIG: rows[TAG_CONFIG],
+            "status": rows["status"],
+            TAG_RANK: rows[TAG_RANK].astype(object).where(rows[TAG_RANK].notna(), "-"),
+        }
+    )
     for m, _ in objectives:
-        out[f"{m} (95% CI)"] = [interval_text(r[m], r[f"{m}.ci_low"], r[f"{m}.ci_high"], r[N]) for _, r in rows.iterrows()]
+        out[f"{m} (95% CI)"] = [
+            interval_text(r[m], r[f"{m}.ci_low"], r[f"{m}.ci_high"], r[N]) for _, r in rows.iterrows()
+        ]
     if configs["trials"].astype(str).str.contains(",").any():  # with repeats: one trial's status says it all
         out[FAILED] = rows[FAILED]
     for p in searched:
@@ -321,13 +367,21 @@ def recipes_text(recipes: pd.DataFrame, objectives: list[tuple[str, str]]) -> st
     metric, mode = objectives[0]
     if not len(recipes):
         return "recipe effects: no choice parameter was searched"
-    view = pd.DataFrame({
-        "param": recipes["param"], "value": recipes["value"].astype(str), "best config": recipes[TAG_CONFIG].fillna("-"),
-        f"{metric} (95% CI)": [interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N])
-                               for _, r in recipes.iterrows()],
-        "vs": recipes["vs"].map(_cell),
-        "diff (95% CI)": [_diff_text(r) for _, r in recipes.iterrows()],
-        "method": recipes["method"].replace("", "-"), "verdict": recipes["verdict"]})
+    view = pd.DataFrame(
+        {
+            "param": recipes["param"],
+            "value": recipes["value"].astype(str),
+            "best config": recipes[TAG_CONFIG].fillna("-"),
+            f"{metric} (95% CI)": [
+                interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N])
+                for _, r in recipes.iterrows()
+            ],
+            "vs": recipes["vs"].map(_cell),
+            "diff (95% CI)": [_diff_text(r) for _, r in recipes.iterrows()],
+            "method": recipes["method"].replace("", "-"),
+            "verdict": recipes["verdict"],
+        }
+    )
     head = f"recipe effects on {metric} ({mode}; diff = this value's best minus the best other value's):"
     return head + "\n" + view.to_string(index=False)
 
@@ -348,15 +402,26 @@ def _diff_text(r) -> str:
 def recipes_markdown(recipes: pd.DataFrame, objectives: list[tuple[str, str]], title: str) -> str:
     """recipes.md on the study run: the recipe table as a Markdown table, with the method."""
     metric, mode = objectives[0]
-    lines = [f"# {title}: recipe effects on {metric} ({mode})", "",
-             "Per value of each searched choice: its best configuration (mean ± half the 95 % t interval, n) and "
-             "diff = that mean minus the best other value's, with a 95 % interval (paired t on seed-matched repeats "
-             "where the two configurations differ only in this parameter, else Welch's t).", "",
-             f"| param | value | best config | {metric} | vs | diff [95% CI] | method | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}: recipe effects on {metric} ({mode})",
+        "",
+        "Per value of each searched choice: its best configuration (mean ± half the 95 % t interval, n) and "
+        "diff = that mean minus the best other value's, with a 95 % interval (paired t on seed-matched repeats "
+        "where the two configurations differ only in this parameter, else Welch's t).",
+        "",
+        f"| param | value | best config | {metric} | vs | diff [95% CI] | method | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in recipes.iterrows():
-        cells = [r["param"], r["value"], _cell(r[TAG_CONFIG]),
-                 interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N]),
-                 _cell(r["vs"]), _diff_text(r), r["method"] or "-", r["verdict"]]
+        cells = [
+            r["param"],
+            r["value"],
+            _cell(r[TAG_CONFIG]),
+            interval_text(r[metric], r[f"{metric}.ci_low"], r[f"{metric}.ci_high"], r[N]),
+            _cell(r["vs"]),
+            _diff_text(r),
+            r["method"] or "-",
+            r["verdict"],
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

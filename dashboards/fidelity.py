@@ -59,45 +59,142 @@ _FR = {"model.refine": True, "model.coarse_supervision": True}
 PAPER_LAMBDA, PROBE_LAMBDA = 0.002, 20.0  # cross-task §3.1's λ; one at which λ·L_D is as large as L_R here
 _FT = {"distill.type": "none"}
 CLAIMS = [
-    Claim(ADALOSS, "adaloss Table 1, Fig 4 left", "at lr 1e-3 Adaloss beats a small fixed σ (5 px at 256), which fails to train",
-          {**_ADA, "optim.lr": 1e-3}, {**_FIXED, "target.sigma": 1.25, "optim.lr": 1e-3}, "1.19 vs 87.05 px"),
-    Claim(ADALOSS, "adaloss Table 1, Fig 4 left", "at lr 1e-3 Adaloss beats the best fixed σ (40 px at 256)",
-          {**_ADA, "optim.lr": 1e-3}, {**_FIXED, "target.sigma": 10.0, "optim.lr": 1e-3}, "1.19 vs 8.71 px"),
-    Claim(ADALOSS, "adaloss Fig 4 right", "at lr 1e-4 Adaloss ends at least as accurate as the best fixed σ",
-          {**_ADA, "optim.lr": 1e-4}, {**_FIXED, "optim.lr": 1e-4}, "curves only: fixed σ slower, less accurate"),
-    Claim(ADALOSS, "adaloss Fig 4", "Adaloss trains better at lr 1e-3 than at 1e-4",
-          {**_ADA, "optim.lr": 1e-3}, {**_ADA, "optim.lr": 1e-4}, "curves only: faster and better at 1e-3"),
-    Claim(FARNET, "farnet Table 2", "MSFA's concatenating fusion beats MSFA(+)'s addition",
-          {"model.refine": False, "model.fusion": "concat"}, {"model.refine": False, "model.fusion": "add"}, "1.17 vs 1.18 mm"),
-    Claim(FARNET, "farnet Table 2", "the naïve FR module (MSFA+FR*) improves on MSFA",
-          {"model.refine": True, "model.coarse_supervision": False}, {"model.refine": False, "model.fusion": "concat"},
-          "1.16 vs 1.17 mm"),
-    Claim(FARNET, "farnet Table 2", "coarse-to-fine supervision (MSFA+FR) improves on FR*",
-          {**_FR, "loss.type": "mse"}, {"model.refine": True, "model.coarse_supervision": False}, "1.15 vs 1.16 mm"),
-    Claim(FARNET, "farnet Table 2", "the EWC loss beats L2 (MSFA+FR+EWC vs MSFA+FR)",
-          {**_FR, "loss.type": "ewc"}, {**_FR, "loss.type": "mse"}, "1.12 vs 1.15 mm"),
-    Claim(FARNET, "farnet Table 2", "the EWC loss beats AWing",
-          {**_FR, "loss.type": "ewc"}, {**_FR, "loss.type": "awing"}, "1.12 vs 1.15 mm"),
-    Claim(CROSSTASK, "cross-task Table 1", "CTD-ED beats plain fine-tuning (FT, λ = 0)",
-          {"distill.type": "ed", "distill.lambda": PAPER_LAMBDA}, _FT, "ME 0.830 vs 0.858"),
-    Claim(CROSSTASK, "cross-task Table 1", "CTD-CD beats FT",
-          {"distill.type": "cd", "distill.lambda": PAPER_LAMBDA}, _FT, "ME 0.842 vs 0.858"),
-    Claim(CROSSTASK, "cross-task Table 1", "CTD-Com (both terms) beats FT",
-          {"distill.type": "both", "distill.lambda": PAPER_LAMBDA}, _FT, "ME 0.829 vs 0.858"),
-    Claim(CROSSTASK, "cross-task Table 1, §3.3", "CTD-ED beats CTD-CD",
-          {"distill.type": "ed", "distill.lambda": PAPER_LAMBDA}, {"distill.type": "cd", "distill.lambda": PAPER_LAMBDA},
-          "ME 0.830 vs 0.842"),
+    Claim(
+        ADALOSS,
+        "adaloss Table 1, Fig 4 left",
+        "at lr 1e-3 Adaloss beats a small fixed σ (5 px at 256), which fails to train",
+        {**_ADA, "optim.lr": 1e-3},
+        {**_FIXED, "target.sigma": 1.25, "optim.lr": 1e-3},
+        "1.19 vs 87.05 px",
+    ),
+    Claim(
+        ADALOSS,
+        "adaloss Table 1, Fig 4 left",
+        "at lr 1e-3 Adaloss beats the best fixed σ (40 px at 256)",
+        {**_ADA, "optim.lr": 1e-3},
+        {**_FIXED, "target.sigma": 10.0, "optim.lr": 1e-3},
+        "1.19 vs 8.71 px",
+    ),
+    Claim(
+        ADALOSS,
+        "adaloss Fig 4 right",
+        "at lr 1e-4 Adaloss ends at least as accurate as the best fixed σ",
+        {**_ADA, "optim.lr": 1e-4},
+        {**_FIXED, "optim.lr": 1e-4},
+        "curves only: fixed σ slower, less accurate",
+    ),
+    Claim(
+        ADALOSS,
+        "adaloss Fig 4",
+        "Adaloss trains better at lr 1e-3 than at 1e-4",
+        {**_ADA, "optim.lr": 1e-3},
+        {**_ADA, "optim.lr": 1e-4},
+        "curves only: faster and better at 1e-3",
+    ),
+    Claim(
+        FARNET,
+        "farnet Table 2",
+        "MSFA's concatenating fusion beats MSFA(+)'s addition",
+        {"model.refine": False, "model.fusion": "concat"},
+        {"model.refine": False, "model.fusion": "add"},
+        "1.17 vs 1.18 mm",
+    ),
+    Claim(
+        FARNET,
+        "farnet Table 2",
+        "the naïve FR module (MSFA+FR*) improves on MSFA",
+        {"model.refine": True, "model.coarse_supervision": False},
+        {"model.refine": False, "model.fusion": "concat"},
+        "1.16 vs 1.17 mm",
+    ),
+    Claim(
+        FARNET,
+        "farnet Table 2",
+        "coarse-to-fine supervision (MSFA+FR) improves on FR*",
+        {**_FR, "loss.type": "mse"},
+        {"model.refine": True, "model.coarse_supervision": False},
+        "1.15 vs 1.16 mm",
+    ),
+    Claim(
+        FARNET,
+        "farnet Table 2",
+        "the EWC loss beats L2 (MSFA+FR+EWC vs MSFA+FR)",
+        {**_FR, "loss.type": "ewc"},
+        {**_FR, "loss.type": "mse"},
+        "1.12 vs 1.15 mm",
+    ),
+    Claim(
+        FARNET,
+        "farnet Table 2",
+        "the EWC loss beats AWing",
+        {**_FR, "loss.type": "ewc"},
+        {**_FR, "loss.type": "awing"},
+        "1.12 vs 1.15 mm",
+    ),
+    Claim(
+        CROSSTASK,
+        "cross-task Table 1",
+        "CTD-ED beats plain fine-tuning (FT, λ = 0)",
+        {"distill.type": "ed", "distill.lambda": PAPER_LAMBDA},
+        _FT,
+        "ME 0.830 vs 0.858",
+    ),
+    Claim(
+        CROSSTASK,
+        "cross-task Table 1",
+        "CTD-CD beats FT",
+        {"distill.type": "cd", "distill.lambda": PAPER_LAMBDA},
+        _FT,
+        "ME 0.842 vs 0.858",
+    ),
+    Claim(
+        CROSSTASK,
+        "cross-task Table 1",
+        "CTD-Com (both terms) beats FT",
+        {"distill.type": "both", "distill.lambda": PAPER_LAMBDA},
+        _FT,
+        "ME 0.829 vs 0.858",
+    ),
+    Claim(
+        CROSSTASK,
+        "cross-task Table 1, §3.3",
+        "CTD-ED beats CTD-CD",
+        {"distill.type": "ed", "distill.lambda": PAPER_LAMBDA},
+        {"distill.type": "cd", "distill.lambda": PAPER_LAMBDA},
+        "ME 0.830 vs 0.842",
+    ),
     # Not the paper's setting: at its λ the distillation term is ~1e-4 of the regression loss here, so
     # these ask whether the mechanism helps at all once λ·L_ED is about as large as L_R.
-    Claim(CROSSTASK, "probe, not in the paper", "CTD-ED beats FT at λ = 20 (10⁴ × the paper's)",
-          {"distill.type": "ed", "distill.lambda": PROBE_LAMBDA}, _FT, "-"),
-    Claim(CROSSTASK, "probe, not in the paper", "CTD-CD beats FT at λ = 20",
-          {"distill.type": "cd", "distill.lambda": PROBE_LAMBDA}, _FT, "-"),
-    Claim(CROSSTASK, "probe, not in the paper", "CTD-Com beats FT at λ = 20",
-          {"distill.type": "both", "distill.lambda": PROBE_LAMBDA}, _FT, "-"),
+    Claim(
+        CROSSTASK,
+        "probe, not in the paper",
+        "CTD-ED beats FT at λ = 20 (10⁴ × the paper's)",
+        {"distill.type": "ed", "distill.lambda": PROBE_LAMBDA},
+        _FT,
+        "-",
+    ),
+    Claim(
+        CROSSTASK,
+        "probe, not in the paper",
+        "CTD-CD beats FT at λ = 20",
+        {"distill.type": "cd", "distill.lambda": PROBE_LAMBDA},
+        _FT,
+        "-",
+    ),
+    Claim(
+        CROSSTASK,
+        "probe, not in the paper",
+        "CTD-Com beats FT at λ = 20",
+        {"distill.type": "both", "distill.lambda": PROBE_LAMBDA},
+        _FT,
+        "-",
+    ),
 ]
-SIGMA_CLAIM = ("adaloss Fig 7", "Adaloss keeps a larger σ for landmarks whose annotations vary more (lr 1e-3)",
-               "qualitative: jaw and eyebrows keep a high σ, eyes and nose fall fast")
+SIGMA_CLAIM = (
+    "adaloss Fig 7",
+    "Adaloss keeps a larger σ for landmarks whose annotations vary more (lr 1e-3)",
+    "qualitative: jaw and eyebrows keep a high σ, eyes and nose fall fast",
+)
 
 
 @dataclass
@@ -162,9 +259,21 @@ def _values(trials: pd.DataFrame, config_id: str) -> pd.Series:
 def compare(study: StudyData, claim: Claim) -> dict:
     """One claim's row: both sides' mean ± CI (n), the difference with its interval, the verdict."""
     a, b = _pick(study.configs, claim.better), _pick(study.configs, claim.than)
-    row = {"study": claim.study, "source": claim.source, "claim": claim.text, "paper": claim.paper,
-           "better": "-", "other": "-", "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": "",
-           "method": "", "verdict": UNCLEAR, "why": ""}
+    row = {
+        "study": claim.study,
+        "source": claim.source,
+        "claim": claim.text,
+        "paper": claim.paper,
+        "better": "-",
+        "other": "-",
+        "diff": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "n": "",
+        "method": "",
+        "verdict": UNCLEAR,
+        "why": "",
+    }
     if a is None or b is None:
         row["why"] = f"no configuration matches {claim.better if a is None else claim.than}"
         return row
@@ -224,8 +333,14 @@ def sigma_per_landmark(study: StudyData, lr: float = 1e-3) -> tuple[pd.DataFrame
     if not sigmas:
         return pd.DataFrame(columns=["k", "noise", "sigma", "sigma.std"]), []
     s = np.asarray(sigmas)
-    table = pd.DataFrame({"k": range(s.shape[1]), "noise": noise, "sigma": s.mean(0),
-                          "sigma.std": s.std(0, ddof=1) if len(s) > 1 else np.nan})
+    table = pd.DataFrame(
+        {
+            "k": range(s.shape[1]),
+            "noise": noise,
+            "sigma": s.mean(0),
+            "sigma.std": s.std(0, ddof=1) if len(s) > 1 else np.nan,
+        }
+    )
     return table, rhos
 
 
@@ -234,10 +349,21 @@ def sigma_claim(study: StudyData) -> tuple[dict, pd.DataFrame]:
     source, text, paper = SIGMA_CLAIM
     finite = [r for r in rhos if math.isfinite(r)]
     mean, _, lo, hi = mean_ci(finite)
-    row = {"study": ADALOSS, "source": source, "claim": text, "paper": paper,
-           "better": f"Spearman ρ(σ_k, noise_k) = {mean:.2f}" if finite else "-", "other": "-",
-           "diff": mean, "ci_low": lo, "ci_high": hi, "n": f"{len(finite)} run{'' if len(finite) == 1 else 's'}",
-           "method": "mean ρ, t interval", "verdict": UNCLEAR, "why": ""}
+    row = {
+        "study": ADALOSS,
+        "source": source,
+        "claim": text,
+        "paper": paper,
+        "better": f"Spearman ρ(σ_k, noise_k) = {mean:.2f}" if finite else "-",
+        "other": "-",
+        "diff": mean,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": f"{len(finite)} run{'' if len(finite) == 1 else 's'}",
+        "method": "mean ρ, t interval",
+        "verdict": UNCLEAR,
+        "why": "",
+    }
     if not rhos:
         row["why"] = "no finished Adaloss run at lr 1e-3"
     elif not finite:
@@ -272,8 +398,15 @@ def claims_figure(claims: pd.DataFrame, path: Path) -> Path:
                 ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colour, lw=2.5)
             ax.plot([r["diff"]], [y], "o", color=colour, ms=7)
         else:
-            ax.text(0.01, y, textwrap.shorten(r["why"] or r["verdict"], 45), va="center", fontsize=8, color=colour,
-                    transform=ax.get_yaxis_transform())
+            ax.text(
+                0.01,
+                y,
+                textwrap.shorten(r["why"] or r["verdict"], 45),
+                va="center",
+                fontsize=8,
+                color=colour,
+                transform=ax.get_yaxis_transform(),
+            )
     ax.axvline(0, color="black", lw=1)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_yticks(ys)
@@ -291,27 +424,40 @@ def _fmt(v, digits=2) -> str:
 
 
 def _claims_markdown(claims: pd.DataFrame) -> list[str]:
-    lines = ["| # | source | claim | paper | ours: claimed better | ours: other | difference [95 % CI] | n | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| # | source | claim | paper | ours: claimed better | ours: other | difference [95 % CI] | n | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, r in claims.iterrows():
         ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
         verdict = f"**{r['verdict']}**" + (f" ({r['why']})" if r["why"] else "")
-        lines.append(f"| {i + 1} | {r['source']} | {r['claim']} | {r['paper']} | {r['better']} | {r['other']} | "
-                     f"{_fmt(r['diff'])}{ci} | {r['n'] or '-'} | {verdict} |")
+        lines.append(
+            f"| {i + 1} | {r['source']} | {r['claim']} | {r['paper']} | {r['better']} | {r['other']} | "
+            f"{_fmt(r['diff'])}{ci} | {r['n'] or '-'} | {verdict} |"
+        )
     return lines
 
 
 def _configs_markdown(study: StudyData, extra: tuple[str, ...] = ()) -> list[str]:
     """One row per configuration: its searched values, METRIC, failed repeats; `extra` metrics' means."""
     searched, extra = list(study.info.space), [m for m in extra if m in study.configs]
-    lines = ["| " + " | ".join(searched) + f" | {METRIC} (mean ± 95 % CI half-width) | failed | "
-             + "".join(f"{m} (mean) | " for m in extra) + "config.id |",
-             "|" + "---|" * (len(searched) + len(extra) + 3)]
+    lines = [
+        "| "
+        + " | ".join(searched)
+        + f" | {METRIC} (mean ± 95 % CI half-width) | failed | "
+        + "".join(f"{m} (mean) | " for m in extra)
+        + "config.id |",
+        "|" + "---|" * (len(searched) + len(extra) + 3),
+    ]
     for _, c in study.configs.iterrows():
-        cells = ["-" if c.get(p) is None or (isinstance(c.get(p), float) and math.isnan(c.get(p))) else str(c.get(p))
-                 for p in searched]
+        cells = [
+            "-" if c.get(p) is None or (isinstance(c.get(p), float) and math.isnan(c.get(p))) else str(c.get(p))
+            for p in searched
+        ]
         means = "".join(f"{c[m]:.3g} | " if math.isfinite(float(c[m])) else "- | " for m in extra)
-        lines.append("| " + " | ".join(cells) + f" | {_side_text(c)} | {int(c['repeats.failed'])} | {means}{c[TAG_CONFIG]} |")
+        lines.append(
+            "| " + " | ".join(cells) + f" | {_side_text(c)} | {int(c['repeats.failed'])} | {means}{c[TAG_CONFIG]} |"
+        )
     return lines
 
 
@@ -326,61 +472,100 @@ def fidelity_report(client, context: dict) -> Report:
     claims = pd.DataFrame(rows)
     figure = claims_figure(claims, Path(context["figure"]))
     counts = claims["verdict"].value_counts()
-    md = [f"# Fidelity report: the three papers' claims on phantom data ({context.get('scale', 'full')} scale)", "",
-          f"Generated by `{context.get('command', 'python -m study.fidelity')}` on {context.get('date', '?')}, "
-          f"{context.get('machine', '')}. Every figure below is computed from the MLflow runs of the three studies "
-          "(`python -m dashboards.pareto <study>` shows each study's own comparison).", "",
-          f"**{counts.get(HELD, 0)} held, {counts.get(NOT_HELD, 0)} not held, {counts.get(UNCLEAR, 0)} unclear** "
-          f"of {len(claims)} claims.", "",
-          "## What phantom data can and cannot show", "",
-          "The phantom (trainables/data/phantom.py) is a drawn skull with known landmarks and known annotation noise, "
-          "small enough to train on a laptop CPU. It can show that a recipe's *mechanism* works as the paper says "
-          "(a σ that adapts, a loss that weights the centre, a teacher whose features help) and that the platform "
-          "computes and compares recipes correctly. It cannot show that the papers' *numbers* hold on real X-rays "
-          "or faces: the images are simpler, the networks and inputs are scaled down (96×64, a few epochs), and "
-          "differences as small as FARNet's 0.01–0.03 mm are far below what 3 seeds can resolve here. A claim that "
-          "is `unclear` or `not held` on the phantom is a reason to check it on your data, not a verdict on the paper.",
-          "", "## Claims", "",
-          "Each row compares two configurations on the test split's mean radial error (`test/mre_mm`, lower is "
-          "better), each trained 3 times (train.seed 0, 1, 2). The difference is claimed-better minus other: "
-          "negative is the paper's direction. Verdict: `held` when its 95 % interval lies below 0, `not held` when "
-          "above, `unclear` when it spans 0 (paired t on seed-matched repeats; dashboards/fidelity.py). "
-          "Paper figures are in the papers' own units and datasets; they show the direction and size claimed, "
-          "not a number to match.", "", *_claims_markdown(claims), "", f"![claims]({figure.name})", ""]
-    md += ["## Adaloss (adaloss Table 1, Fig 4, Fig 7)", "",
-           "`search_spaces/fidelity/adaloss.yaml`: a quarter-width U-Net at 96×64; fixed σ 1.25 and 10 px (the "
-           "paper's 5 and 40 at 256 px, scaled) vs Adaloss, at Adam lr 1e-3 and 1e-4, 12 epochs, 64 phantom "
-           "training images whose annotation noise grows with the landmark index (noise_spread 8).", "",
-           *_configs_markdown(studies[ADALOSS]), "",
-           "Final Adaloss σ per landmark (lr 1e-3, mean over the runs, input px) beside its injected annotation "
-           "noise (relative to landmark 0):", "",
-           "| landmark | noise | σ (mean) | σ (sd) |", "|---|---|---|---|",
-           *[f"| {int(r.k)} | {r.noise:.2f} | {r.sigma:.2f} | {_fmt(r['sigma.std']).lstrip('+')} |"
-             for _, r in sigma.iterrows()], ""]
-    md += ["## FARNet ablation (farnet Table 2), scaled down", "",
-           "`search_spaces/fidelity/farnet.yaml`: ResNet-18 backbone initialised from the phantom classification "
-           "teacher (below; the paper: ImageNet DenseNet-121), an eighth of the decoder channels, 96×64 input, "
-           "σ 2 px in each head's own pixels (farnet §3.4), 8 epochs, 64 training images.", "",
-           *_configs_markdown(studies[FARNET]), ""]
+    md = [
+        f"# Fidelity report: the three papers' claims on phantom data ({context.get('scale', 'full')} scale)",
+        "",
+        f"Generated by `{context.get('command', 'python -m study.fidelity')}` on {context.get('date', '?')}, "
+        f"{context.get('machine', '')}. Every figure below is computed from the MLflow runs of the three studies "
+        "(`python -m dashboards.pareto <study>` shows each study's own comparison).",
+        "",
+        f"**{counts.get(HELD, 0)} held, {counts.get(NOT_HELD, 0)} not held, {counts.get(UNCLEAR, 0)} unclear** "
+        f"of {len(claims)} claims.",
+        "",
+        "## What phantom data can and cannot show",
+        "",
+        "The phantom (trainables/data/phantom.py) is a drawn skull with known landmarks and known annotation noise, "
+        "small enough to train on a laptop CPU. It can show that a recipe's *mechanism* works as the paper says "
+        "(a σ that adapts, a loss that weights the centre, a teacher whose features help) and that the platform "
+        "computes and compares recipes correctly. It cannot show that the papers' *numbers* hold on real X-rays "
+        "or faces: the images are simpler, the networks and inputs are scaled down (96×64, a few epochs), and "
+        "differences as small as FARNet's 0.01–0.03 mm are far below what 3 seeds can resolve here. A claim that "
+        "is `unclear` or `not held` on the phantom is a reason to check it on your data, not a verdict on the paper.",
+        "",
+        "## Claims",
+        "",
+        "Each row compares two configurations on the test split's mean radial error (`test/mre_mm`, lower is "
+        "better), each trained 3 times (train.seed 0, 1, 2). The difference is claimed-better minus other: "
+        "negative is the paper's direction. Verdict: `held` when its 95 % interval lies below 0, `not held` when "
+        "above, `unclear` when it spans 0 (paired t on seed-matched repeats; dashboards/fidelity.py). "
+        "Paper figures are in the papers' own units and datasets; they show the direction and size claimed, "
+        "not a number to match.",
+        "",
+        *_claims_markdown(claims),
+        "",
+        f"![claims]({figure.name})",
+        "",
+    ]
+    md += [
+        "## Adaloss (adaloss Table 1, Fig 4, Fig 7)",
+        "",
+        "`search_spaces/fidelity/adaloss.yaml`: a quarter-width U-Net at 96×64; fixed σ 1.25 and 10 px (the "
+        "paper's 5 and 40 at 256 px, scaled) vs Adaloss, at Adam lr 1e-3 and 1e-4, 12 epochs, 64 phantom "
+        "training images whose annotation noise grows with the landmark index (noise_spread 8).",
+        "",
+        *_configs_markdown(studies[ADALOSS]),
+        "",
+        "Final Adaloss σ per landmark (lr 1e-3, mean over the runs, input px) beside its injected annotation "
+        "noise (relative to landmark 0):",
+        "",
+        "| landmark | noise | σ (mean) | σ (sd) |",
+        "|---|---|---|---|",
+        *[
+            f"| {int(r.k)} | {r.noise:.2f} | {r.sigma:.2f} | {_fmt(r['sigma.std']).lstrip('+')} |"
+            for _, r in sigma.iterrows()
+        ],
+        "",
+    ]
+    md += [
+        "## FARNet ablation (farnet Table 2), scaled down",
+        "",
+        "`search_spaces/fidelity/farnet.yaml`: ResNet-18 backbone initialised from the phantom classification "
+        "teacher (below; the paper: ImageNet DenseNet-121), an eighth of the decoder channels, 96×64 input, "
+        "σ 2 px in each head's own pixels (farnet §3.4), 8 epochs, 64 training images.",
+        "",
+        *_configs_markdown(studies[FARNET]),
+        "",
+    ]
     teacher = context.get("teacher") or {}
-    teacher_text = (f"val accuracy {teacher['val/acc']:.2f} against chance {teacher['val/chance']:.2f}, "
-                    f"trained in {teacher['seconds']:.0f} s" if "val/acc" in teacher else "figures not recorded in this run")
-    md += ["## Cross-task distillation (cross-task Table 1)", "",
-           "`search_spaces/fidelity/crosstask.yaml`. Source task: `python -m trainables.pretrain` trains a ResNet-18 "
-           "to classify phantom skulls by pose, 9 classes (tercile of the sella→nasion line's tilt × tercile of its "
-           f"length), on a phantom of its own (seed 1, 256 images): {teacher_text}. Target task: the 19 landmarks "
-           "from only 32 training images, SimpleBaseline at a quarter of its decoder width initialised from the "
-           "teacher; FT (λ = 0) vs CTD-CD, CTD-ED, CTD-Com at the paper's λ = 0.002, μ = 2, 10 epochs. The paper's "
-           "λ weighs the distillation term against L_R summed over every heatmap pixel (eq 1, 2), which makes "
-           "λ·L_D about 1e-4 of L_R here; each CTD variant is therefore also trained at λ = 20 (10⁴ × the paper's), "
-           "which brings the term within an order of magnitude of L_R (the probe rows, not the paper's claim). "
-           "`train/loss` is L_R's per-pixel mean and `train/loss_distill` the raw L_D, both of the last epoch; "
-           "the term added to the loss is λ·L_D divided by the finest head's K·H·W (trainables/distill.py), so "
-           "a smaller L_D at λ = 20 shows the student held closer to the teacher.", "",
-           *_configs_markdown(studies[CROSSTASK], extra=("train/loss", "train/loss_distill")), ""]
+    teacher_text = (
+        f"val accuracy {teacher['val/acc']:.2f} against chance {teacher['val/chance']:.2f}, "
+        f"trained in {teacher['seconds']:.0f} s"
+        if "val/acc" in teacher
+        else "figures not recorded in this run"
+    )
+    md += [
+        "## Cross-task distillation (cross-task Table 1)",
+        "",
+        "`search_spaces/fidelity/crosstask.yaml`. Source task: `python -m trainables.pretrain` trains a ResNet-18 "
+        "to classify phantom skulls by pose, 9 classes (tercile of the sella→nasion line's tilt × tercile of its "
+        f"length), on a phantom of its own (seed 1, 256 images): {teacher_text}. Target task: the 19 landmarks "
+        "from only 32 training images, SimpleBaseline at a quarter of its decoder width initialised from the "
+        "teacher; FT (λ = 0) vs CTD-CD, CTD-ED, CTD-Com at the paper's λ = 0.002, μ = 2, 10 epochs. The paper's "
+        "λ weighs the distillation term against L_R summed over every heatmap pixel (eq 1, 2), which makes "
+        "λ·L_D about 1e-4 of L_R here; each CTD variant is therefore also trained at λ = 20 (10⁴ × the paper's), "
+        "which brings the term within an order of magnitude of L_R (the probe rows, not the paper's claim). "
+        "`train/loss` is L_R's per-pixel mean and `train/loss_distill` the raw L_D, both of the last epoch; "
+        "the term added to the loss is λ·L_D divided by the finest head's K·H·W (trainables/distill.py), so "
+        "a smaller L_D at λ = 20 shows the student held closer to the teacher.",
+        "",
+        *_configs_markdown(studies[CROSSTASK], extra=("train/loss", "train/loss_distill")),
+        "",
+    ]
     md += ["## Recipe effects per study (validation objective)", ""]
     for name, study in studies.items():
-        md += [recipes_markdown(recipes(study.trials, study.info), study.info.objectives, name).replace("# ", "### ", 1)]
+        md += [
+            recipes_markdown(recipes(study.trials, study.info), study.info.objectives, name).replace("# ", "### ", 1)
+        ]
     times = context.get("times") or {}
     md += ["## How it was run", "", "```", *context.get("commands", []), "```", ""]
     if times:
@@ -392,8 +577,11 @@ def log_fidelity_report(client, files: list[Path], report: Report, context: dict
     """The report's files and its verdict counts as one run of the `fidelity-report` experiment; returns its id."""
     exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)
-    run = client.create_run(exp_id, run_name=f"fidelity {context.get('scale', 'full')} {context.get('date', '')}",
-                            tags={"fidelity.scale": context.get("scale", "full")})
+    run = client.create_run(
+        exp_id,
+        run_name=f"fidelity {context.get('scale', 'full')} {context.get('date', '')}",
+        tags={"fidelity.scale": context.get("scale", "full")},
+    )
     counts = report.claims["verdict"].value_counts()
     for name, key in ((HELD, "claims/held"), (NOT_HELD, "claims/not_held"), (UNCLEAR, "claims/unclear")):
         client.log_metric(run.info.run_id, key, int(counts.get(name, 0)))

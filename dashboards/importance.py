@@ -39,10 +39,14 @@ def importances(table: pd.DataFrame, info: StudyInfo) -> tuple[dict[str, float],
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
     study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     for _, row in done.iterrows():
-        study.add_trial(optuna.trial.create_trial(
-            params={p: _native(row[p], dists[p]) for p in params}, distributions=dists, value=float(row[primary])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p: _native(row[p], dists[p]) for p in params}, distributions=dists, value=float(row[primary])
+            )
+        )
     result = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params)
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
+    )
     return dict(result), f"fANOVA (Optuna) over {len(done)} finished trials, for {primary} ({mode})"
 
 
@@ -60,8 +64,9 @@ def log_importance(client, info: StudyInfo, table: pd.DataFrame, folder: Path) -
         print(f"parameter importance: skipped ({how})", flush=True)
         return how
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "importance.json").write_text(json.dumps({"objective": info.objectives[0][0], "method": how,
-                                                        "importances": values}, indent=1))
+    (folder / "importance.json").write_text(
+        json.dumps({"objective": info.objectives[0][0], "method": how, "importances": values}, indent=1)
+    )
     primary, mode = info.objectives[0]
     importance_png(values, folder / "importance.png", f"{info.name}: what drives {primary} ({mode})", how)
     client.log_artifacts(info.run_id, str(folder), "importance")
@@ -95,8 +100,10 @@ def importance_png(importances: dict[str, float], path, title: str, subtitle: st
     IMPORTANCE_MAX_BARS params only the largest are drawn, and the title says so.
     """
     path = prepare_path(path)
-    items = sorted(((str(k), float(v)) for k, v in importances.items()),
-                   key=lambda kv: -kv[1] if math.isfinite(kv[1]) else math.inf)
+    items = sorted(
+        ((str(k), float(v)) for k, v in importances.items()),
+        key=lambda kv: -kv[1] if math.isfinite(kv[1]) else math.inf,
+    )
     shown = items[:IMPORTANCE_MAX_BARS]
     fig = figure(importance_png_size(len(items)))
     w, h = fig.bbox.width, fig.bbox.height
@@ -108,8 +115,7 @@ def importance_png(importances: dict[str, float], path, title: str, subtitle: st
         fig.text(10 / w, 1 - 36 / h, subtitle, ha="left", va="top", fontsize=9, color="#444")
     ax.set_xlabel("importance")
     if not shown:
-        ax.text(0.5, 0.5, "no importances", transform=ax.transAxes, ha="center", va="center",
-                fontsize=14, color="#666")
+        ax.text(0.5, 0.5, "no importances", transform=ax.transAxes, ha="center", va="center", fontsize=14, color="#666")
         ax.set_yticks([])
         return save(fig, path)
     names = [k for k, _ in shown][::-1]  # barh draws bottom-up; the largest goes on top
@@ -122,8 +128,14 @@ def importance_png(importances: dict[str, float], path, title: str, subtitle: st
     ax.set_xlim(lo - (0.02 * span if lo < 0 else 0), hi + 0.15 * span)
     for bar, v in zip(bars, vals):
         x = bar.get_width()
-        ax.text(x + 0.01 * span if x >= 0 else x - 0.01 * span, bar.get_y() + bar.get_height() / 2,
-                f"{v:.3g}" if math.isfinite(v) else "n/a", va="center", ha="left" if x >= 0 else "right", fontsize=9)
+        ax.text(
+            x + 0.01 * span if x >= 0 else x - 0.01 * span,
+            bar.get_y() + bar.get_height() / 2,
+            f"{v:.3g}" if math.isfinite(v) else "n/a",
+            va="center",
+            ha="left" if x >= 0 else "right",
+            fontsize=9,
+        )
     ax.tick_params(axis="y", labelsize=10)
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)

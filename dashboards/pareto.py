@@ -33,8 +33,14 @@ import pandas as pd
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from dashboards.effects import (choice_params, configurations_text, per_configuration, recipe_effects,
-                                recipes_markdown, recipes_text)
+from dashboards.effects import (
+    choice_params,
+    configurations_text,
+    per_configuration,
+    recipe_effects,
+    recipes_markdown,
+    recipes_text,
+)
 from dashboards.importance import importances, log_importance
 from dashboards.ranking import describe_excluded
 from dashboards.store import StudyInfo, StudyNotFound, check_reachable, trial_runs, trial_table
@@ -79,8 +85,9 @@ def ranked_by_configuration(table: pd.DataFrame, info: StudyInfo) -> pd.DataFram
     table[TAG_RANK] = pd.array([pd.NA if pd.isna(r) else int(r) for r in rank], dtype="Int64")
     table[TAG_FRONT] = [None if pd.isna(r) else bool(r == 1) for r in rank]
     primary, mode = info.objectives[0]
-    return table.sort_values([TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True],
-                             na_position="last", ignore_index=True)
+    return table.sort_values(
+        [TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True], na_position="last", ignore_index=True
+    )
 
 
 def publish_study(client, info: StudyInfo, importance: bool = False) -> pd.DataFrame:
@@ -93,16 +100,22 @@ def publish_study(client, info: StudyInfo, importance: bool = False) -> pd.DataF
     for run in runs:  # one batch per run whose tags change: a 100-trial study refreshes 100 times
         row = rows[run.info.run_id]
         rank = None if pd.isna(row[TAG_RANK]) else int(row[TAG_RANK])
-        want = {TAG_FRONT: "true" if rank == 1 else "false", TAG_RANK: "unranked" if rank is None else str(rank),
-                NOTE_TAG: trial_note(row, info.objectives, list(info.space), info.name)}  # the run page shows it first
+        want = {
+            TAG_FRONT: "true" if rank == 1 else "false",
+            TAG_RANK: "unranked" if rank is None else str(rank),
+            NOTE_TAG: trial_note(row, info.objectives, list(info.space), info.name),
+        }  # the run page shows it first
         if any(run.data.tags.get(k) != v for k, v in want.items()):
             client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in want.items()])
     front = table[table[TAG_RANK] == 1]
     unranked = describe_excluded(table, info.objectives)
-    client.log_batch(info.run_id, tags=[
-        RunTag("pareto.front_trials", ", ".join(front["trial"].astype(str))[:5000]),
-        RunTag("pareto.unranked", unranked or "none"),
-    ])
+    client.log_batch(
+        info.run_id,
+        tags=[
+            RunTag("pareto.front_trials", ", ".join(front["trial"].astype(str))[:5000]),
+            RunTag("pareto.unranked", unranked or "none"),
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pareto"
         folder.mkdir()
@@ -146,8 +159,10 @@ def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
     ranked = int(configs[TAG_RANK].notna().sum())
     over = ", ".join(f"{m} ({mode})" for m, mode in info.objectives)
     if repeated(table):
-        head = (f"study {info.name}: {len(table)} trials of {len(configs)} configurations, {ranked} configurations "
-                f"ranked on their means, Pareto front of {len(front)} over {over}")
+        head = (
+            f"study {info.name}: {len(table)} trials of {len(configs)} configurations, {ranked} configurations "
+            f"ranked on their means, Pareto front of {len(front)} over {over}"
+        )
     else:
         head = f"study {info.name}: {len(table)} trials, {ranked} ranked, Pareto front of {len(front)} over {over}"
     unranked = describe_excluded(configs, info.objectives)
@@ -161,11 +176,17 @@ def front_text(table: pd.DataFrame, info: StudyInfo) -> str:
 def main(argv: list[str] | None = None, prog: str = "python -m dashboards.pareto") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="the study's name (study.name in its spec)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
-    p.add_argument("--write", action="store_true",
-                   help="also re-tag the trial runs and rewrite the study run's pareto/ and importance/ "
-                        "artefacts (the study driver does this by itself; use it after editing runs)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)",
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="also re-tag the trial runs and rewrite the study run's pareto/ and importance/ "
+        "artefacts (the study driver does this by itself; use it after editing runs)",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar
     uri = args.tracking_uri or default_tracking_uri()
@@ -188,15 +209,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m dashboards.pareto
         else:
             print(f"parameter importance: skipped ({how})")
         print(front_text(table, info))
-        print(f"\n(read only: nothing was written to {uri}; --write re-tags the runs and rewrites the study "
-              f"run's pareto/ and importance/)")
+        print(
+            f"\n(read only: nothing was written to {uri}; --write re-tags the runs and rewrites the study "
+            f"run's pareto/ and importance/)"
+        )
         return 0
     table = publish_study(client, info, importance=True)
     print(front_text(table, info))
-    done = "pareto/ and importance/" if client.get_run(info.run_id).data.tags.get("importance.method", "").startswith(
-        "fANOVA") else "pareto/ (importance skipped, as said above)"
-    print(f"\nwrote {done} and the trial runs' pareto.* tags on run {info.run_id} (experiment "
-          f"{info.experiment_id}) in {uri}")
+    done = (
+        "pareto/ and importance/"
+        if client.get_run(info.run_id).data.tags.get("importance.method", "").startswith("fANOVA")
+        else "pareto/ (importance skipped, as said above)"
+    )
+    print(
+        f"\nwrote {done} and the trial runs' pareto.* tags on run {info.run_id} (experiment "
+        f"{info.experiment_id}) in {uri}"
+    )
     return 0
 
 

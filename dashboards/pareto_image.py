@@ -51,8 +51,9 @@ def pareto_png_size(num_objectives: int) -> tuple[int, int]:
     return 120 + side, 170 + side
 
 
-def pareto_png(table: pd.DataFrame, objectives: list[tuple[str, str]], title: str, path,
-               searched: Sequence[str] = ()) -> Path:
+def pareto_png(
+    table: pd.DataFrame, objectives: list[tuple[str, str]], title: str, path, searched: Sequence[str] = ()
+) -> Path:
     """The pareto_html picture as a static PNG of pareto_png_size(len(objectives)) px.
 
     Front points (rank 1) are big, in FRONT_COLOR, labelled with their recipes (identical points
@@ -95,8 +96,20 @@ def _rank_scatter(fig, ax, rows: pd.DataFrame, x, y, p: ParetoView, colorbar: bo
     sc = None
     for xs, ys, marker, keep in _split(rows, x, y):
         if len(xs):
-            sc = ax.scatter(xs, ys, c=rows["pareto.rank"].to_numpy()[keep], cmap=_rank_cmap(), vmin=cmin, vmax=cmax,
-                            s=size if marker == "o" else 1.5 * size, marker=marker, edgecolors="white", linewidths=0.6, label=label, zorder=2)
+            sc = ax.scatter(
+                xs,
+                ys,
+                c=rows["pareto.rank"].to_numpy()[keep],
+                cmap=_rank_cmap(),
+                vmin=cmin,
+                vmax=cmax,
+                s=size if marker == "o" else 1.5 * size,
+                marker=marker,
+                edgecolors="white",
+                linewidths=0.6,
+                label=label,
+                zorder=2,
+            )
             label = None
     if colorbar:
         cb = fig.colorbar(sc, ax=ax, fraction=0.04, pad=0.02)
@@ -112,9 +125,17 @@ def _unranked_scatter(ax, rows: pd.DataFrame, x, y, size=55):
     label = "unranked (running, failed, …)"
     for xs, ys, marker, _ in _split(rows, x, y):
         if len(xs):
-            ax.scatter(xs, ys, s=size if marker == "o" else 1.5 * size, marker=marker, facecolors="none",
-                       edgecolors=UNRANKED_COLOR, linewidths=1.4,
-                       label=label, zorder=2)
+            ax.scatter(
+                xs,
+                ys,
+                s=size if marker == "o" else 1.5 * size,
+                marker=marker,
+                facecolors="none",
+                edgecolors=UNRANKED_COLOR,
+                linewidths=1.4,
+                label=label,
+                zorder=2,
+            )
             label = None
 
 
@@ -123,8 +144,17 @@ def _front_scatter(ax, rows: pd.DataFrame, x, y, size=110, marker="o", label="fr
     for xs, ys, m, _ in _split(rows, x, y):
         if len(xs):
             finished = m == "o"
-            ax.scatter(xs, ys, s=size if finished or marker == "o" else 0.6 * size, marker=marker if finished else m,
-                       c=FRONT_COLOR, edgecolors=FRONT_EDGE, linewidths=1.0, label=label, zorder=3)
+            ax.scatter(
+                xs,
+                ys,
+                s=size if finished or marker == "o" else 0.6 * size,
+                marker=marker if finished else m,
+                c=FRONT_COLOR,
+                edgecolors=FRONT_EDGE,
+                linewidths=1.0,
+                label=label,
+                zorder=3,
+            )
             label = None
 
 
@@ -133,8 +163,17 @@ def _overlap_scatter(ax, rows: pd.DataFrame, x, y, size=70):
     label = OVERLAP_NAME
     for xs, ys, marker, _ in _split(rows, x, y):
         if len(xs):
-            ax.scatter(xs, ys, s=size if marker == "o" else 1.5 * size, marker=marker, facecolors="none",
-                       edgecolors=FRONT_EDGE, linewidths=1.8, label=label, zorder=2.2)
+            ax.scatter(
+                xs,
+                ys,
+                s=size if marker == "o" else 1.5 * size,
+                marker=marker,
+                facecolors="none",
+                edgecolors=FRONT_EDGE,
+                linewidths=1.8,
+                label=label,
+                zorder=2.2,
+            )
             label = None
 
 
@@ -143,9 +182,17 @@ def _error_bars(ax, p: ParetoView, x, y, xcol=None, ycol=None) -> None:
     for rows, xs in ((p.ranked, x[0]), (p.unranked, x[1])):
         xerr, yerr = p.errors(rows, xcol), p.errors(rows, ycol)
         if len(rows) and (xerr is not None or yerr is not None):
-            ax.errorbar(np.asarray(xs, dtype=float), rows[y].astype(float), xerr=None if xerr is None else np.stack(xerr),
-                        yerr=None if yerr is None else np.stack(yerr), fmt="none", ecolor=ERROR_COLOR, elinewidth=1.0,
-                        capsize=2.5, zorder=1.5)
+            ax.errorbar(
+                np.asarray(xs, dtype=float),
+                rows[y].astype(float),
+                xerr=None if xerr is None else np.stack(xerr),
+                yerr=None if yerr is None else np.stack(yerr),
+                fmt="none",
+                ecolor=ERROR_COLOR,
+                elinewidth=1.0,
+                capsize=2.5,
+                zorder=1.5,
+            )
 
 
 def _stopped_handle() -> Line2D:
@@ -160,8 +207,12 @@ def _png_legend(ax, p: ParetoView) -> None:
     ax.legend(handles, labels, loc="best", fontsize=9)
 
 
-_LABEL_SPOTS = ((6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"),
-                (-6, -4, "right", "top"))  # offsets in points, tried in this order
+_LABEL_SPOTS = (
+    (6, 4, "left", "bottom"),
+    (6, -4, "left", "top"),
+    (-6, 4, "right", "bottom"),
+    (-6, -4, "right", "top"),
+)  # offsets in points, tried in this order
 
 
 def _label_points(ax, xs, ys, labels: list[str], color: str = FRONT_EDGE) -> None:
@@ -179,8 +230,17 @@ def _label_points(ax, xs, ys, labels: list[str], color: str = FRONT_EDGE) -> Non
     placed = []
     for x, y, text in zip(gx, gy, texts):
         for dx, dy, ha, va in _LABEL_SPOTS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                              fontsize=8, color=color, zorder=4)
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=8,
+                color=color,
+                zorder=4,
+            )
             bb = ann.get_window_extent(renderer).padded(3)  # labels that merely touch read as one
             inside = box.x0 <= bb.x0 and bb.x1 <= box.x1 and box.y0 <= bb.y0 and bb.y1 <= box.y1
             if inside and not any(bb.overlaps(q) for q in placed):
@@ -221,8 +281,16 @@ def _png_cost(fig, ax, p: ParetoView) -> None:
     _rank_scatter(fig, ax, r[rest], r.loc[rest, cost], r.loc[rest, metric], p, colorbar=True, label=f"other {p.unit}s")
     _overlap_scatter(ax, r[p.overlap], r.loc[p.overlap, cost], r.loc[p.overlap, metric])
     _unranked_scatter(ax, p.unranked, p.unranked[cost], p.unranked[metric])
-    ax.step(cf[cost], cf[metric], where="post", color=COST_FRONT_COLOR, lw=1.3, ls=":", zorder=2.5,
-            label=f"best for its {cost}")
+    ax.step(
+        cf[cost],
+        cf[metric],
+        where="post",
+        color=COST_FRONT_COLOR,
+        lw=1.3,
+        ls=":",
+        zorder=2.5,
+        label=f"best for its {cost}",
+    )
     _front_scatter(ax, r[best], r.loc[best, cost], r.loc[best, metric], size=260, marker="*", label="best (rank 1)")
     ax.set_xlabel(axis_label(cost, "min", "x"))
     ax.set_ylabel(axis_label(metric, mode, "y"))
@@ -275,20 +343,41 @@ def _png_matrix(fig, p: ParetoView) -> None:
                 ax.set_ylabel(axis_label(*p.objectives[i + 1]), fontsize=10)
             _label_points(ax, p.front[mxj], p.front[myi], p.labels(p.front))
     # The empty upper triangle holds the legend and the rank colourbar.
-    handles = [Line2D([], [], marker="o", ls="", color=FRONT_COLOR, markeredgecolor=FRONT_EDGE, markersize=10,
-                      label="front (rank 1)")]
+    handles = [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color=FRONT_COLOR,
+            markeredgecolor=FRONT_EDGE,
+            markersize=10,
+            label="front (rank 1)",
+        )
+    ]
     if len(p.others):
         handles.append(Line2D([], [], marker="o", ls="", color=RANK_COLORS[0], markersize=8, label="other ranks"))
     if len(p.overlapping):
-        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=FRONT_EDGE, mew=1.8, markersize=8,
-                              label=OVERLAP_NAME))
+        handles.append(
+            Line2D([], [], marker="o", ls="", mfc="none", mec=FRONT_EDGE, mew=1.8, markersize=8, label=OVERLAP_NAME)
+        )
     if len(p.unranked):
-        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=UNRANKED_COLOR, mew=1.4, markersize=8,
-                              label="unranked (running, failed, …)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                mfc="none",
+                mec=UNRANKED_COLOR,
+                mew=1.4,
+                markersize=8,
+                label="unranked (running, failed, …)",
+            )
+        )
     if p.any_stopped:
         handles.append(_stopped_handle())
-    fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(1 - 30 / w, 1 - top / h), fontsize=10,
-               frameon=False)
+    fig.legend(handles=handles, loc="upper right", bbox_to_anchor=(1 - 30 / w, 1 - top / h), fontsize=10, frameon=False)
     if len(p.others):
         cmin, cmax = rank_range(p)
         cax = fig.add_axes((1 - 250 / w, 1 - (top + 150) / h, 180 / w, 14 / h))

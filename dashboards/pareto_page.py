@@ -24,8 +24,20 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboards.pareto_view import ParetoView, front_order, grouped_labels, rank_range, stopped
-from dashboards.plots import (COST_FRONT_COLOR, EMPTY_PARETO_TEXT, ERROR_COLOR, FRONT_COLOR, FRONT_EDGE, OVERLAP_NAME,
-                              RANK_COLORS, STOPPED_SYMBOL, UNRANKED_COLOR, axis_label, check_objectives, fmt)
+from dashboards.plots import (
+    COST_FRONT_COLOR,
+    EMPTY_PARETO_TEXT,
+    ERROR_COLOR,
+    FRONT_COLOR,
+    FRONT_EDGE,
+    OVERLAP_NAME,
+    RANK_COLORS,
+    STOPPED_SYMBOL,
+    UNRANKED_COLOR,
+    axis_label,
+    check_objectives,
+    fmt,
+)
 
 
 def pareto_html(table: pd.DataFrame, objectives: list[tuple[str, str]], searched: list[str], title: str) -> str:
@@ -37,13 +49,16 @@ def pareto_html(table: pd.DataFrame, objectives: list[tuple[str, str]], searched
     fig = pareto_figure(table, objectives, searched, title)
     page = fig.to_html(include_plotlyjs=True, full_html=True, config={"responsive": True, "displaylogo": False})
     # plotly escapes "/" inside its JSON; the <title> keeps the names readable (tab, search, tests).
-    head = (f"<title>{html_lib.escape(title)} — {html_lib.escape(subtitle)}</title>\n"
-            "    <style>body {margin: 0;}</style>")  # the plot fills the window (or iframe), no scrollbar
+    head = (
+        f"<title>{html_lib.escape(title)} — {html_lib.escape(subtitle)}</title>\n"
+        "    <style>body {margin: 0;}</style>"
+    )  # the plot fills the window (or iframe), no scrollbar
     return page.replace("<head>", f"<head>\n    {head}", 1)
 
 
-def pareto_figure(table: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str],
-                  title: str) -> go.Figure:
+def pareto_figure(
+    table: pd.DataFrame, objectives: list[tuple[str, str]], searched: Sequence[str], title: str
+) -> go.Figure:
     """The plotly figure of pareto_html.
 
     table: one row per trial with `trial`, `status`, `pareto.rank` (Int64, 1 = non-dominated front,
@@ -62,8 +77,15 @@ def pareto_figure(table: pd.DataFrame, objectives: list[tuple[str, str]], search
     p = ParetoView(table, objectives, searched)
     fig = go.Figure()
     if not len(p.ranked) and not len(p.unranked):
-        fig.add_annotation(text=EMPTY_PARETO_TEXT, x=0.5, y=0.5, xref="paper", yref="paper",
-                           showarrow=False, font=dict(size=20, color="#666"))
+        fig.add_annotation(
+            text=EMPTY_PARETO_TEXT,
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=20, color="#666"),
+        )
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
     elif len(objectives) == 1:
@@ -77,8 +99,9 @@ def pareto_figure(table: pd.DataFrame, objectives: list[tuple[str, str]], search
     fig.update_layout(
         template="plotly_white",
         font=dict(family="DejaVu Sans, Arial, sans-serif", size=14),
-        title=dict(text=html_lib.escape(title), subtitle=dict(text=html_lib.escape(p.subtitle)), x=0.02,
-                   font=dict(size=20)),
+        title=dict(
+            text=html_lib.escape(title), subtitle=dict(text=html_lib.escape(p.subtitle)), x=0.02, font=dict(size=20)
+        ),
         hoverlabel=dict(font_size=13, align="left"),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         margin=dict(t=110, l=80, r=40, b=70),
@@ -108,27 +131,47 @@ def _sizes(rows: pd.DataFrame, size: float) -> list[float]:
 
 def _rank_marker(p: ParetoView, rows: pd.DataFrame, size: int = 10, colorbar_len: float = 0.6) -> dict:
     cmin, cmax = rank_range(p)
-    return dict(size=_sizes(rows, size), opacity=1, color=rows["pareto.rank"], colorscale=_rank_colorscale(),
-                cmin=cmin, cmax=cmax, line=_marker_line(), symbol=_symbols(rows),
-                colorbar=dict(title=dict(text="pareto.rank"), thickness=14, len=colorbar_len,
-                              dtick=1 if cmax - cmin <= 10 else None))
+    return dict(
+        size=_sizes(rows, size),
+        opacity=1,
+        color=rows["pareto.rank"],
+        colorscale=_rank_colorscale(),
+        cmin=cmin,
+        cmax=cmax,
+        line=_marker_line(),
+        symbol=_symbols(rows),
+        colorbar=dict(
+            title=dict(text="pareto.rank"), thickness=14, len=colorbar_len, dtick=1 if cmax - cmin <= 10 else None
+        ),
+    )
 
 
 def _front_marker(rows: pd.DataFrame, size: int, base: str = "circle") -> dict:
-    return dict(size=_sizes(rows, size), opacity=1, color=FRONT_COLOR, line=dict(width=1.5, color=FRONT_EDGE),
-                symbol=_symbols(rows, base))
+    return dict(
+        size=_sizes(rows, size),
+        opacity=1,
+        color=FRONT_COLOR,
+        line=dict(width=1.5, color=FRONT_EDGE),
+        symbol=_symbols(rows, base),
+    )
 
 
 def _overlap_marker(rows: pd.DataFrame, size: int = 12) -> dict:
     open_ = ["triangle-down-open" if s else "circle-open" for s in stopped(rows)]
-    return dict(size=_sizes(rows, size), opacity=1, color=FRONT_EDGE, line=dict(width=2, color=FRONT_EDGE),
-                symbol=open_)
+    return dict(
+        size=_sizes(rows, size), opacity=1, color=FRONT_EDGE, line=dict(width=2, color=FRONT_EDGE), symbol=open_
+    )
 
 
 def _unranked_marker(rows: pd.DataFrame, size: int = 10) -> dict:
     open_ = ["triangle-down-open" if s else "circle-open" for s in stopped(rows)]
-    return dict(size=_sizes(rows, size), opacity=1, color=UNRANKED_COLOR, line=dict(width=1.5, color=UNRANKED_COLOR),
-                symbol=open_)
+    return dict(
+        size=_sizes(rows, size),
+        opacity=1,
+        color=UNRANKED_COLOR,
+        line=dict(width=1.5, color=UNRANKED_COLOR),
+        symbol=open_,
+    )
 
 
 def _finished_first(rows: pd.DataFrame) -> pd.DataFrame:
@@ -146,8 +189,10 @@ def _hover(p: ParetoView, rows: pd.DataFrame) -> list[str]:
             lines += [f"config.id {html_lib.escape(str(r['trial']))} (trials {html_lib.escape(fmt(r.get('trials')))})"]
         else:
             lines += [f"trial {html_lib.escape(str(r['trial']))}"]
-        lines += [f"status: {html_lib.escape(fmt(r.get('status')))}",
-                  f"pareto.rank: {'unranked' if pd.isna(rank) else int(rank)}"]
+        lines += [
+            f"status: {html_lib.escape(fmt(r.get('status')))}",
+            f"pareto.rank: {'unranked' if pd.isna(rank) else int(rank)}",
+        ]
         lines += [p.value_text(r, m) for m in p.metrics]
         if p.repeated:
             lines.append(f"repeats.n: {fmt(r.get('repeats.n'))}, repeats.failed: {fmt(r.get('repeats.failed'))}")
@@ -158,8 +203,9 @@ def _hover(p: ParetoView, rows: pd.DataFrame) -> list[str]:
     return out
 
 
-def _points(fig: go.Figure, p: ParetoView, rows: pd.DataFrame, x: str | np.ndarray, y: str, name: str, marker,
-            **kw) -> None:
+def _points(
+    fig: go.Figure, p: ParetoView, rows: pd.DataFrame, x: str | np.ndarray, y: str, name: str, marker, **kw
+) -> None:
     """A trace of these rows at (x, y): x a column name, or positions per row; marker(rows) -> dict."""
     if not len(rows):
         return
@@ -168,10 +214,27 @@ def _points(fig: go.Figure, p: ParetoView, rows: pd.DataFrame, x: str | np.ndarr
     for axis, col in (("error_x", x), ("error_y", y)):  # the 95 % intervals of configurations with repeats
         bars = p.errors(rows, col)
         if bars is not None:
-            kw[axis] = dict(type="data", symmetric=False, arrayminus=bars[0], array=bars[1], color=ERROR_COLOR,
-                            thickness=1.2, width=3)
-    fig.add_trace(go.Scatter(x=rows["_x"], y=rows[y], mode="markers", name=name, text=_hover(p, rows),
-                             hovertemplate="%{text}<extra></extra>", marker=marker(rows), **kw))
+            kw[axis] = dict(
+                type="data",
+                symmetric=False,
+                arrayminus=bars[0],
+                array=bars[1],
+                color=ERROR_COLOR,
+                thickness=1.2,
+                width=3,
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=rows["_x"],
+            y=rows[y],
+            mode="markers",
+            name=name,
+            text=_hover(p, rows),
+            hovertemplate="%{text}<extra></extra>",
+            marker=marker(rows),
+            **kw,
+        )
+    )
 
 
 def _html_labels(fig: go.Figure, p: ParetoView, rows: pd.DataFrame, x: str, y: str, color: str = FRONT_EDGE) -> None:
@@ -180,17 +243,36 @@ def _html_labels(fig: go.Figure, p: ParetoView, rows: pd.DataFrame, x: str, y: s
     rows = rows.sort_values(x, kind="stable")
     xs, ys, text = grouped_labels(rows[x], rows[y], p.labels(rows))
     if text:  # invisible markers as big as the points: plotly sets the text off by their size
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=text, name="labels",
-                                 textposition=["top right" if i % 2 == 0 else "bottom right" for i in range(len(xs))],
-                                 marker=dict(size=16, opacity=0), textfont=dict(size=12, color=color),
-                                 hoverinfo="skip", showlegend=False, cliponaxis=False))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                text=text,
+                name="labels",
+                textposition=["top right" if i % 2 == 0 else "bottom right" for i in range(len(xs))],
+                marker=dict(size=16, opacity=0),
+                textfont=dict(size=12, color=color),
+                hoverinfo="skip",
+                showlegend=False,
+                cliponaxis=False,
+            )
+        )
 
 
 def _html_keys(fig: go.Figure, p: ParetoView) -> None:
     """Legend entries for the marker forms: stopped early, unranked (the latter is a trace already)."""
     if p.any_stopped:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="stopped early (ASHA)",
-                                 marker=dict(size=11, color="#555555", symbol=STOPPED_SYMBOL[0]), hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name="stopped early (ASHA)",
+                marker=dict(size=11, color="#555555", symbol=STOPPED_SYMBOL[0]),
+                hoverinfo="skip",
+            )
+        )
 
 
 def _html_unranked(fig: go.Figure, p: ParetoView, x: str, y: str) -> None:
@@ -210,11 +292,15 @@ def _html_one(fig: go.Figure, p: ParetoView) -> None:
     _html_overlapping(fig, p, r[p.overlap], "order", metric)
     _points(fig, p, r[best], "order", metric, "best (rank 1)", lambda rows: _front_marker(rows, 16, "star"))
     _html_labels(fig, p, r[best], "order", metric)
-    _points(fig, p, u, np.arange(len(r) + 1, len(r) + len(u) + 1), metric, "unranked (running, failed, …)",
-            _unranked_marker)
+    _points(
+        fig, p, u, np.arange(len(r) + 1, len(r) + len(u) + 1), metric, "unranked (running, failed, …)", _unranked_marker
+    )
     ids = list(r["trial"]) + list(u["trial"])
-    ticks = dict(tickmode="array", tickvals=np.arange(1, len(ids) + 1), ticktext=ids, tickangle=-45) \
-        if len(ids) <= 40 else {}
+    ticks = (
+        dict(tickmode="array", tickvals=np.arange(1, len(ids) + 1), ticktext=ids, tickangle=-45)
+        if len(ids) <= 40
+        else {}
+    )
     fig.update_xaxes(title_text=f"{p.unit}s, best first", **ticks)
     fig.update_yaxes(title_text=axis_label(metric, mode, "y"))
 
@@ -228,8 +314,16 @@ def _html_cost(fig: go.Figure, p: ParetoView) -> None:
     _html_overlapping(fig, p, r[p.overlap], cost, metric)
     _html_unranked(fig, p, cost, metric)
     cf = p.cost_front
-    fig.add_trace(go.Scatter(x=cf[cost], y=cf[metric], mode="lines", name=f"best for its {cost}",
-                             line=dict(shape="hv", color=COST_FRONT_COLOR, width=1.5, dash="dot"), hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=cf[cost],
+            y=cf[metric],
+            mode="lines",
+            name=f"best for its {cost}",
+            line=dict(shape="hv", color=COST_FRONT_COLOR, width=1.5, dash="dot"),
+            hoverinfo="skip",
+        )
+    )
     _points(fig, p, r[best], cost, metric, "best (rank 1)", lambda rows: _front_marker(rows, 18, "star"))
     _html_labels(fig, p, cf, cost, metric, color="#222222")
     fig.update_xaxes(title_text=axis_label(cost, "min", "x"))
@@ -243,9 +337,16 @@ def _html_two(fig: go.Figure, p: ParetoView) -> None:
     _html_overlapping(fig, p, p.overlapping, mx, my)
     _html_unranked(fig, p, mx, my)
     # The attainment staircase: sorted better-first along x, horizontal then vertical.
-    fig.add_trace(go.Scatter(
-        x=f[mx], y=f[my], mode="lines", line=dict(shape="hv", color=FRONT_COLOR, width=2, dash="dot"),
-        hoverinfo="skip", showlegend=False))
+    fig.add_trace(
+        go.Scatter(
+            x=f[mx],
+            y=f[my],
+            mode="lines",
+            line=dict(shape="hv", color=FRONT_COLOR, width=2, dash="dot"),
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    )
     _points(fig, p, f, mx, my, "front (rank 1)", lambda rows: _front_marker(rows, 15))
     _html_labels(fig, p, f, mx, my)
     fig.update_xaxes(title_text=axis_label(mx, modex, "x"))
@@ -262,19 +363,38 @@ def _html_matrix(fig: go.Figure, p: ParetoView) -> None:
     common = dict(diagonal=dict(visible=False), showupperhalf=False, hovertemplate="%{text}<extra></extra>")
     if len(o):
         marker = _rank_marker(p, o, size=8, colorbar_len=0.5)
-        fig.add_trace(go.Splom(dimensions=dims(o), name="other ranks", text=_hover(p, o), **common,
-                               marker=dict(marker, showscale=True)))
+        fig.add_trace(
+            go.Splom(
+                dimensions=dims(o), name="other ranks", text=_hover(p, o), **common, marker=dict(marker, showscale=True)
+            )
+        )
     if len(p.overlapping):
         v = _finished_first(p.overlapping)
-        fig.add_trace(go.Splom(dimensions=dims(v), name=OVERLAP_NAME, text=_hover(p, v), **common,
-                               marker=_overlap_marker(v, size=9)))
+        fig.add_trace(
+            go.Splom(
+                dimensions=dims(v), name=OVERLAP_NAME, text=_hover(p, v), **common, marker=_overlap_marker(v, size=9)
+            )
+        )
     if len(u):
-        fig.add_trace(go.Splom(dimensions=dims(u), name="unranked (running, failed, …)", text=_hover(p, u), **common,
-                               marker=_unranked_marker(u, size=8)))
-    fig.add_trace(go.Splom(dimensions=dims(f), name="front (rank 1)", text=_hover(p, f), **common,
-                           marker=_front_marker(f, 12)))
+        fig.add_trace(
+            go.Splom(
+                dimensions=dims(u),
+                name="unranked (running, failed, …)",
+                text=_hover(p, u),
+                **common,
+                marker=_unranked_marker(u, size=8),
+            )
+        )
+    fig.add_trace(
+        go.Splom(dimensions=dims(f), name="front (rank 1)", text=_hover(p, f), **common, marker=_front_marker(f, 12))
+    )
     if p.any_stopped:  # a legend key on the matrix's axes, drawn nowhere
-        fig.add_trace(go.Splom(dimensions=[dict(label=lab, values=[None]) for lab in labels],
-                               name="stopped early (ASHA)", **common,
-                               marker=dict(size=10, color="#555555", symbol=STOPPED_SYMBOL[0])))
+        fig.add_trace(
+            go.Splom(
+                dimensions=[dict(label=lab, values=[None]) for lab in labels],
+                name="stopped early (ASHA)",
+                **common,
+                marker=dict(size=10, color="#555555", symbol=STOPPED_SYMBOL[0]),
+            )
+        )
     fig.update_layout(dragmode="select", hovermode="closest", showlegend=True)

@@ -39,8 +39,10 @@ class ParetoView:
         self.objectives = objectives
         self.metrics = [m for m, _ in objectives]
         self.searched = [s for s in searched if s in table.columns]
-        values = pd.DataFrame({m: pd.to_numeric(table[m], errors="coerce") if m in table else np.nan
-                               for m in self.metrics}, index=table.index)
+        values = pd.DataFrame(
+            {m: pd.to_numeric(table[m], errors="coerce") if m in table else np.nan for m in self.metrics},
+            index=table.index,
+        )
         rank = pd.to_numeric(table["pareto.rank"], errors="coerce")
         finite = np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
         # A rank with a non-finite objective cannot be placed on an axis (rank_table never gives one).
@@ -62,11 +64,18 @@ class ParetoView:
         self.ranked = ranked.reset_index(drop=True)
         self.unranked = unranked.reset_index(drop=True)
         # Configurations with repeats (dashboards.effects.per_configuration): 95 % intervals per objective.
-        self.intervals = {m for m in self.metrics if f"{m}.ci_low" in table
-                          and np.isfinite(pd.to_numeric(table[f"{m}.ci_low"], errors="coerce").astype(float)).any()}
+        self.intervals = {
+            m
+            for m in self.metrics
+            if f"{m}.ci_low" in table
+            and np.isfinite(pd.to_numeric(table[f"{m}.ci_low"], errors="coerce").astype(float)).any()
+        }
         self.repeated = "repeats.n" in table and bool((pd.to_numeric(table["repeats.n"], errors="coerce") > 1).any())
-        overlap = overlaps_front(self.ranked, objectives).to_numpy() if self.intervals else \
-            np.zeros(len(self.ranked), dtype=bool)
+        overlap = (
+            overlaps_front(self.ranked, objectives).to_numpy()
+            if self.intervals
+            else np.zeros(len(self.ranked), dtype=bool)
+        )
         self.front = self.ranked[self.ranked["pareto.rank"] == 1]
         self.others = self.ranked[(self.ranked["pareto.rank"] > 1).to_numpy() & ~overlap]
         self.overlapping = self.ranked[overlap]  # not on the front, but not told apart from it either
@@ -75,7 +84,8 @@ class ParetoView:
         if self.cost:  # the trials no cheaper-or-equal trial beats on the objective, cheapest first
             both = self.ranked[[m0, self.cost]].to_numpy(dtype=float)
             self.cost_front = self.ranked[pareto_ranks(both, [mode0, "min"]) == 1].sort_values(
-                [self.cost, m0], ascending=[True, mode0 == "min"], kind="stable")
+                [self.cost, m0], ascending=[True, mode0 == "min"], kind="stable"
+            )
         self.any_stopped = bool(stopped(self.ranked).any() or stopped(self.unranked).any())
         n, nf = len(self.ranked), len(self.front)
         self.unit = "configuration" if self.repeated else "trial"

@@ -130,8 +130,12 @@ def check_objectives(objectives: Sequence[tuple[str, str]]) -> list[tuple[str, s
 
 def axis_label(metric: str, mode: str, axis: str | None = None) -> str:
     """`val/mre_mm (min, ↓ better)`; the arrow points to better along that axis ("x", "y"), none for None."""
-    arrow = {("x", "min"): "← better", ("x", "max"): "better →",
-             ("y", "min"): "↓ better", ("y", "max"): "↑ better"}.get((axis, mode))
+    arrow = {
+        ("x", "min"): "← better",
+        ("x", "max"): "better →",
+        ("y", "min"): "↓ better",
+        ("y", "max"): "↑ better",
+    }.get((axis, mode))
     return f"{metric} ({mode}, {arrow})" if arrow else f"{metric} ({mode})"
 
 
@@ -165,7 +169,7 @@ def recipe(row, searched: Sequence[str]) -> str:
         else:
             words.append(str(v))
     text = ", ".join(words + named)
-    return text if len(text) <= RECIPE_MAX_CHARS else text[:RECIPE_MAX_CHARS - 1] + "…"
+    return text if len(text) <= RECIPE_MAX_CHARS else text[: RECIPE_MAX_CHARS - 1] + "…"
 
 
 def _short_names(paths: Sequence[str]) -> dict[str, str]:

@@ -20,9 +20,22 @@ from __future__ import annotations
 from dashboards.store import StudyInfo, check_reachable
 from dashboards.ui import missing_store, python_command, ui_command, ui_url
 
-__all__ = ["StudyInfo", "check_reachable", "configurations", "fidelity_report", "front_text", "log_fidelity_report",
-           "missing_store", "publish_study", "publish_study_view", "publish_trial", "python_command", "recipes",
-           "ui_command", "ui_url"]
+__all__ = [
+    "StudyInfo",
+    "check_reachable",
+    "configurations",
+    "fidelity_report",
+    "front_text",
+    "log_fidelity_report",
+    "missing_store",
+    "publish_study",
+    "publish_study_view",
+    "publish_trial",
+    "python_command",
+    "recipes",
+    "ui_command",
+    "ui_url",
+]
 
 
 def publish_study(client, info: StudyInfo, importance: bool = False):

@@ -21,8 +21,21 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards.ranking import rank_table
-from study.schema import (RESOLVED_ARTIFACT, ROLE_STUDY, ROLE_TRIAL, TAG_CONFIG, TAG_FRONT, TAG_RANK, TAG_REPEAT,
-                          TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, tag_filter)
+from study.schema import (
+    RESOLVED_ARTIFACT,
+    ROLE_STUDY,
+    ROLE_TRIAL,
+    TAG_CONFIG,
+    TAG_FRONT,
+    TAG_RANK,
+    TAG_REPEAT,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRIAL,
+    Status,
+    tag_filter,
+)
 from study.space import Param, active
 
 
@@ -69,22 +82,31 @@ class StudyInfo:
             raise StudyNotFound(str(e)) from None
         runs = _search_all(client, exps, wanted)
         if not runs:
-            known = sorted({r.data.tags.get(TAG_STUDY) for r in _search_all(client, exps, tag_filter(**{TAG_ROLE: ROLE_STUDY}))})
+            known = sorted(
+                {r.data.tags.get(TAG_STUDY) for r in _search_all(client, exps, tag_filter(**{TAG_ROLE: ROLE_STUDY}))}
+            )
             raise StudyNotFound(f"no study {study!r} in {client.tracking_uri}; studies there: {known or 'none'}")
         if len(runs) > 1:
-            raise StudyNotFound(f"{len(runs)} runs of study {study!r} in {client.tracking_uri} "
-                              f"(experiments {sorted({r.info.experiment_id for r in runs})}); expected one")
+            raise StudyNotFound(
+                f"{len(runs)} runs of study {study!r} in {client.tracking_uri} "
+                f"(experiments {sorted({r.info.experiment_id for r in runs})}); expected one"
+            )
         run = runs[0]
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 saved = json.loads(Path(client.download_artifacts(run.info.run_id, RESOLVED_ARTIFACT, tmp)).read_text())
         except Exception as e:  # MLflow raises its own (and OSError) for a missing artefact
-            raise StudyNotFound(f"study {study!r} (run {run.info.run_id}) has no {RESOLVED_ARTIFACT} artefact, which "
-                                f"holds its objectives and space; it was started before studies recorded it ({e})")
+            raise StudyNotFound(
+                f"study {study!r} (run {run.info.run_id}) has no {RESOLVED_ARTIFACT} artefact, which "
+                f"holds its objectives and space; it was started before studies recorded it ({e})"
+            )
         resolved = saved["resolved"]
-        space = {path: Param(path, kind, args, d.get("when", {}))
-                 for path, d in resolved["space"].items()
-                 for kind, args in d.items() if kind != "when"}
+        space = {
+            path: Param(path, kind, args, d.get("when", {}))
+            for path, d in resolved["space"].items()
+            for kind, args in d.items()
+            if kind != "when"
+        }
         objectives = [(o["metric"], o["mode"]) for o in resolved["study"]["objectives"]]
         return cls(study, run.info.experiment_id, run.info.run_id, objectives, space)
 
@@ -117,8 +139,7 @@ def _repeat(raw: str | None) -> int:
 
 
 def trial_runs(client, info: StudyInfo) -> list:
-    return _search_all(client, [info.experiment_id],
-                       tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_STUDY: info.name}))
+    return _search_all(client, [info.experiment_id], tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_STUDY: info.name}))
 
 
 def trial_table(info: StudyInfo, runs: list) -> pd.DataFrame:
@@ -131,23 +152,46 @@ def trial_table(info: StudyInfo, runs: list) -> pd.DataFrame:
     rows = []
     for run in runs:
         tags = run.data.tags
-        row = {"trial": tags.get(TAG_TRIAL), "run_id": run.info.run_id, "status": tags.get(TAG_STATUS, Status.RUNNING.value),
-               # the configuration this run repeats (a study from before repeats: its own trial id, repeat 0)
-               TAG_CONFIG: tags.get(TAG_CONFIG) or tags.get(TAG_TRIAL), TAG_REPEAT: _repeat(tags.get(TAG_REPEAT))}
+        row = {
+            "trial": tags.get(TAG_TRIAL),
+            "run_id": run.info.run_id,
+            "status": tags.get(TAG_STATUS, Status.RUNNING.value),
+            # the configuration this run repeats (a study from before repeats: its own trial id, repeat 0)
+            TAG_CONFIG: tags.get(TAG_CONFIG) or tags.get(TAG_TRIAL),
+            TAG_REPEAT: _repeat(tags.get(TAG_REPEAT)),
+        }
         values: dict = {}
         for path, p in info.space.items():  # sampling order: a condition is decided before what it gates
             if active(p, values):
                 values[path] = _param(p, run.data.params.get(path))
         row.update({path: values.get(path) for path in info.space})
-        row.update({k: v for k, v in sorted(run.data.metrics.items())
-                    if not k.startswith(("train/loss_lm_", "target/sigma_", "importance/"))})
+        row.update(
+            {
+                k: v
+                for k, v in sorted(run.data.metrics.items())
+                if not k.startswith(("train/loss_lm_", "target/sigma_", "importance/"))
+            }
+        )
         rows.append(row)
     columns = ["trial", "run_id", "status", TAG_CONFIG, TAG_REPEAT, *info.space, *[m for m, _ in info.objectives]]
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
     table = rank_table(table, info.objectives)
-    first = list(dict.fromkeys(["trial", "status", TAG_RANK, TAG_FRONT, *[m for m, _ in info.objectives], *info.space,
-                                TAG_CONFIG, TAG_REPEAT]))
+    first = list(
+        dict.fromkeys(
+            [
+                "trial",
+                "status",
+                TAG_RANK,
+                TAG_FRONT,
+                *[m for m, _ in info.objectives],
+                *info.space,
+                TAG_CONFIG,
+                TAG_REPEAT,
+            ]
+        )
+    )
     table = table[first + [c for c in table.columns if c not in first and c != "run_id"] + ["run_id"]]
     primary, mode = info.objectives[0]
-    return table.sort_values([TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True],
-                             na_position="last", ignore_index=True)
+    return table.sort_values(
+        [TAG_RANK, primary, "trial"], ascending=[True, mode == "min", True], na_position="last", ignore_index=True
+    )

@@ -59,8 +59,9 @@ def landmark_styles(k: int) -> list[tuple[tuple[float, float, float], str]]:
     return [(palette[n % 20], SIGMA_STYLES[(n // 20) % len(SIGMA_STYLES)]) for n in range(k)]
 
 
-def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]] | None = None,
-              names: list[str] | None = None) -> Path:
+def sigma_png(
+    sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]] | None = None, names: list[str] | None = None
+) -> Path:
     """σ per landmark over epochs (the adaloss paper, figs 6 and 7), SIGMA_PNG_SIZE px.
 
     sigma: index = epoch (1-based), one column per landmark index k (0..K-1), σ in input pixels.
@@ -82,8 +83,9 @@ def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]
     marker = "o" if len(epochs) <= 1 else None  # a single epoch is a point, not a line
     cols = {int(c): c for c in sigma.columns}
     if sigma.empty or not np.isfinite(sigma.to_numpy(dtype=float)).any():
-        ax.text(0.5, 0.5, "no σ recorded yet", transform=ax.transAxes, ha="center", va="center",
-                fontsize=16, color="#666")
+        ax.text(
+            0.5, 0.5, "no σ recorded yet", transform=ax.transAxes, ha="center", va="center", fontsize=16, color="#666"
+        )
     elif groups:
         colors = plt.get_cmap("tab10")
         for g, (name, idx) in enumerate(groups.items()):
@@ -97,16 +99,31 @@ def sigma_png(sigma: pd.DataFrame, path, title: str, groups: dict[str, list[int]
             c = colors(g % 10)
             ax.fill_between(epochs, lo, hi, color=c, alpha=0.18, lw=0)
             ax.plot(epochs, mean, color=c, lw=2, marker=marker, label=f"{name} ({len(present)})")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=10, title="region\n(mean, min–max)",
-                  title_fontsize=9, frameon=False, alignment="left")
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=10,
+            title="region\n(mean, min–max)",
+            title_fontsize=9,
+            frameon=False,
+            alignment="left",
+        )
     else:
         keys = sorted(cols)
         styles = landmark_styles(max(keys) + 1)
         for k in keys:
             color, style = styles[k]
             label = f"{k} {names[k]}" if names and k < len(names) else f"landmark {k}"
-            ax.plot(epochs, sigma[cols[k]].to_numpy(dtype=float), color=color, ls=style, lw=1.6, alpha=0.9,
-                    marker=marker, label=label)
+            ax.plot(
+                epochs,
+                sigma[cols[k]].to_numpy(dtype=float),
+                color=color,
+                ls=style,
+                lw=1.6,
+                alpha=0.9,
+                marker=marker,
+                label=label,
+            )
         _beside(fig, ax, len(keys), "landmark" if names else None)
     if len(epochs):
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -119,9 +136,20 @@ def _beside(fig, ax, n: int, title: str | None) -> None:
     w, h = fig.bbox.width, fig.bbox.height
     ncol = max(1, math.ceil(n / 25))
     fontsize = 9 if n <= 20 else 8 if ncol == 1 else 7
-    legend = fig.legend(*ax.get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1 - 8 / w, 1 - 50 / h),
-                        ncol=ncol, fontsize=fontsize, frameon=False, title=title, title_fontsize=9,
-                        alignment="left", handlelength=2.6, columnspacing=1.0, labelspacing=0.3)
+    legend = fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="upper right",
+        bbox_to_anchor=(1 - 8 / w, 1 - 50 / h),
+        ncol=ncol,
+        fontsize=fontsize,
+        frameon=False,
+        title=title,
+        title_fontsize=9,
+        alignment="left",
+        handlelength=2.6,
+        columnspacing=1.0,
+        labelspacing=0.3,
+    )
     width = legend.get_window_extent(fig.canvas.get_renderer()).width
     ax.set_position((80 / w, 65 / h, max(0.3, 1 - (80 + 24 + 8 + width) / w), 1 - 120 / h))
 
@@ -148,8 +176,11 @@ def ced_summary(errors: np.ndarray, unit: str, threshold: float) -> dict[str, fl
     if not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"ced: threshold must be a finite number > 0, got {threshold!r}")
     e = ced_errors(errors, unit)
-    return {"n": int(e.size), "mean": float(e.mean()) if e.size else math.nan,
-            "auc": metrics.auc(torch.from_numpy(e), threshold)}
+    return {
+        "n": int(e.size),
+        "mean": float(e.mean()) if e.size else math.nan,
+        "auc": metrics.auc(torch.from_numpy(e), threshold),
+    }
 
 
 def ced_png(errors: np.ndarray, unit: str, threshold: float, path, title: str) -> Path:
@@ -185,17 +216,26 @@ def ced_png(errors: np.ndarray, unit: str, threshold: float, path, title: str) -
         ys = np.concatenate([y[under], [y[under][-1]]])
         ax.fill_between(xs, ys, step="post", color="#1f4e79", alpha=0.15, lw=0, label=f"AUC@{threshold:g} {sym}")
     else:
-        ax.text(0.5, 0.5, "no finite errors", transform=ax.transAxes, ha="center", va="center",
-                fontsize=16, color="#666")
+        ax.text(
+            0.5, 0.5, "no finite errors", transform=ax.transAxes, ha="center", va="center", fontsize=16, color="#666"
+        )
     ax.axvline(threshold, color="#c0392b", ls="--", lw=1.5, label=f"threshold {threshold:g} {sym}")
     what = "landmarks" if mm else "images"
     lines = [f"AUC@{threshold:g} {sym} = {s['auc']:.3f}", f"mean = {s['mean']:.3g} {sym}", f"n = {s['n']} {what}"]
     beyond = int((e > xmax).sum())
     if beyond:
         lines.append(f"{100 * beyond / e.size:.0f} % beyond {xmax:g} {sym}")
-    ax.text(0.97, 0.05, "\n".join(lines),
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=11, family="DejaVu Sans Mono",
-            bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="#999"))
+    ax.text(
+        0.97,
+        0.05,
+        "\n".join(lines),
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=11,
+        family="DejaVu Sans Mono",
+        bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="#999"),
+    )
     ax.legend(loc="upper left", fontsize=10, framealpha=0.9)
     return save(fig, path)
 
@@ -225,8 +265,7 @@ def overlay_png_size(n: int, height: int, width: int) -> tuple[int, int]:
     (max(620, 300·cols + 8·(cols - 1)), 64 + rows·(round(300·H / W) + 28)).
     """
     rows, cols = _grid(n)
-    return (max(OVERLAY_MIN_W, _row_w(cols)),
-            OVERLAY_HEADER_PX + rows * (_panel_h(height, width) + OVERLAY_TITLE_PX))
+    return (max(OVERLAY_MIN_W, _row_w(cols)), OVERLAY_HEADER_PX + rows * (_panel_h(height, width) + OVERLAY_TITLE_PX))
 
 
 def _panels(images: np.ndarray, title: str, what: str) -> tuple[plt.Figure, list]:
@@ -258,8 +297,15 @@ def _panels(images: np.ndarray, title: str, what: str) -> tuple[plt.Figure, list
     return fig, axes
 
 
-def overlays_png(images: np.ndarray, gt: np.ndarray, pred: np.ndarray, path, title: str,
-                 errors: np.ndarray | None = None, unit: str = "mm") -> Path:
+def overlays_png(
+    images: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    path,
+    title: str,
+    errors: np.ndarray | None = None,
+    unit: str = "mm",
+) -> Path:
     """Ground truth (green circles) and predictions (red crosses) on the images, overlay_png_size px.
 
     images: (n, H, W) uint8, n ≤ 8; gt, pred: (n, K, 2) (x, y) input pixels, pixel centres at integers;
@@ -282,16 +328,27 @@ def overlays_png(images: np.ndarray, gt: np.ndarray, pred: np.ndarray, path, tit
         ax.plot(q[ok_q, 0], q[ok_q, 1], "x", ms=4 if small else 7, color=PRED_COLOR, mew=1.3, ls="")
         label = f"image {i + 1}"
         if errors is not None:
-            m = ced_errors(np.asarray(errors, dtype=float)[i:i + 1], "nme")  # the row's mean, in either unit
+            m = ced_errors(np.asarray(errors, dtype=float)[i : i + 1], "nme")  # the row's mean, in either unit
             label = (f"mean {m[0]:.2f} mm" if unit == "mm" else f"NME {m[0]:.1f} %") if m.size else "none annotated"
         ax.set_title(label, fontsize=10, pad=4)
-    handles = [Line2D([], [], marker="o", ls="", mfc="none", mec=GT_COLOR, mew=1.5, ms=8, label="ground truth"),
-               Line2D([], [], marker="x", ls="", color=PRED_COLOR, mew=1.5, ms=8, label="prediction"),
-               Line2D([], [], color=LINK_COLOR, lw=1.5, label="error")]
+    handles = [
+        Line2D([], [], marker="o", ls="", mfc="none", mec=GT_COLOR, mew=1.5, ms=8, label="ground truth"),
+        Line2D([], [], marker="x", ls="", color=PRED_COLOR, mew=1.5, ms=8, label="prediction"),
+        Line2D([], [], color=LINK_COLOR, lw=1.5, label="error"),
+    ]
     fh = fig.bbox.height
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, 1 - 32 / fh), ncol=3, fontsize=9,
-               frameon=False, handletextpad=0.3, columnspacing=1.0, borderaxespad=0.2,
-               facecolor="white")
+    fig.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0, 1 - 32 / fh),
+        ncol=3,
+        fontsize=9,
+        frameon=False,
+        handletextpad=0.3,
+        columnspacing=1.0,
+        borderaxespad=0.2,
+        facecolor="white",
+    )
     return save(fig, path)
 
 
@@ -309,14 +366,28 @@ def heatmaps_png(images: np.ndarray, heatmaps: np.ndarray, stride: int, path, ti
         hh, ww = hm[i].shape
         # Opacity √h: weak secondary peaks stay visible, zero stays transparent. Bilinear keeps the
         # peak's value (Agg's "bicubic" is a smoothing B-spline that dims a one-pixel peak).
-        ax.imshow(hm[i], cmap="inferno", vmin=0, vmax=1, alpha=0.8 * np.sqrt(hm[i]), interpolation="bilinear",
-                  extent=(-0.5, ww * stride - 0.5, hh * stride - 0.5, -0.5))
+        ax.imshow(
+            hm[i],
+            cmap="inferno",
+            vmin=0,
+            vmax=1,
+            alpha=0.8 * np.sqrt(hm[i]),
+            interpolation="bilinear",
+            extent=(-0.5, ww * stride - 0.5, hh * stride - 0.5, -0.5),
+        )
         H, W = np.asarray(images).shape[1:]
         ax.set_xlim(-0.5, W - 0.5)  # imshow of the heatmap widened the limits to its own extent
         ax.set_ylim(H - 0.5, -0.5)
         ax.set_aspect("auto")
         ax.set_title(f"image {i + 1}  (max {hm[i].max():.2f})", fontsize=10, pad=4)
     fw, fh = fig.bbox.width, fig.bbox.height
-    fig.text(8 / fw, 1 - 38 / fh, f"max over landmarks of normalised heatmaps, stride {stride}", ha="left",
-             va="top", fontsize=9, color="#444")
+    fig.text(
+        8 / fw,
+        1 - 38 / fh,
+        f"max over landmarks of normalised heatmaps, stride {stride}",
+        ha="left",
+        va="top",
+        fontsize=9,
+        color="#444",
+    )
     return save(fig, path)

@@ -65,14 +65,27 @@ def publish_trial(client, run_id: str, train_dir: str, primary: tuple[str, str],
             if preview is not None:
                 label = f"epoch {epoch} (best {metric})"
                 unit = str(preview["unit"])
-                trial_plots.ced_png(preview["errors"], unit, float(preview["ced_threshold"]), out / "plots" / "ced.png",
-                              f"CED, {label}")
+                trial_plots.ced_png(
+                    preview["errors"], unit, float(preview["ced_threshold"]), out / "plots" / "ced.png", f"CED, {label}"
+                )
                 if "images" in preview:
                     n_errors = preview["errors"][: len(preview["images"])]
-                    trial_plots.overlays_png(preview["images"], preview["gt"], preview["pred"], out / "plots" / "overlays.png",
-                                       f"prediction (red) vs ground truth (green), {label}", errors=n_errors, unit=unit)
-                    trial_plots.heatmaps_png(preview["images"], preview["heatmaps"].astype(np.float32),
-                                       int(preview["stride"]), out / "plots" / "heatmaps.png", f"heatmaps, {label}")
+                    trial_plots.overlays_png(
+                        preview["images"],
+                        preview["gt"],
+                        preview["pred"],
+                        out / "plots" / "overlays.png",
+                        f"prediction (red) vs ground truth (green), {label}",
+                        errors=n_errors,
+                        unit=unit,
+                    )
+                    trial_plots.heatmaps_png(
+                        preview["images"],
+                        preview["heatmaps"].astype(np.float32),
+                        int(preview["stride"]),
+                        out / "plots" / "heatmaps.png",
+                        f"heatmaps, {label}",
+                    )
         if found:  # the final test's tables ride in the last checkpoint
             last, _ = found[-1]
             for info in fs.get_file_info(pyarrow.fs.FileSelector(last)):
@@ -83,8 +96,13 @@ def publish_trial(client, run_id: str, train_dir: str, primary: tuple[str, str],
             if not sigma.empty:
                 groups = FACE68_REGIONS if sigma.shape[1] == 68 else None
                 dataset = client.get_run(run_id).data.params.get("data.dataset")  # the trial's whole config is logged
-                trial_plots.sigma_png(sigma, out / "plots" / "sigma.png", "Adaloss: target σ per landmark", groups=groups,
-                                      names=landmark_names(dataset, int(max(sigma.columns)) + 1))
+                trial_plots.sigma_png(
+                    sigma,
+                    out / "plots" / "sigma.png",
+                    "Adaloss: target σ per landmark",
+                    groups=groups,
+                    names=landmark_names(dataset, int(max(sigma.columns)) + 1),
+                )
         for sub in ("checkpoint", "plots", "tables"):
             files = sorted(p.name for p in (out / sub).iterdir())
             if files:

@@ -80,8 +80,11 @@ def python_command() -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -> int:
     p = argparse.ArgumentParser(prog=prog, description="Start the MLflow UI on a study store.")
-    p.add_argument("--tracking-uri", default=None,
-                   help="store to browse (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="store to browse (default: MLFLOW_TRACKING_URI, else sqlite:///studies/mlflow.db)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     args = p.parse_args(argv)
@@ -93,12 +96,25 @@ def main(argv: list[str] | None = None, prog: str = "python -m dashboards.ui") -
         print(f"{uri} is a tracking server already: open it in a browser")
         return 0
     # This interpreter's mlflow: `.venv/bin/python -m dashboards.ui` works without an activated venv.
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)\n  {shlex.join(cmd)}", flush=True)
     links = study_links(uri, args.host, args.port)
     if links:
-        print("open, once it answers (a minute or two on a busy machine), each study's trials:\n  "
-              + "\n  ".join(links), flush=True)
+        print(
+            "open, once it answers (a minute or two on a busy machine), each study's trials:\n  " + "\n  ".join(links),
+            flush=True,
+        )
     return serve(cmd)
 
 
@@ -199,8 +215,7 @@ def _alive(pgid: int, pids: set[int]) -> set[int]:
             return {pgid}
         except (ProcessLookupError, PermissionError):
             return set()
-    return {pid for pid, (state, _, group) in table.items()
-            if (pid in pids or group == pgid) and state != "Z"}
+    return {pid for pid, (state, _, group) in table.items() if (pid in pids or group == pgid) and state != "Z"}
 
 
 if __name__ == "__main__":

@@ -63,8 +63,11 @@ def trials_view(study: str, objectives: Sequence[tuple[str, str]], searched: Seq
     """The saved view's state: the study's trial runs, best primary objective first, with the
     status, Pareto rank, objectives, costs and searched params as columns in that order."""
     metrics = list(dict.fromkeys([m for m, _ in objectives] + list(COST_COLUMNS)))
-    columns = ([column("tags", TAG_STATUS), column("tags", TAG_RANK)] + [column("metrics", m) for m in metrics]
-               + [column("params", p) for p in searched])
+    columns = (
+        [column("tags", TAG_STATUS), column("tags", TAG_RANK)]
+        + [column("metrics", m) for m in metrics]
+        + [column("params", p) for p in searched]
+    )
     primary, mode = objectives[0]
     return {
         "searchFilter": tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_STUDY: study}),
@@ -76,17 +79,23 @@ def trials_view(study: str, objectives: Sequence[tuple[str, str]], searched: Seq
     }
 
 
-def view_tags(study: str, objectives: Sequence[tuple[str, str]], searched: Sequence[str],
-              now_ms: int | None = None) -> dict[str, str]:
+def view_tags(
+    study: str, objectives: Sequence[tuple[str, str]], searched: Sequence[str], now_ms: int | None = None
+) -> dict[str, str]:
     """The experiment tags that make study_url open the study's trials: {tag: value}."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    envelope = {"name": f"study {study}: trials", "createdAt": now_ms, "updatedAt": now_ms,
-                "state": json.dumps(trials_view(study, objectives, searched))}
+    envelope = {
+        "name": f"study {study}: trials",
+        "createdAt": now_ms,
+        "updatedAt": now_ms,
+        "state": json.dumps(trials_view(study, objectives, searched)),
+    }
     return {KIND_TAG: KIND, VIEW_TAG_PREFIX + view_key(study): json.dumps(envelope)}
 
 
-def publish_study_view(client, experiment_id: str, study: str, objectives: Sequence[tuple[str, str]],
-                       searched: Sequence[str]) -> None:
+def publish_study_view(
+    client, experiment_id: str, study: str, objectives: Sequence[tuple[str, str]], searched: Sequence[str]
+) -> None:
     """Tag the study's experiment (view_tags); a saved view already there keeps its creation time.
     An experiment whose kind a user already chose keeps it."""
     tags = client.get_experiment(experiment_id).tags
@@ -107,14 +116,20 @@ def publish_study_view(client, experiment_id: str, study: str, objectives: Seque
 def saved_studies(client) -> list[tuple[str, str]]:
     """(experiment id, study) of every study view (publish_study_view) in the store, in experiment order."""
     prefix = VIEW_TAG_PREFIX + view_key("")
-    return [(e.experiment_id, tag.removeprefix(prefix)) for e in client.search_experiments()
-            for tag in sorted(e.tags) if tag.startswith(prefix)]
+    return [
+        (e.experiment_id, tag.removeprefix(prefix))
+        for e in client.search_experiments()
+        for tag in sorted(e.tags)
+        if tag.startswith(prefix)
+    ]
 
 
 def study_url(base: str, experiment_id: str, study: str) -> str:
     """The link that opens the study's trial runs in the UI at `base` (http://host:port)."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={WORKFLOW}"
-            f"&viewStateShareKey={view_key(study)}")
+    return (
+        f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={WORKFLOW}"
+        f"&viewStateShareKey={view_key(study)}"
+    )
 
 
 def trial_note(row, objectives: Sequence[tuple[str, str]], searched: Sequence[str], study: str) -> str:

@@ -30,26 +30,49 @@ class Command:
     def same_as(self) -> str:
         """The `python -m` command line this one runs."""
         first, _, rest = self.synopsis.partition(" ")
-        return " ".join(["python -m", self.module, first, *self.args, rest]) if first.isupper() else \
-            " ".join(["python -m", self.module, self.synopsis])
+        return (
+            " ".join(["python -m", self.module, first, *self.args, rest])
+            if first.isupper()
+            else " ".join(["python -m", self.module, self.synopsis])
+        )
 
 
 COMMANDS = {
-    "run": Command("study.run", (), "SPEC [options]",
-                   "validate a spec, search it on Ray (a local one or --address), record it in MLflow"),
-    "validate": Command("study.run", ("--dry-run",), "SPEC [--set path=value ...]",
-                        "check a spec and print the resolved study and its first trials; starts nothing"),
-    "pareto": Command("dashboards.pareto", (), "STUDY [--tracking-uri URI]",
-                      "recompute a study's comparison from MLflow and print its Pareto front"),
-    "ui": Command("dashboards.ui", (), "[--tracking-uri URI] [--port N]",
-                  "open the MLflow UI on a study store (127.0.0.1; Ctrl-C stops it)"),
+    "run": Command(
+        "study.run",
+        (),
+        "SPEC [options]",
+        "validate a spec, search it on Ray (a local one or --address), record it in MLflow",
+    ),
+    "validate": Command(
+        "study.run",
+        ("--dry-run",),
+        "SPEC [--set path=value ...]",
+        "check a spec and print the resolved study and its first trials; starts nothing",
+    ),
+    "pareto": Command(
+        "dashboards.pareto",
+        (),
+        "STUDY [--tracking-uri URI]",
+        "recompute a study's comparison from MLflow and print its Pareto front",
+    ),
+    "ui": Command(
+        "dashboards.ui",
+        (),
+        "[--tracking-uri URI] [--port N]",
+        "open the MLflow UI on a study store (127.0.0.1; Ctrl-C stops it)",
+    ),
 }
 
 
 def usage() -> str:
-    lines = [f"usage: {PROG} COMMAND [ARGS ...]", "",
-             "Hyperparameter studies for anatomical landmark detection (Ray Tune + Optuna + Ray Train, in MLflow).",
-             "", "commands:"]
+    lines = [
+        f"usage: {PROG} COMMAND [ARGS ...]",
+        "",
+        "Hyperparameter studies for anatomical landmark detection (Ray Tune + Optuna + Ray Train, in MLflow).",
+        "",
+        "commands:",
+    ]
     for name, c in COMMANDS.items():
         lines += [f"  {name} {c.synopsis}", f"      {c.summary}", f"      = {c.same_as()}"]
     lines += ["", f"`{PROG} COMMAND --help` lists a command's options."]
@@ -64,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     command = COMMANDS.get(name)
     if command is None:
-        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} "
-              f"(`{PROG} --help` says what each does)", file=sys.stderr)
+        print(
+            f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} "
+            f"(`{PROG} --help` says what each does)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     module = importlib.import_module(command.module)
     return module.main([*rest[:1], *command.args, *rest[1:]], prog=f"{PROG} {name}")

@@ -28,20 +28,26 @@ def resource_problems(res: Resources, nodes: list[dict[str, float]]) -> list[str
     need = res.per_worker()
     out = []
     for key, amount in need.items():
-        path = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}.get(key, f"resources.custom.{key}")
+        path = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}.get(
+            key, f"resources.custom.{key}"
+        )
         most = max((n.get(key, 0.0) for n in nodes), default=0.0)
         total = sum(n.get(key, 0.0) for n in nodes)
         if most == 0 and key not in ("CPU", "GPU"):
             have = sorted({k for n in nodes for k in n if not k.startswith(("node:", "accelerator_type"))})
             out.append(f"{path}: no node of the cluster has a {key!r} resource; it has {', '.join(have)}")
         elif amount > most:
-            out.append(f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
-                       f"({len(nodes)} node(s), {total:g} {key} in all)")
+            out.append(
+                f"{path}: each worker needs {amount:g} {key} but the largest node has {most:g} "
+                f"({len(nodes)} node(s), {total:g} {key} in all)"
+            )
     if not out:
         fits = workers_that_fit(res, nodes)
         if res.workers > fits:
-            out.append(f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
-                       f"holds only {fits} at once")
+            out.append(
+                f"resources.workers: {res.workers} workers of {_fmt_request(need)} each, but the cluster "
+                f"holds only {fits} at once"
+            )
     return out
 
 
@@ -71,8 +77,11 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
             ray.init(address=address, **kwargs)
         except ConnectionError as e:
             raise StudyError(f"cannot join the Ray cluster at {address}: {e}") from None
-        print(f"joined Ray cluster at {address}: {describe_resources(ray.cluster_resources())} "
-              f"on {len(alive_nodes())} node(s)", flush=True)
+        print(
+            f"joined Ray cluster at {address}: {describe_resources(ray.cluster_resources())} "
+            f"on {len(alive_nodes())} node(s)",
+            flush=True,
+        )
         return None
     else:
         # When ASHA stops a trial, Tune kills its driver ungracefully, and Train V2 frees that
@@ -86,8 +95,9 @@ def init_ray(address: str | None, verbose: bool, dashboard: bool) -> str | None:
             # recently started Ray (/tmp/ray/ray_current_cluster), which need not be this one: name
             # ours to every worker explicitly.
             port = _free_port()
-            kwargs.update(dashboard_port=port,
-                          runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+            kwargs.update(
+                dashboard_port=port, runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
+            )
         # One node that no autoscaler drains: Train's preemption watcher (one more actor process per
         # trial, started beside the worker and polling the node's drain state) has nothing to watch, and
         # its start competes with the worker's for the CPUs. Joined clusters keep it.
@@ -142,8 +152,10 @@ def _init_with_one_retry(**kwargs):
             raise
         why = str(e).strip().splitlines()[0].split(". ")[0]
     left = stop_failed_start(began)
-    print(f"note: Ray's local start failed ({why}); stopped the {len(left)} process(es) it left and "
-          f"trying once more", flush=True)
+    print(
+        f"note: Ray's local start failed ({why}); stopped the {len(left)} process(es) it left and trying once more",
+        flush=True,
+    )
     return ray.init(address="local", **kwargs)
 
 
@@ -183,26 +195,37 @@ def plan(spec: Spec) -> tuple[int, int]:
     nodes = alive_nodes()
     problems = resource_problems(spec.resources, nodes)
     if problems:
-        raise SpecError(spec.source, problems + [f"(the cluster: {describe_resources(ray.cluster_resources())} "
-                                                 f"on {len(nodes)} node(s))"])
+        raise SpecError(
+            spec.source,
+            problems + [f"(the cluster: {describe_resources(ray.cluster_resources())} on {len(nodes)} node(s))"],
+        )
     trials = spec.study.trials
     if spec.study.sampler == "grid":
         points = len(spec.grid())
         if trials != points:
-            print(f"note: the grid has {points} points; running {min(trials, points)} of them"
-                  + (" (in a seeded random order)" if trials < points else f", not study.trials {trials}"), flush=True)
+            print(
+                f"note: the grid has {points} points; running {min(trials, points)} of them"
+                + (" (in a seeded random order)" if trials < points else f", not study.trials {trials}"),
+                flush=True,
+            )
         trials = min(trials, points)
     need = spec.resources.per_worker()
     fits = max(1, workers_that_fit(spec.resources, nodes) // spec.resources.workers)
     if spec.study.concurrency > fits:
-        print(f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
-              f"of {spec.resources.workers} × {describe_resources(need)}); the extra trials will wait", flush=True)
+        print(
+            f"warning: study.concurrency {spec.study.concurrency} is more than the cluster holds ({fits} trials "
+            f"of {spec.resources.workers} × {describe_resources(need)}); the extra trials will wait",
+            flush=True,
+        )
     return max(1, min(spec.study.concurrency or fits, trials * spec.study.repeats)), trials
 
 
 def describe_resources(resources: dict) -> str:
     """'2 CPU, 1 GPU, 1 worker_node': CPU and GPU first, then custom resources by name (Ray's order varies)."""
-    shown = [k for k in resources if k in ("CPU", "GPU") or not k.startswith(
-        ("node:", "memory", "object_store_memory", "accelerator_type"))]
+    shown = [
+        k
+        for k in resources
+        if k in ("CPU", "GPU") or not k.startswith(("node:", "memory", "object_store_memory", "accelerator_type"))
+    ]
     shown.sort(key=lambda k: (k not in ("CPU", "GPU"), k))
     return ", ".join(f"{resources[k]:g} {k}" for k in shown) or "no resources"

@@ -35,17 +35,28 @@ STUDIES = {"fidelity_adaloss": "adaloss.yaml", "fidelity_farnet": "farnet.yaml",
 NEEDS_TEACHER = ("fidelity_farnet", "fidelity_crosstask")
 TEACHER = "teacher_resnet18.pt"
 # A smoke run: 1 epoch, 64×32 inputs, a handful of images, one repeat (claims computed, none judged).
-TINY = ["study.repeats=1", "base.train.epochs=1", "base.data.input_size=[64,32]",
-        "base.data.phantom.num_train=8", "base.data.phantom.num_test1=4", "base.data.phantom.num_test2=4",
-        "base.train.batch_size=4"]
+TINY = [
+    "study.repeats=1",
+    "base.train.epochs=1",
+    "base.data.input_size=[64,32]",
+    "base.data.phantom.num_train=8",
+    "base.data.phantom.num_test1=4",
+    "base.data.phantom.num_test2=4",
+    "base.train.batch_size=4",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.fidelity", description=__doc__.split("\n\n")[0])
     p.add_argument("--storage", default="studies", help="study storage folder, as study.storage (default: studies)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else <storage>/mlflow.db)")
-    p.add_argument("--out", type=Path, default=Path("reports/fidelity.md"), help="the report (default: reports/fidelity.md)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else <storage>/mlflow.db)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("reports/fidelity.md"), help="the report (default: reports/fidelity.md)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the fidelity studies (study.run --resume)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from MLflow")
     p.add_argument("--tiny", action="store_true", help="a smoke run in minutes: 1 epoch, tiny inputs, one repeat")
@@ -69,15 +80,18 @@ def teacher(path: Path, tiny: bool) -> dict:
     if tiny:
         cfg.epochs, cfg.input_size = 1, (64, 32)
         cfg.phantom.num_train, cfg.phantom.num_test1 = 16, 8
-    _log(f"teacher: training a {cfg.backbone} to classify phantom poses ({cfg.phantom.num_train} images, "
-         f"{cfg.epochs} epochs) -> {path}")
+    _log(
+        f"teacher: training a {cfg.backbone} to classify phantom poses ({cfg.phantom.num_train} images, "
+        f"{cfg.epochs} epochs) -> {path}"
+    )
     figures = pretrain(cfg, path, log=lambda m: _log("  " + m))
     figures_file.write_text(json.dumps(figures, indent=1))
     return figures
 
 
-def run_spec(name: str, storage: str, tracking_uri: str | None, teacher_path: Path, resume: bool,
-             tiny: bool, address: str | None) -> tuple[int, list[str]]:
+def run_spec(
+    name: str, storage: str, tracking_uri: str | None, teacher_path: Path, resume: bool, tiny: bool, address: str | None
+) -> tuple[int, list[str]]:
     """`python -m study.run` on one fidelity spec, in this process (its output passed through);
     (exit status, the command)."""
     from study.run import main as study_run
@@ -113,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         figures = teacher(teacher_path, args.tiny)
         times["teacher"] = time.time() - t
-        commands.append(shlex.join(["python", "-m", "trainables.pretrain", str(teacher_path)])
-                        .replace(os.getcwd() + os.sep, ""))
+        commands.append(
+            shlex.join(["python", "-m", "trainables.pretrain", str(teacher_path)]).replace(os.getcwd() + os.sep, "")
+        )
         from study.cluster import init_ray
 
         init_ray(args.address, verbose=False, dashboard=True)  # one Ray for the three studies: seconds each saved
@@ -126,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             times[f"study {name}"] = time.time() - t
             commands.append("python " + shlex.join(cmd[1:]).replace(os.getcwd() + os.sep, ""))
             if code != 0:
-                _log(f"study {name} ended with exit status {code}; fix what it printed, then rerun with --resume "
-                     "(or --report-only for what finished)")
+                _log(
+                    f"study {name} ended with exit status {code}; fix what it printed, then rerun with --resume "
+                    "(or --report-only for what finished)"
+                )
                 return 1 if code != 2 else 2
         times["total"] = time.time() - start
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -138,18 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     from dashboards.publish import fidelity_report, log_fidelity_report, missing_store
 
     if missing_store(uri):  # --report-only on a store that was never written: say so, create nothing
-        print(f"error: no MLflow store at {uri}; run python -m study.fidelity without --report-only first, "
-              "or pass the --storage / --tracking-uri the studies used", file=sys.stderr)
+        print(
+            f"error: no MLflow store at {uri}; run python -m study.fidelity without --report-only first, "
+            "or pass the --storage / --tracking-uri the studies used",
+            file=sys.stderr,
+        )
         return 2
 
     out = args.out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    context = {"figure": out.with_suffix(".png"), "teacher": figures, "times": times,
-               "commands": commands or ["(--report-only: the studies ran earlier, without a record of how)"],
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu() or 'no GPU'}",
-               "scale": "tiny" if args.tiny else "full",
-               "command": "python -m study.fidelity" + (" --tiny" if args.tiny else "")}
+    context = {
+        "figure": out.with_suffix(".png"),
+        "teacher": figures,
+        "times": times,
+        "commands": commands or ["(--report-only: the studies ran earlier, without a record of how)"],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu() or 'no GPU'}",
+        "scale": "tiny" if args.tiny else "full",
+        "command": "python -m study.fidelity" + (" --tiny" if args.tiny else ""),
+    }
     client = MlflowClient(uri)
     try:
         report = fidelity_report(client, context)
@@ -161,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     report.claims.to_csv(claims_csv, index=False)
     run_id = log_fidelity_report(client, [out, context["figure"], claims_csv], report, context)
     counts = report.claims["verdict"].value_counts()
-    _log(f"wrote {out} ({', '.join(f'{counts.get(v, 0)} {v}' for v in ('held', 'not held', 'unclear'))} of "
-         f"{len(report.claims)} claims) and {context['figure'].name}; MLflow run {run_id} in experiment "
-         f"fidelity-report at {uri}" + (f"; {times['total'] / 60:.1f} min in all" if "total" in times else ""))
+    _log(
+        f"wrote {out} ({', '.join(f'{counts.get(v, 0)} {v}' for v in ('held', 'not held', 'unclear'))} of "
+        f"{len(report.claims)} claims) and {context['figure'].name}; MLflow run {run_id} in experiment "
+        f"fidelity-report at {uri}" + (f"; {times['total'] / 60:.1f} min in all" if "total" in times else "")
+    )
     for _, r in report.claims.iterrows():
         print(f"  {r['verdict']:>8}  {r['source']}: {r['claim']}")
     return 0

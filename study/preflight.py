@@ -26,10 +26,15 @@ ADDRESS_TIMEOUT_S = 5.0  # a Ray head that does not accept a TCP connection in t
 STORE_TIMEOUT_S = 15.0  # an object store that does not answer in this long is unreachable
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 # SQLAlchemy's default driver per database, and the pip package that brings it.
-DB_DRIVERS = {"postgresql": ("psycopg", "psycopg[binary]"), "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
-              "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"), "mysql": ("MySQLdb", "mysqlclient"),
-              "mysql+pymysql": ("pymysql", "pymysql"), "mssql": ("pyodbc", "pyodbc"),
-              "mssql+pyodbc": ("pyodbc", "pyodbc")}
+DB_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+    "mssql": ("pyodbc", "pyodbc"),
+    "mssql+pyodbc": ("pyodbc", "pyodbc"),
+}
 
 
 def redact(uri: str) -> str:
@@ -55,8 +60,12 @@ def strip_credentials(uri: str) -> tuple[str, str | None, str | None]:
 
 def preflight(spec: Spec, tracking_uri: str | None, address: str | None) -> list[str]:
     """What stops the study from running here, one line each (empty: go ahead)."""
-    return (storage_problems(spec) + tracking_problems(tracking_uri) + optuna_storage_problems(spec)
-            + address_problems(address))
+    return (
+        storage_problems(spec)
+        + tracking_problems(tracking_uri)
+        + optuna_storage_problems(spec)
+        + address_problems(address)
+    )
 
 
 def optuna_storage_problems(spec: Spec) -> list[str]:
@@ -66,14 +75,20 @@ def optuna_storage_problems(spec: Spec) -> list[str]:
     shown = f"study.optuna_storage {redact(url)}"
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme.split("+")[0] not in ("sqlite", "postgresql", "mysql"):
-        return [f"{shown}: expected '' (a journal file in the study folder), 'none' or a database URL "
-                f"(sqlite:///PATH, postgresql://..., mysql://...)"]
+        return [
+            f"{shown}: expected '' (a journal file in the study folder), 'none' or a database URL "
+            f"(sqlite:///PATH, postgresql://..., mysql://...)"
+        ]
     if scheme in DB_DRIVERS and importlib.util.find_spec(DB_DRIVERS[scheme][0]) is None:
-        return [f"{shown}: the database driver {DB_DRIVERS[scheme][0]!r} is not installed; "
-                f"pip install '{DB_DRIVERS[scheme][1]}'"]
+        return [
+            f"{shown}: the database driver {DB_DRIVERS[scheme][0]!r} is not installed; "
+            f"pip install '{DB_DRIVERS[scheme][1]}'"
+        ]
     if "@" in urlsplit(url).netloc and urlsplit(url).password:
-        return [f"{shown}: a password in the spec would be saved with it; use a URL without one (e.g. a "
-                f"~/.pgpass file or PGPASSWORD)"]
+        return [
+            f"{shown}: a password in the spec would be saved with it; use a URL without one (e.g. a "
+            f"~/.pgpass file or PGPASSWORD)"
+        ]
     return []
 
 
@@ -83,8 +98,10 @@ def storage_problems(spec: Spec) -> list[str]:
     if "://" in storage and not storage.startswith("file://"):
         parts = urlsplit(storage)
         if "@" in parts.netloc:
-            return [f"{where}: credentials in the storage URI would be saved in Ray's state; give them through "
-                    f"the usual variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) instead"]
+            return [
+                f"{where}: credentials in the storage URI would be saved in Ray's state; give them through "
+                f"the usual variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) instead"
+            ]
         return _object_store_problems(spec.location, where)
     folder = Path(spec.location)
     for part in folder.parts:
@@ -186,24 +203,31 @@ def address_problems(address: str | None) -> list[str]:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        return [f"{flag} {address}: expected HOST:PORT (the head's GCS port, 6379 by default), 'auto' or "
-                f"ray://HOST:PORT"]
+        return [
+            f"{flag} {address}: expected HOST:PORT (the head's GCS port, 6379 by default), 'auto' or ray://HOST:PORT"
+        ]
     try:
         with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
             pass
     except OSError as e:
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        return [f"{flag} {address}: no Ray cluster answers there ({why}); start one with `ray start --head`, "
-                f"or leave out --address for a local Ray"]
+        return [
+            f"{flag} {address}: no Ray cluster answers there ({why}); start one with `ray start --head`, "
+            f"or leave out --address for a local Ray"
+        ]
     if address.startswith("ray://") or not cluster_wants_token(hostport):
         return []
     token, where = ray_token()
     if token is None:
-        return [f"{flag} {address}: the Ray cluster there wants its token (Ray's token authentication); give it "
-                f"with RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE or the head's ~/.ray/auth_token copied here"]
+        return [
+            f"{flag} {address}: the Ray cluster there wants its token (Ray's token authentication); give it "
+            f"with RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE or the head's ~/.ray/auth_token copied here"
+        ]
     if cluster_wants_token(hostport, token):
-        return [f"{flag} {address}: the Ray cluster there refuses the token in {where}; give the head's "
-                f"(its ~/.ray/auth_token, or the RAY_AUTH_TOKEN it was started with)"]
+        return [
+            f"{flag} {address}: the Ray cluster there refuses the token in {where}; give the head's "
+            f"(its ~/.ray/auth_token, or the RAY_AUTH_TOKEN it was started with)"
+        ]
     return []
 
 
@@ -229,8 +253,11 @@ def cluster_wants_token(hostport: str, token: str | None = None, timeout_s: floa
     import grpc  # Ray's own dependency; imported here, so that a study without --address never needs it
 
     with grpc.insecure_channel(hostport) as channel:
-        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
-                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        call = channel.unary_unary(
+            "/ray.rpc.NodeInfoGcsService/GetClusterId",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
         try:
             call(b"", timeout=timeout_s, metadata=[("authorization", f"Bearer {token}")] if token else [])
         except grpc.RpcError as e:

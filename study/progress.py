@@ -72,30 +72,44 @@ class Progress(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Tune retries the trial (its process or node was lost): it resumes from its checkpoint.
         self.restarts[trial.trial_id] = 0  # a new Train controller counts from 0 again
-        print(f"[{self._clock()}] restarted {trial.trial_id} (its process was lost; it resumes from its latest "
-              f"checkpoint)", flush=True)
+        print(
+            f"[{self._clock()}] restarted {trial.trial_id} (its process was lost; it resumes from its latest "
+            f"checkpoint)",
+            flush=True,
+        )
 
     def _restarted(self, trial, epoch: int, restarts: int) -> None:
         most = self.spec.resources.max_failures
-        print(f"[{self._clock()}] restarted {trial.trial_id} from epoch {epoch} ({restarts}/"
-              f"{'∞' if most < 0 else most})", flush=True)
+        print(
+            f"[{self._clock()}] restarted {trial.trial_id} from epoch {epoch} ({restarts}/{'∞' if most < 0 else most})",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done = _ended(trials, trial)
         early = stopped_early(trial, self.spec)
         outcome = f"stopped early at epoch {trial.last_result.get('epoch')}" if early else "finished"
-        print(f"[{self._clock()}] {outcome}  {self.name(trial, trials)}  ({self.done}/{self.trials} trials done, "
-              f"{_running(trials, trial)})", flush=True)
+        print(
+            f"[{self._clock()}] {outcome}  {self.name(trial, trials)}  ({self.done}/{self.trials} trials done, "
+            f"{_running(trials, trial)})",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done = _ended(trials, trial)
         if error_outcome(trial) == Status.DIVERGED:
             epoch = (trial.last_result or {}).get("epoch", 0) + 1
-            print(f"[{self._clock()}] diverged {self.name(trial, trials)} at epoch {epoch} (NaN/inf train/loss)  "
-                  f"({self.done}/{self.trials} trials done)", flush=True)
+            print(
+                f"[{self._clock()}] diverged {self.name(trial, trials)} at epoch {epoch} (NaN/inf train/loss)  "
+                f"({self.done}/{self.trials} trials done)",
+                flush=True,
+            )
             return
-        print(f"[{self._clock()}] FAILED {self.name(trial, trials)}  ({self.done}/{self.trials}); "
-              f"see {trial.local_path}/error.txt", flush=True)
+        print(
+            f"[{self._clock()}] FAILED {self.name(trial, trials)}  ({self.done}/{self.trials}); "
+            f"see {trial.local_path}/error.txt",
+            flush=True,
+        )
 
     def name(self, trial, trials=()) -> str:
         """The trial id, and with repeats its configuration and repeat: `1b312452 (config 2, repeat 2/3)`.

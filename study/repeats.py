@@ -63,8 +63,9 @@ class RepeatSearch(Searcher):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
-        return _set_search_properties_backwards_compatible(self.searcher.set_search_properties, metric, mode,
-                                                           config, **spec)
+        return _set_search_properties_backwards_compatible(
+            self.searcher.set_search_properties, metric, mode, config, **spec
+        )
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         group = self.groups.get(self.open) if self.open else None
@@ -80,8 +81,12 @@ class RepeatSearch(Searcher):
         self.trial_group[trial_id] = self.open
         config = copy.deepcopy(group["config"])
         # train.seed may itself be searched: repeats then vary around the sampled seed
-        return {**config, TAG_CONFIG: self.open, TAG_REPEAT: repeat,
-                SEED: int(config.get(SEED, self.base_seed)) + repeat}
+        return {
+            **config,
+            TAG_CONFIG: self.open,
+            TAG_REPEAT: repeat,
+            SEED: int(config.get(SEED, self.base_seed)) + repeat,
+        }
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.trial_group.get(trial_id) == trial_id:  # the first repeat: the Optuna trial's own id
@@ -167,10 +172,16 @@ class RepeatASHA(ASHAScheduler):
     """ASHA (one bracket) that compares configurations on the mean of their repeats at each rung
     (_ConfigBracket); with one repeat per configuration it decides as ASHA does."""
 
-    def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float):
-        super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
-                         reduction_factor=reduction_factor, brackets=1)
+    def __init__(self, time_attr: str, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float):
+        super().__init__(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=max_t,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+            brackets=1,
+        )
         self._brackets = [_ConfigBracket(grace_period, max_t, reduction_factor, 0)]
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

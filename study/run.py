@@ -33,18 +33,36 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     p.add_argument("spec", help="study spec YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved study and exit")
     p.add_argument("--resume", action="store_true", help="continue the study of this name from its storage")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: continue even though the spec changed (base: and resources: edits apply "
-                        "to the trials still to run)")
-    p.add_argument("--break-lock", action="store_true",
-                   help="take over the study's lock from a driver on another host that is gone for good")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a spec field, e.g. --set study.trials=8 --set base.train.epochs=3")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even though the spec changed (base: and resources: edits apply "
+        "to the trials still to run)",
+    )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take over the study's lock from a driver on another host that is gone for good",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field, e.g. --set study.trials=8 --set base.train.epochs=3",
+    )
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the storage folder)")
-    p.add_argument("--storage", default=None,
-                   help="study storage folder or URI, shared by all nodes on a cluster (overrides study.storage)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the storage folder)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="study storage folder or URI, shared by all nodes on a cluster (overrides study.storage)",
+    )
     p.add_argument("--trials", type=int, default=None, help="number of trials (overrides study.trials)")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' own log lines here too")
     return p.parse_args(argv)
@@ -54,16 +72,22 @@ def describe(spec: Spec) -> str:
     s, r = spec.study, spec.resources
     grid = f"; the grid has {len(spec.grid())} points" if s.sampler == "grid" else ""
     custom = "".join(f" + {v:g} {k}" for k, v in r.custom.items())
-    lines = [f"study {s.name!r} from {spec.source}",
-             f"  objectives: {', '.join(f'{o.mode} {o.metric}' for o in s.objectives)}",
-             f"  search: {s.trials} trials"
-             + (f" (configurations), each trained {s.repeats} times (train.seed + 0..{s.repeats - 1}): "
-                f"{spec.total_trials} Tune trials" if s.repeats > 1 else "")
-             + f", sampler {s.sampler} (seed {s.seed}), "
-             f"early stopping {spec.describe_scheduler()}{grid}",
-             f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
-             f"  storage: {redact(spec.location)}",
-             "  space (in sampling order):"]
+    lines = [
+        f"study {s.name!r} from {spec.source}",
+        f"  objectives: {', '.join(f'{o.mode} {o.metric}' for o in s.objectives)}",
+        f"  search: {s.trials} trials"
+        + (
+            f" (configurations), each trained {s.repeats} times (train.seed + 0..{s.repeats - 1}): "
+            f"{spec.total_trials} Tune trials"
+            if s.repeats > 1
+            else ""
+        )
+        + f", sampler {s.sampler} (seed {s.seed}), "
+        f"early stopping {spec.describe_scheduler()}{grid}",
+        f"  per trial: {r.workers} Train worker(s) × {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU{custom}",
+        f"  storage: {redact(spec.location)}",
+        "  space (in sampling order):",
+    ]
     lines += [f"    {p.path:<26} {p.describe()}" for p in spec.space.values()] or ["    (empty: one config)"]
     lines.append("  base config:")
     lines += [f"    {k:<32} {v}" for k, v in flatten(spec.base).items()]
@@ -122,8 +146,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the bare URI is passed on explicitly
     problems = preflight(spec, tracking_uri, args.address)
     if problems:
-        print(f"error: {len(problems)} problem(s) with where the study would run; nothing was started:",
-              file=sys.stderr)
+        print(
+            f"error: {len(problems)} problem(s) with where the study would run; nothing was started:", file=sys.stderr
+        )
         for line in problems:
             print(f"  {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -133,16 +158,25 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     t0 = time.monotonic()
     try:
-        result = run_study(spec, address=args.address, tracking_uri=tracking_uri, resume=args.resume,
-                           force=args.force, verbose=args.verbose, break_lock=args.break_lock)
+        result = run_study(
+            spec,
+            address=args.address,
+            tracking_uri=tracking_uri,
+            resume=args.resume,
+            force=args.force,
+            verbose=args.verbose,
+            break_lock=args.break_lock,
+        )
     except SpecError as e:  # resources the cluster cannot provide
         return _spec_problems(e)
     except (StudyError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Stopped as e:  # before Tune ran: no trial had started
-        print(f"\n{e}: stopped before the search began; nothing new ran (the same command starts it again)",
-              file=sys.stderr)
+        print(
+            f"\n{e}: stopped before the search began; nothing new ran (the same command starts it again)",
+            file=sys.stderr,
+        )
         return 128 + e.signum
     wall = time.monotonic() - t0
 
@@ -159,22 +193,29 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     n = len(result.table)
     print(f"\n{n} trials ({result.num_errors} failed or diverged) in {wall:.0f} s")
     print(f"study state:  {result.study_dir}")
-    print(f"MLflow:       {result.tracking_uri}  (experiment {experiment_name(spec)!r}, "
-          f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)")
+    print(
+        f"MLflow:       {result.tracking_uri}  (experiment {experiment_name(spec)!r}, "
+        f"{n + 1} runs: the study and one per trial; the comparison is in the study run's pareto/)"
+    )
     # Every command printed below is quoted for a POSIX shell (shlex): a storage path with a space pastes as it is.
     uri = result.tracking_uri
     print(f"open the UI:  {ui_command(uri)}")
     print(f"              or: {python_command()} -m dashboards.ui {shlex.join(['--tracking-uri', uri])}")
     print(f"then open:    {ui_url(uri, result.experiment_id, spec.study.name)}")
-    print("              (the study's trials with their objectives and costs; MLflow's own start page is its GenAI view)")
-    print(f"the front:    {python_command()} -m dashboards.pareto "
-          f"{shlex.join([spec.study.name, '--tracking-uri', uri])}")
+    print(
+        "              (the study's trials with their objectives and costs; MLflow's own start page is its GenAI view)"
+    )
+    print(
+        f"the front:    {python_command()} -m dashboards.pareto {shlex.join([spec.study.name, '--tracking-uri', uri])}"
+    )
     # This interpreter, as named above (no activated venv needed), unless called as `landmark-study run`.
     again = resume_command(f"{python_command()} -m study.run" if prog == PROG else prog, argv)
     if result.undelivered:
-        print(f"\nMLflow did not answer: {result.undelivered} results are queued in {result.study_dir}/"
-              f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n  {again}",
-              file=sys.stderr)
+        print(
+            f"\nMLflow did not answer: {result.undelivered} results are queued in {result.study_dir}/"
+            f"mlflow_outbox.jsonl and not in MLflow yet; once the server is back, deliver them with\n  {again}",
+            file=sys.stderr,
+        )
     if result.interrupted:
         by = f" by {result.stopped_by}" if result.stopped_by else ""
         print(f"\ninterrupted{by}: the state is saved; continue with\n  {again}", file=sys.stderr)

@@ -45,8 +45,10 @@ def tag_filter(**tags: str) -> str:
     """
     for key, value in tags.items():
         if any(c in str(value) for c in "'\\`\"") or "`" in key:
-            raise ValueError(f"tag {key}: {value!r} cannot be used in an MLflow filter (quotes, backslashes and "
-                             f"backticks are not allowed in study names)")
+            raise ValueError(
+                f"tag {key}: {value!r} cannot be used in an MLflow filter (quotes, backslashes and "
+                f"backticks are not allowed in study names)"
+            )
     return " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
 
 

@@ -103,8 +103,9 @@ def make_sampler(spec: "Spec") -> optuna.samplers.BaseSampler:
         # experimental; their warning would print once per study and say nothing to the user.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                              n_startup_trials=startup_trials(spec.study.trials))
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, n_startup_trials=startup_trials(spec.study.trials)
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":

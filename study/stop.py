@@ -61,7 +61,11 @@ class GracefulStop:
         tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's handler while Tuner.fit runs
         if not callable(tune_stop):
             raise Stopped(signum)
-        print(f"\n{name} received: stopping the study (trials stop at their last checkpoint, the state is saved; "
-              f"a second signal ends it at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{name} received: stopping the study (trials stop at their last checkpoint, the state is saved; "
+            f"a second signal ends it at once)",
+            file=sys.stderr,
+            flush=True,
+        )
         quiet_tunes_stop()  # Tune's words speak of Ctrl-C and Tuner.restore; the study prints its --resume line
         tune_stop(signal.SIGUSR1, frame)

@@ -74,11 +74,18 @@ def check_unchanged(spec: Spec, storage: StudyStorage, force: bool) -> None:
     kept = [c for c in changes if c.split(".")[0] in ("study", "space")]
     print(f"warning: resuming with an edited spec (--force):\n{lines}", flush=True)
     if kept:
-        print("  study: and space: changes do not apply: the saved search keeps its objectives, sampler and "
-              "space; base: and resources: changes apply to the trials still to run", flush=True)
+        print(
+            "  study: and space: changes do not apply: the saved search keeps its objectives, sampler and "
+            "space; base: and resources: changes apply to the trials still to run",
+            flush=True,
+        )
     # What the study runs with from now on: the new base and resources, the original search.
-    storage.write(SNAPSHOT, json.dumps({"source": spec.source, "resolved": {**new, "study": old["study"],
-                                                                              "space": old["space"]}}, indent=1))
+    storage.write(
+        SNAPSHOT,
+        json.dumps(
+            {"source": spec.source, "resolved": {**new, "study": old["study"], "space": old["space"]}}, indent=1
+        ),
+    )
 
 
 def spec_diff(old: dict, new: dict) -> list[str]:
@@ -86,8 +93,10 @@ def spec_diff(old: dict, new: dict) -> list[str]:
 
     def lines(spec: dict) -> dict:
         # a space entry is one line ("loguniform: [0.0001, 0.01]"), not one per distribution key
-        space = {f"space.{path}": " ".join(f"{k}: {v}" for k, v in dist.items())
-                 for path, dist in spec.get("space", {}).items()}
+        space = {
+            f"space.{path}": " ".join(f"{k}: {v}" for k, v in dist.items())
+            for path, dist in spec.get("space", {}).items()
+        }
         # an empty mapping (resources.custom) adds no line
         return {**flatten({k: v for k, v in spec.items() if k != "space"}), **space}
 

@@ -76,33 +76,43 @@ def open_study_run(uri: str, spec: Spec) -> StudyRun:
         exp_id = client.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
-    found = client.search_runs(
-        [exp_id], filter_string=tag_filter(**{TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.study.name})
-    )
+    found = client.search_runs([exp_id], filter_string=tag_filter(**{TAG_ROLE: ROLE_STUDY, TAG_STUDY: spec.study.name}))
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         env = environment()
-        tags = {TAG_STUDY: spec.study.name, TAG_ROLE: ROLE_STUDY, "mlflow.source.name": "study.run",
-                **{f"version.{k}": v for k, v in env["packages"].items() if k in PACKAGES[:5]}}
+        tags = {
+            TAG_STUDY: spec.study.name,
+            TAG_ROLE: ROLE_STUDY,
+            "mlflow.source.name": "study.run",
+            **{f"version.{k}": v for k, v in env["packages"].items() if k in PACKAGES[:5]},
+        }
         if env["git"].get("commit"):
             tags |= {TAG_COMMIT: env["git"]["commit"], "git.dirty": str(env["git"]["dirty"]).lower()}
         run = client.create_run(exp_id, run_name=spec.study.name, tags=tags)
         run_id = run.info.run_id
-        client.log_batch(run_id, params=[
-            Param("study.objectives", ", ".join(f"{o.metric} ({o.mode})" for o in spec.study.objectives)),
-            Param("study.sampler", spec.study.sampler),
-            Param("study.scheduler", spec.study.scheduler.type),
-            Param("study.trials", str(spec.study.trials)),
-            Param("study.repeats", str(spec.study.repeats)),
-            Param("study.space", "; ".join(f"{p.path} ~ {p.describe()}" for p in spec.space.values())[:6000]),
-        ])
+        client.log_batch(
+            run_id,
+            params=[
+                Param("study.objectives", ", ".join(f"{o.metric} ({o.mode})" for o in spec.study.objectives)),
+                Param("study.sampler", spec.study.sampler),
+                Param("study.scheduler", spec.study.scheduler.type),
+                Param("study.trials", str(spec.study.trials)),
+                Param("study.repeats", str(spec.study.repeats)),
+                Param("study.space", "; ".join(f"{p.path} ~ {p.describe()}" for p in spec.space.values())[:6000]),
+            ],
+        )
         client.log_text(run_id, spec.text, "spec.yaml")
         client.log_dict(run_id, {"source": spec.source, "resolved": spec.resolved()}, RESOLVED_ARTIFACT)
         client.log_dict(run_id, env, "environment.json")
-    publish_study_view(client, exp_id, spec.study.name,  # what the UI link opens: the trials, objectives, costs
-                       [(o.metric, o.mode) for o in spec.study.objectives], list(spec.space))
+    publish_study_view(
+        client,
+        exp_id,
+        spec.study.name,  # what the UI link opens: the trials, objectives, costs
+        [(o.metric, o.mode) for o in spec.study.objectives],
+        list(spec.space),
+    )
     return StudyRun(exp_id, run_id)
 
 

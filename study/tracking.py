@@ -24,15 +24,35 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from dashboards.publish import StudyInfo, publish_study, publish_trial
-from study.schema import (FINAL, ROLE_TRIAL, TAG_CONFIG, TAG_NODE, TAG_NODE_IP, TAG_PARENT, TAG_REPEAT, TAG_RESTARTS,
-                          TAG_ROLE, TAG_STATUS, TAG_STUDY, TAG_TRIAL, Status, error_outcome, tag_filter)
+from study.schema import (
+    FINAL,
+    ROLE_TRIAL,
+    TAG_CONFIG,
+    TAG_NODE,
+    TAG_NODE_IP,
+    TAG_PARENT,
+    TAG_REPEAT,
+    TAG_RESTARTS,
+    TAG_ROLE,
+    TAG_STATUS,
+    TAG_STUDY,
+    TAG_TRIAL,
+    Status,
+    error_outcome,
+    tag_filter,
+)
 from study.faults.outbox import Outbox, unreachable
 from study.spec import Spec
 from study.study_run import StudyRun
-from study.trial import (RESTARTS, RESUMED_CHECKPOINT, checkpoint_history, completed_outcome, furthest_history,
-                         train_run_name)
+from study.trial import (
+    RESTARTS,
+    RESUMED_CHECKPOINT,
+    checkpoint_history,
+    completed_outcome,
+    furthest_history,
+    train_run_name,
+)
 from trainables.config import flatten
-
 
 
 class MlflowTracking(Outbox, Callback):
@@ -49,8 +69,13 @@ class MlflowTracking(Outbox, Callback):
         self.study_run = study_run
         self.study_name = spec.study.name
         self.spec = spec
-        self.info = StudyInfo(spec.study.name, study_run.experiment_id, study_run.run_id,
-                              [(o.metric, o.mode) for o in spec.study.objectives], dict(spec.space))
+        self.info = StudyInfo(
+            spec.study.name,
+            study_run.experiment_id,
+            study_run.run_id,
+            [(o.metric, o.mode) for o in spec.study.objectives],
+            dict(spec.space),
+        )
         self.train_storage = train_storage  # the Train runs' checkpoints: the trial pictures come from there
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
@@ -66,7 +91,6 @@ class MlflowTracking(Outbox, Callback):
         state["_client"] = None
         return state
 
-
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
@@ -74,7 +98,6 @@ class MlflowTracking(Outbox, Callback):
         return self._client
 
     # --- the outbox ---------------------------------------------------------------------------
-
 
     def _apply(self, event: dict) -> None:
         op, tid, config = event["op"], event.get("tid"), event.get("config", {})
@@ -108,8 +131,12 @@ class MlflowTracking(Outbox, Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if RESUMED_CHECKPOINT in result:  # a resumed run: first the epochs before its checkpoint's that MLflow lacks
             checkpoint = result[RESUMED_CHECKPOINT]
-            self._replay(trial, lambda: checkpoint_history(self.train_storage, trial.trial_id, checkpoint),
-                         before=result.get("epoch"), what=f"the history of {checkpoint}")
+            self._replay(
+                trial,
+                lambda: checkpoint_history(self.train_storage, trial.trial_id, checkpoint),
+                before=result.get("epoch"),
+                what=f"the history of {checkpoint}",
+            )
         self._enqueue({"op": "result", "tid": trial.trial_id, "config": trial.config, "result": _loggable(result)})
 
     def _replay(self, trial, read_history, before, what: str) -> None:
@@ -121,13 +148,22 @@ class MlflowTracking(Outbox, Callback):
         try:
             history = read_history()
         except Exception as e:  # noqa: BLE001 - unreadable storage: the study goes on, but say what may be missing
-            print(f"warning: trial {tid}: {what} was not read ({e!r}); epochs in it that MLflow lacks stay missing",
-                  flush=True)
+            print(
+                f"warning: trial {tid}: {what} was not read ({e!r}); epochs in it that MLflow lacks stay missing",
+                flush=True,
+            )
             return
         logged = self._logged_epochs.get(tid, set())
-        for earlier in sorted((m for m in history if isinstance(m.get("epoch"), int) and m["epoch"] not in logged
-                               and (before is None or (isinstance(before, int) and m["epoch"] < before))),
-                              key=lambda m: m["epoch"]):
+        for earlier in sorted(
+            (
+                m
+                for m in history
+                if isinstance(m.get("epoch"), int)
+                and m["epoch"] not in logged
+                and (before is None or (isinstance(before, int) and m["epoch"] < before))
+            ),
+            key=lambda m: m["epoch"],
+        ):
             self._enqueue({"op": "result", "tid": tid, "config": trial.config, "result": _loggable(earlier)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -138,18 +174,36 @@ class MlflowTracking(Outbox, Callback):
         # Tune calls this before it marks the trial TERMINATED: the epoch count decides.
         status = completed_outcome(trial, self.spec)
         self.outcomes[trial.trial_id] = status
-        self._enqueue({"op": "end", "tid": trial.trial_id, "config": trial.config, "status": status.value,
-                       "run_status": RunStatus.FINISHED})
+        self._enqueue(
+            {
+                "op": "end",
+                "tid": trial.trial_id,
+                "config": trial.config,
+                "status": status.value,
+                "run_status": RunStatus.FINISHED,
+            }
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # Workers that failed for good may have checkpointed epochs that never came as results; the run gets
         # the best checkpoint, so it gets those epochs too (from the furthest checkpoint's history).
-        self._replay(trial, lambda: furthest_history(self.train_storage, trial.trial_id), before=None,
-                     what="the history of the trial's furthest checkpoint")
+        self._replay(
+            trial,
+            lambda: furthest_history(self.train_storage, trial.trial_id),
+            before=None,
+            what="the history of the trial's furthest checkpoint",
+        )
         status = error_outcome(trial)
         self.outcomes[trial.trial_id] = status
-        self._enqueue({"op": "end", "tid": trial.trial_id, "config": trial.config, "status": status.value,
-                       "run_status": RunStatus.FAILED})
+        self._enqueue(
+            {
+                "op": "end",
+                "tid": trial.trial_id,
+                "config": trial.config,
+                "status": status.value,
+                "run_status": RunStatus.FAILED,
+            }
+        )
 
     def on_experiment_end(self, trials, **info):
         # After Ctrl-C Tune stops the running trials like finished ones (TERMINATED) but never
@@ -186,14 +240,20 @@ class MlflowTracking(Outbox, Callback):
         run = self.client.create_run(
             self.study_run.experiment_id,
             run_name=f"{self.study_name}-{tid.split('_')[-1]}",
-            tags={TAG_STUDY: self.study_name, TAG_ROLE: ROLE_TRIAL, TAG_TRIAL: tid, TAG_PARENT: self.study_run.run_id,
-                  # the configuration this run repeats (study.repeats); a trial without them is its own, repeat 0
-                  TAG_CONFIG: str(config.get(TAG_CONFIG, tid)), TAG_REPEAT: str(config.get(TAG_REPEAT, 0))},
+            tags={
+                TAG_STUDY: self.study_name,
+                TAG_ROLE: ROLE_TRIAL,
+                TAG_TRIAL: tid,
+                TAG_PARENT: self.study_run.run_id,
+                # the configuration this run repeats (study.repeats); a trial without them is its own, repeat 0
+                TAG_CONFIG: str(config.get(TAG_CONFIG, tid)),
+                TAG_REPEAT: str(config.get(TAG_REPEAT, 0)),
+            },
         )
         params = flatten(self.spec.trial_config(config))  # train.seed included: the repeat's seed
         logged = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(run.info.run_id, params=logged[i:i + 100])
+            self.client.log_batch(run.info.run_id, params=logged[i : i + 100])
         self._runs[tid] = run.info.run_id
         self._logged_epochs[tid] = set()
         return run.info.run_id
@@ -216,7 +276,10 @@ class MlflowTracking(Outbox, Callback):
             self._placed.discard(tid)  # a restarted trial may run on another node
         if tid not in self._placed and "worker_node_id" in result:  # once per driver session:
             self._placed.add(tid)  # a resumed trial may land on another node
-            tags += [RunTag(TAG_NODE, str(result["worker_node_id"])), RunTag(TAG_NODE_IP, str(result.get("worker_node_ip")))]
+            tags += [
+                RunTag(TAG_NODE, str(result["worker_node_id"])),
+                RunTag(TAG_NODE_IP, str(result.get("worker_node_ip"))),
+            ]
         if epoch is None or epoch in self._logged_epochs[tid]:
             if tags:  # a resumed trial re-reports its checkpoint's epoch: log each (trial, epoch) once
                 self.client.log_batch(run_id, tags=tags)
@@ -257,8 +320,13 @@ class MlflowTracking(Outbox, Callback):
     def _pictures(self, tid: str, config: dict, run_id: str) -> None:
         adaloss = self.spec.trial_config(config).target.schedule == "adaloss"
         try:
-            publish_trial(self.client, run_id, f"{self.train_storage}/{train_run_name(tid)}",
-                          self.info.objectives[0], adaloss=adaloss)
+            publish_trial(
+                self.client,
+                run_id,
+                f"{self.train_storage}/{train_run_name(tid)}",
+                self.info.objectives[0],
+                adaloss=adaloss,
+            )
         except Exception as e:  # a picture must never stop a study
             if unreachable(e):
                 raise  # the end event stays queued, pictures included
@@ -269,16 +337,23 @@ class MlflowTracking(Outbox, Callback):
         try:
             return publish_study(self.client, self.info, importance=importance)
         except Exception as e:
-            print(f"warning: the Pareto comparison was not updated: {e!r}; "
-                  f"`python -m dashboards.pareto {self.study_name} --write` redoes it", flush=True)
+            print(
+                f"warning: the Pareto comparison was not updated: {e!r}; "
+                f"`python -m dashboards.pareto {self.study_name} --write` redoes it",
+                flush=True,
+            )
             return None
 
 
 def _loggable(result: dict) -> dict:
     """What an outbox event keeps of a Tune result: the metrics, the epoch, the restarts and the node."""
-    return {k: v for k, v in result.items() if ("/" in k or k in ("epoch", RESTARTS, "worker_node_id", "worker_node_ip"))
-            and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-
+    return {
+        k: v
+        for k, v in result.items()
+        if ("/" in k or k in ("epoch", RESTARTS, "worker_node_id", "worker_node_ip"))
+        and isinstance(v, (int, float, str))
+        and not isinstance(v, bool)
+    }
 
 
 def _param_value(v) -> str:

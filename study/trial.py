@@ -33,8 +33,13 @@ from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import BROKEN, TRAIN_SNAPSHOT, TrainRun, filesystem
-from trainables.ray_adapter import (DIVERGED, FALLBACK_CHECKPOINT, RESUMED_CHECKPOINT,  # noqa: F401 (re-exported)
-                                    RESUMED_FROM, train_loop_per_worker)
+from trainables.ray_adapter import (
+    DIVERGED,
+    FALLBACK_CHECKPOINT,
+    RESUMED_CHECKPOINT,  # noqa: F401 (re-exported)
+    RESUMED_FROM,
+    train_loop_per_worker,
+)
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).
@@ -63,9 +68,15 @@ class TrialPayload:
 
     @classmethod
     def from_spec(cls, spec: Spec, train_storage: str) -> "TrialPayload":
-        return cls(spec.base, spec.resources.workers, spec.resources.gpus_per_worker > 0,
-                   spec.resources.per_worker(), train_storage, (spec.primary.metric, spec.primary.mode),
-                   spec.resources.max_failures)
+        return cls(
+            spec.base,
+            spec.resources.workers,
+            spec.resources.gpus_per_worker > 0,
+            spec.resources.per_worker(),
+            train_storage,
+            (spec.primary.metric, spec.primary.mode),
+            spec.resources.max_failures,
+        )
 
 
 RESTARTS = "restarts"  # result key: worker-group restarts of this Train run so far (no "/": not a metric)
@@ -176,8 +187,10 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     at once with the same error instead of training again.
     """
     trial_id = tune.get_context().get_trial_id()
-    for name, value in (("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S),
-                        ("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)):
+    for name, value in (
+        ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S),
+        ("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S),
+    ):
         os.environ.setdefault(name, value)  # this process's: Train hands the first on to the controller
     key = _controller_key(ray.get_runtime_context().get_job_id(), trial_id)
     outcome = _Outcome(payload.train_storage, train_run_name(trial_id))
@@ -189,8 +202,9 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
     trainer = _trainer_class(payload.workers)(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=payload.workers, use_gpu=payload.use_gpu,
-                                     resources_per_worker=payload.per_worker),
+        scaling_config=ScalingConfig(
+            num_workers=payload.workers, use_gpu=payload.use_gpu, resources_per_worker=payload.per_worker
+        ),
         run_config=RunConfig(
             name=train_run_name(trial_id),
             storage_path=payload.train_storage,
@@ -198,8 +212,9 @@ def trial_driver(config: dict, payload: TrialPayload) -> None:
             # The two best checkpointed epochs by the primary objective (their pictures and weights are
             # what the trial's MLflow run keeps); Train always keeps the latest too, which resumes. The
             # trainer checkpoints every epoch that improves it (train.checkpoint_metric, set by the spec).
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=payload.primary[0],
-                                               checkpoint_score_order=payload.primary[1]),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=payload.primary[0], checkpoint_score_order=payload.primary[1]
+            ),
             # A dead worker or node (SIGKILL, OOM, preemption) restarts the worker group from the
             # latest checkpoint; a NaN loss is not retried (see the except below).
             failure_config=FailureConfig(max_failures=payload.max_failures),

@@ -74,8 +74,10 @@ def run_study(
     StudyError, SpecError or ConnectionError before any trial starts when it cannot run."""
     storage = StudyStorage(spec)
     if storage.local is None and not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        raise StudyError(f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
-                         f"the default SQLite store needs a local folder")
+        raise StudyError(
+            f"study.storage is {spec.study.storage}: give --tracking-uri (an MLflow server), since "
+            f"the default SQLite store needs a local folder"
+        )
     with faults.driving(storage, break_lock):  # the lock, a killed driver's leftovers; a full disk in one line
         return _run_locked(spec, storage, address, tracking_uri, resume, force, verbose)
 
@@ -118,26 +120,39 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
     guard = faults.SpaceGuard(storage)  # first: stops the study before a full disk truncates its state
     callbacks = [guard, StopTrainRuns(spec), recorder, Progress(spec)]
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in spec.study.objectives)
-    trials = (f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
-              if spec.study.repeats > 1 else f"{num_samples} trials")
-    print(f"study {spec.study.name!r}: {trials}, up to {concurrency} at a time, {objectives}; "
-          f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}", flush=True)
+    trials = (
+        f"{configurations} configurations × {spec.study.repeats} repeats = {num_samples} trials"
+        if spec.study.repeats > 1
+        else f"{num_samples} trials"
+    )
+    print(
+        f"study {spec.study.name!r}: {trials}, up to {concurrency} at a time, {objectives}; "
+        f"sampler {spec.study.sampler}, scheduler {spec.describe_scheduler()}; state in {storage.uri}",
+        flush=True,
+    )
     if resume:
         tuner = faults.restore(storage, trainable, callbacks)  # with this run's callbacks, not the pickled ones
     else:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, storage), scheduler=_scheduler(spec), num_samples=num_samples,
+                search_alg=_searcher(spec, storage),
+                scheduler=_scheduler(spec),
+                num_samples=num_samples,
                 max_concurrent_trials=concurrency,
                 # The next trial's trial_driver runs in the process the last one ended in, its imports
                 # done: seconds per trial. A trial that ASHA stops has its Train run aborted at once
                 # (StopTrainRuns), so the kept process holds no training.
                 reuse_actors=True,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=storage.uri, callbacks=callbacks, verbose=0,
-                                      # a trial whose process or node is lost is retried (from its checkpoint)
-                                      failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=storage.uri,
+                callbacks=callbacks,
+                verbose=0,
+                # a trial whose process or node is lost is retried (from its checkpoint)
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            ),
         )
     grid = tuner.fit()
     if guard.short:  # stopped by the guard: the state is saved; MLflow has what it could take
@@ -154,12 +169,18 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
     # a batch system's grace period is short
     ranked = recorder.refresh(importance=not interrupted) if delivered else None
     if ranked is not None:
-        table.insert(table.columns.get_loc("status") + 1, TAG_RANK, table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"))
+        table.insert(
+            table.columns.get_loc("status") + 1,
+            TAG_RANK,
+            table["trial"].map(dict(zip(ranked["trial"], ranked[TAG_RANK]))).astype("Int64"),
+        )
         front = front_text(ranked, recorder.info)
     statuses = table["status"].value_counts()
-    summary = {"study/trials_finished": float(statuses.get(Status.FINISHED, 0) + statuses.get(Status.STOPPED_EARLY, 0)),
-               "study/trials_diverged": float(statuses.get(Status.DIVERGED, 0)),
-               "study/trials_failed": float(statuses.get(Status.FAILED, 0))}
+    summary = {
+        "study/trials_finished": float(statuses.get(Status.FINISHED, 0) + statuses.get(Status.STOPPED_EARLY, 0)),
+        "study/trials_diverged": float(statuses.get(Status.DIVERGED, 0)),
+        "study/trials_failed": float(statuses.get(Status.FAILED, 0)),
+    }
     for o in spec.study.objectives:
         best = table[o.metric].dropna() if o.metric in table else []
         if len(best):
@@ -173,8 +194,18 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
             if not faults.unreachable(e):
                 raise
             undelivered += 1
-    return StudyResult(table, uri, storage.uri, parent.experiment_id, parent.run_id, grid.num_errors,
-                       interrupted, front, undelivered, stop.received.name if stop.received else "")
+    return StudyResult(
+        table,
+        uri,
+        storage.uri,
+        parent.experiment_id,
+        parent.run_id,
+        grid.num_errors,
+        interrupted,
+        front,
+        undelivered,
+        stop.received.name if stop.received else "",
+    )
 
 
 OPTUNA_JOURNAL = "optuna.journal"  # in the study folder: what optuna-dashboard opens
@@ -216,8 +247,14 @@ def _scheduler(spec: Spec):
     # iteration count while its epoch continues. With repeats, configurations are compared on the
     # mean of their repeats at each rung (study.repeats.RepeatASHA).
     asha = RepeatASHA if spec.study.repeats > 1 else ASHAScheduler
-    return asha(time_attr="epoch", metric=spec.primary.metric, mode=spec.primary.mode,
-                         max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return asha(
+        time_attr="epoch",
+        metric=spec.primary.metric,
+        mode=spec.primary.mode,
+        max_t=s.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 _ACCURACY = ("val/mre_mm", "val/sdr_2mm", "val/nme", "val/fr")  # shown in the final table when reported
@@ -236,8 +273,12 @@ def _table(grid, spec: Spec, outcomes: dict[str, Status]) -> pd.DataFrame:
         m = res.metrics or {}
         tid = _trial_id(res)
         config = res.config or {}
-        row = {"trial": tid, TAG_CONFIG: config.get(TAG_CONFIG, tid), TAG_REPEAT: config.get(TAG_REPEAT, 0),
-               "status": Status(outcomes.get(tid, Status.INTERRUPTED)).value}
+        row = {
+            "trial": tid,
+            TAG_CONFIG: config.get(TAG_CONFIG, tid),
+            TAG_REPEAT: config.get(TAG_REPEAT, 0),
+            "status": Status(outcomes.get(tid, Status.INTERRUPTED)).value,
+        }
         row.update({k: (res.config or {}).get(k) for k in spec.space})  # no config: failed before starting
         row["epoch"] = m.get("epoch")
         for key in dict.fromkeys([*objectives, *_ACCURACY, "train/loss", "cost/epoch_s"]):
@@ -248,5 +289,6 @@ def _table(grid, spec: Spec, outcomes: dict[str, Status]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # A face study has no mm metrics and a ceph study no NME: show only what some trial reported.
     df = df.drop(columns=[k for k in _ACCURACY if k not in objectives and k in df and df[k].isna().all()])
-    return df.sort_values(spec.primary.metric, ascending=spec.primary.mode == "min", na_position="last",
-                          ignore_index=True)
+    return df.sort_values(
+        spec.primary.metric, ascending=spec.primary.mode == "min", na_position="last", ignore_index=True
+    )

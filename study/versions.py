@@ -12,8 +12,23 @@ from importlib import metadata
 
 # The stack, the first five also tagged on each study run. A release within pyproject's ranges that
 # breaks a test is found by comparing this list with the versions the suite last passed with (README, Install).
-PACKAGES = ("torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "pandas", "pyarrow", "plotly",
-            "scipy", "scikit-learn", "matplotlib", "pillow", "pyyaml", "landmark-study")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "ray",
+    "optuna",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "plotly",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+    "pillow",
+    "pyyaml",
+    "landmark-study",
+)
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:

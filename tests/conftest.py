@@ -26,8 +26,12 @@ def tiny_config(tmp_path) -> dict:
     """A trial config (nested dict) that trains in about a second per epoch."""
     return {
         "model": {"name": "unet", "width": 0.125},
-        "data": {"dataset": "phantom", "root": str(tmp_path / "phantom"), "input_size": [32, 24],
-                 "phantom": dict(TINY_PHANTOM)},
+        "data": {
+            "dataset": "phantom",
+            "root": str(tmp_path / "phantom"),
+            "input_size": [32, 24],
+            "phantom": dict(TINY_PHANTOM),
+        },
         "target": {"sigma": 2.0},
         "optim": {"lr": 3e-3},
         "train": {"epochs": 2, "batch_size": 4, "seed": 1, "device": "cpu"},
@@ -90,11 +94,19 @@ def s3_store():
     server.start()
     try:
         host, port = server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test-key",
-               "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": "us-east-1"}
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        env = {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "test-key",
+            "AWS_SECRET_ACCESS_KEY": "test-secret",
+            "AWS_REGION": "us-east-1",
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
         client.create_bucket(Bucket="studies")
         yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "studies", "env": env, "client": client}
     finally:

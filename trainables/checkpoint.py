@@ -66,8 +66,15 @@ BROKEN = ".broken"  # a state file that could not be read is kept under its name
 Report = Callable[[dict, "Path | None"], None]
 
 
-def report_with_checkpoint(report: Report, metrics: dict, rank: int, state: dict, tables: dict[str, str],
-                            preview: dict | None, history: list[dict] | None = None) -> None:
+def report_with_checkpoint(
+    report: Report,
+    metrics: dict,
+    rank: int,
+    state: dict,
+    tables: dict[str, str],
+    preview: dict | None,
+    history: list[dict] | None = None,
+) -> None:
     """Report with a checkpoint folder holding checkpoint.pt, the metrics (metrics.json: a run
     interrupted between saving and delivering them can report them again on resume), the metrics
     of every epoch so far (history.json, this one last), preview.npz (Scorer.preview) and, at the
@@ -110,7 +117,9 @@ class IncompleteCheckpoint(RuntimeError):
 def write_manifest(folder: Path) -> None:
     """Record every file's size in manifest.json, written to a temporary name and renamed: the
     manifest exists only once everything it lists has been written."""
-    sizes = {f.name: f.stat().st_size for f in sorted(Path(folder).iterdir()) if f.is_file() and f.name != MANIFEST_FILE}
+    sizes = {
+        f.name: f.stat().st_size for f in sorted(Path(folder).iterdir()) if f.is_file() and f.name != MANIFEST_FILE
+    }
     tmp = Path(folder) / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(sizes))
     tmp.replace(Path(folder) / MANIFEST_FILE)
@@ -124,8 +133,10 @@ def check_complete(folder: Path) -> None:
     except FileNotFoundError:
         problem = _unmanifested_problem(folder)
         if problem:
-            raise IncompleteCheckpoint(f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
-                                       f"(the process was killed or the disk was full): {problem}") from None
+            raise IncompleteCheckpoint(
+                f"{folder}: no {MANIFEST_FILE}, so its writing never finished "
+                f"(the process was killed or the disk was full): {problem}"
+            ) from None
         return
     except ValueError as e:
         raise IncompleteCheckpoint(f"{folder}/{MANIFEST_FILE}: unreadable ({e})") from None
@@ -133,8 +144,10 @@ def check_complete(folder: Path) -> None:
         path = folder / name
         have = path.stat().st_size if path.is_file() else None
         if have != size:
-            raise IncompleteCheckpoint(f"{path}: {'missing' if have is None else f'{have} bytes'}, the manifest "
-                                       f"says {size}; the checkpoint was not completely written or copied")
+            raise IncompleteCheckpoint(
+                f"{path}: {'missing' if have is None else f'{have} bytes'}, the manifest "
+                f"says {size}; the checkpoint was not completely written or copied"
+            )
 
 
 def _unmanifested_problem(folder: Path) -> str:
@@ -189,7 +202,11 @@ class TrainRun:
     def folders(self, entries: dict[str, pyarrow.fs.FileInfo] | None = None) -> list[pyarrow.fs.FileInfo]:
         """The run's checkpoint_* folders, by name ([] if there is no run); not the snapshot file."""
         entries = self._entries() if entries is None else entries
-        return [e for name, e in entries.items() if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory]
+        return [
+            e
+            for name, e in entries.items()
+            if name.startswith("checkpoint_") and e.type == pyarrow.fs.FileType.Directory
+        ]
 
     def read_json(self, name: str):
         """A JSON file of the run ("checkpoint_000003/history.json"); raises OSError or ValueError."""

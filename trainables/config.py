@@ -150,7 +150,9 @@ class LossConfig:
 @dataclass
 class DistillConfig:
     type: str = "none"  # registry trainables.distill.DISTILL_TERMS: none | cd | ed | both; none = plain fine-tuning
-    lambda_: float = 0.002  # λ in L = L_R + λ·L_D (cross-task eq 2; §3: 0.002), L_R summed over pixels as eq 1. YAML: distill.lambda
+    lambda_: float = (
+        0.002  # λ in L = L_R + λ·L_D (cross-task eq 2; §3: 0.002), L_R summed over pixels as eq 1. YAML: distill.lambda
+    )
     mu: float = 2.0  # μ, the softmax temperature of L_CD (eq 3; §3: 2)
     teacher: str = ""  # "" = a frozen copy of the student's initial backbone and classifier; or a weights file
 
@@ -173,7 +175,9 @@ class TrainConfig:
     channels_last: bool = False  # NHWC model and batches: the layout GPU tensor cores want for convolutions
     compile: bool = False  # torch.compile the model: fuses small kernels; the first steps pay the compilation
     checkpoint_every: int = 0  # a checkpoint every this many epochs (and the last); 0 = ceil(epochs / 30): at most 30
-    checkpoint_metric: str = ""  # also checkpoint each epoch that improves it; a study sets its primary objective; "" = none
+    checkpoint_metric: str = (
+        ""  # also checkpoint each epoch that improves it; a study sets its primary objective; "" = none
+    )
     checkpoint_mode: str = "min"  # min | max: which way checkpoint_metric improves
 
 

@@ -35,7 +35,9 @@ def forward_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, input_size: tuple[int, int], device, budget_s: float = 2.0, max_runs: int = 20) -> float:
+def latency_ms(
+    model: nn.Module, input_size: tuple[int, int], device, budget_s: float = 2.0, max_runs: int = 20
+) -> float:
     """Median forward time of one image; runs until max_runs or the time budget (at least 3 runs)."""
     was_training = model.training
     model.eval()

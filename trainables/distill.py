@@ -104,8 +104,10 @@ def distill_problems(cfg: DistillConfig, model_cfg: ModelConfig) -> list[str]:
         return []
     out = []
     if model_cfg.name == "unet":
-        out.append(f"distill.type: {cfg.type} needs a model with a pretrained backbone and classifier "
-                   "(model.name farnet or simple_baseline); the U-Net has none")
+        out.append(
+            f"distill.type: {cfg.type} needs a model with a pretrained backbone and classifier "
+            "(model.name farnet or simple_baseline); the U-Net has none"
+        )
     if not cfg.lambda_ >= 0:
         out.append(f"distill.lambda: must be ≥ 0, got {cfg.lambda_}")
     if "cd" in DISTILL_TERMS[cfg.type] and not cfg.mu > 0:
@@ -117,7 +119,9 @@ def distill_problems(cfg: DistillConfig, model_cfg: ModelConfig) -> list[str]:
         if problem:
             out.append(problem.renamed("distill.teacher"))
     elif model_cfg.weights == "none":
-        out.append("distill.teacher: the default teacher is the student's initial backbone, but model.weights "
-                   "is none (random weights); set model.weights to imagenet or a weights file, or "
-                   "distill.teacher to a weights file")
+        out.append(
+            "distill.teacher: the default teacher is the student's initial backbone, but model.weights "
+            "is none (random weights); set model.weights to imagenet or a weights file, or "
+            "distill.teacher to a weights file"
+        )
     return out

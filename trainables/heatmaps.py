@@ -91,8 +91,7 @@ def on_map(coords: Tensor, sigma: Tensor, size: tuple[int, int], stride: int = 1
     h, w = size
     reach = REACH * sigma.to(coords).expand(coords.shape[:2])
     x, y = coords[..., 0], coords[..., 1]  # NaN compares False: a missing landmark is never on the map
-    return ((x + reach >= -0.5) & (x - reach <= w * stride - 0.5)
-            & (y + reach >= -0.5) & (y - reach <= h * stride - 0.5))
+    return (x + reach >= -0.5) & (x - reach <= w * stride - 0.5) & (y + reach >= -0.5) & (y - reach <= h * stride - 0.5)
 
 
 def to_input_pixels(u: Tensor, stride: int) -> Tensor:

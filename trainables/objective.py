@@ -141,7 +141,9 @@ class Scorer:
         return self.decode(heatmaps, stride, blur)
 
     @torch.no_grad()
-    def __call__(self, model, ds: LandmarkDataset, sigma, heads_loss: HeadsLoss, split: str) -> tuple[dict, torch.Tensor]:
+    def __call__(
+        self, model, ds: LandmarkDataset, sigma, heads_loss: HeadsLoss, split: str
+    ) -> tuple[dict, torch.Tensor]:
         """-> ({split/metric: value}, errors (N, K): mm, or NME % for faces; NaN = not annotated)."""
         model.eval()
         errors, loss_sum, n = [], 0.0, 0
@@ -158,21 +160,28 @@ class Scorer:
             else:
                 errors.append(radial_errors_mm(pred, gt, spacing))
         errors = torch.cat(errors)
-        metrics = {f"{split}/loss": loss_sum / n,
-                   **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc)}
+        metrics = {
+            f"{split}/loss": loss_sum / n,
+            **summarize(errors, split, self.unit, fr_threshold=self.fr, auc_threshold=self.auc),
+        }
         return metrics, errors
 
     @torch.no_grad()
-    def preview(self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, heads_loss: HeadsLoss,
-                sigma: torch.Tensor) -> dict:
+    def preview(
+        self, model, ds: LandmarkDataset, errors: torch.Tensor, count: int, heads_loss: HeadsLoss, sigma: torch.Tensor
+    ) -> dict:
         """The arrays behind a trial's pictures (dashboards/plots.py), from its first `count` images:
         images (n, H, W) uint8; gt, pred (n, K, 2) input px; heatmaps (n, h, w) float16, each
         landmark's map scaled to [0, 1] and the max taken over landmarks; errors (N, K) of the
         whole split (for the CED); unit, ced_threshold and stride (the finest head's) as 0-d arrays.
         sigma (K,): the schedule's σ this epoch, as for `__call__`."""
         stride = heads_loss.strides[-1]
-        out = {"errors": errors.float().numpy(), "unit": np.array(self.unit), "ced_threshold": np.array(self.auc),
-               "stride": np.array(stride)}
+        out = {
+            "errors": errors.float().numpy(),
+            "unit": np.array(self.unit),
+            "ced_threshold": np.array(self.auc),
+            "stride": np.array(stride),
+        }
         count = min(count, len(ds))
         if count > 0:
             model.eval()
@@ -182,7 +191,8 @@ class Scorer:
             peak = heatmaps.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
             out |= {
                 "images": images[:, 0].numpy(),  # the dataset's uint8 grey levels
-                "gt": coords.numpy(), "pred": pred.numpy(),
+                "gt": coords.numpy(),
+                "pred": pred.numpy(),
                 "heatmaps": (heatmaps.clamp(min=0) / peak).amax(1).cpu().half().numpy(),
             }
         return out

@@ -36,8 +36,10 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
 def device_problem(device: torch.device, precision: str) -> str | None:
     """A precision this device cannot run, as a message naming the field (checked when `fit` knows its device)."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return (f"train.precision: bf16 needs a GPU with bfloat16 support (Ampere or newer); "
-                f"{torch.cuda.get_device_name(device)} has none: use fp16 or fp32")
+        return (
+            f"train.precision: bf16 needs a GPU with bfloat16 support (Ampere or newer); "
+            f"{torch.cuda.get_device_name(device)} has none: use fp16 or fp32"
+        )
     return None
 
 

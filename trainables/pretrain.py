@@ -40,8 +40,9 @@ SELLA, NASION = 0, 1  # phantom landmark indices (the ISBI 2015 order)
 class PretrainConfig:
     backbone: str = "resnet18"  # model.backbone of the students that will load it
     input_size: tuple[int, int] = (96, 64)  # (H, W); the students' data.input_size
-    phantom: PhantomConfig = field(default_factory=lambda: PhantomConfig(num_train=256, num_test1=64, num_test2=1,
-                                                                            seed=1))  # not the students' seed 0
+    phantom: PhantomConfig = field(
+        default_factory=lambda: PhantomConfig(num_train=256, num_test1=64, num_test2=1, seed=1)
+    )  # not the students' seed 0
     epochs: int = 8
     batch_size: int = 16
     lr: float = 1e-3  # Adam
@@ -71,8 +72,9 @@ def _split(cfg: PretrainConfig, split: str):
     from trainables.data.dataset import LandmarkDataset
 
     data = DataConfig(dataset="phantom", input_size=cfg.input_size, phantom=cfg.phantom)
-    return LandmarkDataset(datasets.records(data, split), cfg.input_size, cache_dir=default_cache_dir(),
-                           name=f"teacher phantom/{split}")
+    return LandmarkDataset(
+        datasets.records(data, split), cfg.input_size, cache_dir=default_cache_dir(), name=f"teacher phantom/{split}"
+    )
 
 
 def pretrain(cfg: PretrainConfig, out: Path, log=print) -> dict:
@@ -96,7 +98,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log=print) -> dict:
         order = torch.randperm(len(train), generator=generator)
         correct, loss_sum = 0, 0.0
         for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             logits = net.classify(net(normalize(train.images[idx])).levels[-1])
             loss = F.cross_entropy(logits, train_y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -105,10 +107,16 @@ def pretrain(cfg: PretrainConfig, out: Path, log=print) -> dict:
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == train_y[idx]).sum())
         val_acc = accuracy(net, val.images, val_y)
-        log(f"teacher epoch {epoch}/{cfg.epochs}: loss {loss_sum / len(train):.3f}, train acc "
-            f"{correct / len(train):.2f}, val acc {val_acc:.2f} (chance {1 / CLASSES:.2f})")
-    figures = {"train/acc": correct / len(train), "val/acc": val_acc, "val/chance": 1 / CLASSES,
-               "seconds": time.time() - start}
+        log(
+            f"teacher epoch {epoch}/{cfg.epochs}: loss {loss_sum / len(train):.3f}, train acc "
+            f"{correct / len(train):.2f}, val acc {val_acc:.2f} (chance {1 / CLASSES:.2f})"
+        )
+    figures = {
+        "train/acc": correct / len(train),
+        "val/acc": val_acc,
+        "val/chance": 1 / CLASSES,
+        "seconds": time.time() - start,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     torch.save(net.state_dict(), partial)  # the torchvision keys: build_backbone(name, path) loads it
@@ -122,8 +130,8 @@ def accuracy(net, images: Tensor, labels: Tensor, batch_size: int = 64) -> float
     net.eval()
     hits = 0
     for i in range(0, len(images), batch_size):
-        logits = net.classify(net(normalize(images[i:i + batch_size])).levels[-1])
-        hits += int((logits[:, :CLASSES].argmax(1) == labels[i:i + batch_size]).sum())
+        logits = net.classify(net(normalize(images[i : i + batch_size])).levels[-1])
+        hits += int((logits[:, :CLASSES].argmax(1) == labels[i : i + batch_size]).sum())
     return hits / max(len(images), 1)
 
 
@@ -138,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PretrainConfig(backbone=a.backbone, input_size=tuple(a.input_size), epochs=a.epochs)
     cfg.phantom.num_train = a.images
     figures = pretrain(cfg, a.out)
-    print(f"wrote {a.out}: val accuracy {figures['val/acc']:.2f} (chance {1 / CLASSES:.2f}) in "
-          f"{math.ceil(figures['seconds'])} s")
+    print(
+        f"wrote {a.out}: val accuracy {figures['val/acc']:.2f} (chance {1 / CLASSES:.2f}) in "
+        f"{math.ceil(figures['seconds'])} s"
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ def stat_fields(pid: int | str) -> list[str] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def process_start(pid: int, zombie_alive: bool = True) -> str | None:

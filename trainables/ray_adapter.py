@@ -79,8 +79,12 @@ def _fit_in_worker(config: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir and not driver_alive():  # no checkpoint for a study nobody drives any more
-            print(f"the study's driver is gone (Ray job {ray.get_runtime_context().get_job_id()} ended); "
-                  f"stopping before writing the epoch-{metrics.get('epoch')} checkpoint", file=sys.stderr, flush=True)
+            print(
+                f"the study's driver is gone (Ray job {ray.get_runtime_context().get_job_id()} ended); "
+                f"stopping before writing the epoch-{metrics.get('epoch')} checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)  # Ray kills this process anyway; this only closes the gap before it does
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report({**metrics, **node}, checkpoint=checkpoint)
@@ -126,8 +130,12 @@ def driver_alive(timeout_s: float = 2.0) -> bool:
         return False
     try:
         gcs = ray._private.worker.global_worker.gcs_client
-        infos = gcs.get_all_job_info(job_or_submission_id=job, skip_submission_job_info_field=True,
-                                     skip_is_running_tasks_field=True, timeout=timeout_s)
+        infos = gcs.get_all_job_info(
+            job_or_submission_id=job,
+            skip_submission_job_info_field=True,
+            skip_is_running_tasks_field=True,
+            timeout=timeout_s,
+        )
     except Exception:  # noqa: BLE001 (AttributeError/TypeError: Ray's API moved; RpcError, timeout)
         return True
     info = {job_id.hex(): info for job_id, info in infos.items()}.get(job)
@@ -166,8 +174,9 @@ def _complete_or_older(checkpoint: ray.train.Checkpoint | None) -> ray.train.Che
         if is_complete(Path(folder)):
             return checkpoint
     if not isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete (no valid manifest.json); delete it to resume "
-                                   f"from the one before")
+        raise IncompleteCheckpoint(
+            f"{checkpoint.path}: incomplete (no valid manifest.json); delete it to resume from the one before"
+        )
     older = TrainRun(Path(checkpoint.path).parent).newest_complete(skip=Path(checkpoint.path).name)
     if older is None:
         raise IncompleteCheckpoint(f"{checkpoint.path}: incomplete, and no complete checkpoint beside it")

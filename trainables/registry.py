@@ -60,7 +60,10 @@ def config_problems(cfg: TrialConfig, notes: list[Problem] | None = None) -> lis
     out += loss_problems(cfg.loss, cfg.target.normalize)
     if cfg.distill.type in DISTILL_TERMS and cfg.model.name in MODELS:
         out += distill_problems(cfg.distill, cfg.model)
-    for path, value, most in [("train.epochs", cfg.train.epochs, 100_000), ("train.batch_size", cfg.train.batch_size, 65_536)]:
+    for path, value, most in [
+        ("train.epochs", cfg.train.epochs, 100_000),
+        ("train.batch_size", cfg.train.batch_size, 65_536),
+    ]:
         if value < 1:
             out.append(f"{path}: must be at least 1, got {value}")
         elif value > most:  # a stray digit: caught here rather than after days of training
@@ -77,8 +80,11 @@ def config_problems(cfg: TrialConfig, notes: list[Problem] | None = None) -> lis
         out += datasets.problems(cfg.data)
         if cfg.eval.split:
             out += datasets.split_problems(cfg.data, cfg.eval.split, "eval.split")
-    for path, value in [("eval.fr_threshold", cfg.eval.fr_threshold), ("eval.auc_threshold", cfg.eval.auc_threshold),
-                        ("eval.dark_blur", cfg.eval.dark_blur)]:
+    for path, value in [
+        ("eval.fr_threshold", cfg.eval.fr_threshold),
+        ("eval.auc_threshold", cfg.eval.auc_threshold),
+        ("eval.dark_blur", cfg.eval.dark_blur),
+    ]:
         if value < 0:
             out.append(f"{path}: must be ≥ 0 (0 = the field's default), got {value}")
     found = [Problem.of(p) for p in out]
@@ -100,6 +106,8 @@ def train_problems(cfg: TrialConfig) -> list[str]:
         dataset = datasets.DATASETS.get(cfg.data.dataset)
         known = reported_metrics(dataset.unit) if dataset else all_metric_names()
         if t.checkpoint_metric not in known:
-            out.append(f"train.checkpoint_metric: {t.checkpoint_metric!r} is not reported every epoch"
-                       f"{suggest(t.checkpoint_metric, known)}; use one of {', '.join(known)}, or \"\" for none")
+            out.append(
+                f"train.checkpoint_metric: {t.checkpoint_metric!r} is not reported every epoch"
+                f'{suggest(t.checkpoint_metric, known)}; use one of {", ".join(known)}, or "" for none'
+            )
     return out

@@ -87,7 +87,7 @@ class Adaloss:
         history = state["history"].to(torch.float64)
         # A checkpoint from before NaN padding holds only the losses seen so far (fewer rows): pad on top.
         pad = torch.full((max(0, self.window + 1 - len(history)), history.shape[1]), float("nan"), dtype=torch.float64)
-        self.history = torch.cat([pad, history])[-(self.window + 1):]
+        self.history = torch.cat([pad, history])[-(self.window + 1) :]
 
 
 SCHEDULES = {"fixed": FixedSigma, "adaloss": Adaloss}

@@ -29,8 +29,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables import data as datasets
-from trainables.checkpoint import (CHECKPOINT_FILE, METRICS_FILE, PREVIEW_FILE, CheckpointPolicy,  # noqa: F401 (re-exported)
-                                   Report, check_complete, report_with_checkpoint, saved_history)
+from trainables.checkpoint import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    PREVIEW_FILE,
+    CheckpointPolicy,  # noqa: F401 (re-exported)
+    Report,
+    check_complete,
+    report_with_checkpoint,
+    saved_history,
+)
 from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
 from trainables.cost import cost_figures
 from trainables.data.augment import augment, is_active
@@ -46,11 +54,17 @@ from trainables.precision import autocast, device_problem, grad_scaler, to_layou
 from trainables.registry import OPTIMIZERS, config_problems
 from trainables.schedules import SCHEDULES
 
+
 def load_split(cfg: TrialConfig, split: str) -> LandmarkDataset:
     """One split of cfg.data at the input size, through the node's image cache."""
     spec = datasets.DATASETS[cfg.data.dataset]
-    return LandmarkDataset(datasets.records(cfg.data, split), cfg.data.input_size, spec.read_image,
-                           default_cache_dir(), name=f"{cfg.data.dataset}/{split}")
+    return LandmarkDataset(
+        datasets.records(cfg.data, split),
+        cfg.data.input_size,
+        spec.read_image,
+        default_cache_dir(),
+        name=f"{cfg.data.dataset}/{split}",
+    )
 
 
 def fit(
@@ -93,8 +107,9 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
     # Adaloss's σ0 = 0 is a quarter of the map σ is measured on: the input, or the finest head's own map.
     frame = sigma_frame(cfg.data.input_size, strides[-1], cfg.target.sigma_units)
     schedule = SCHEDULES[cfg.target.schedule](cfg.target, num_landmarks, frame)
-    policy = CheckpointPolicy(cfg.train.checkpoint_every, cfg.train.epochs, cfg.train.checkpoint_metric,
-                              cfg.train.checkpoint_mode)
+    policy = CheckpointPolicy(
+        cfg.train.checkpoint_every, cfg.train.epochs, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode
+    )
     heads_loss = HeadsLoss(LOSSES[cfg.loss.type], cfg, strides)
     scorer = Scorer(cfg, spec, flip_index, device)
 
@@ -146,8 +161,18 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             images, coords = normalize(pixels.to(device, non_blocking=pin)), coords.to(device, non_blocking=pin)
             if is_active(cfg.data.augment):
                 images, coords = augment(images, coords, cfg.data.augment, flip_index, aug_gen)
-            per_landmark, distill_loss = train_step(run_model, to_layout(images, channels_last), coords, sigma, heads_loss,
-                                                    optimizer, scaler, precision, distiller, cfg.distill.lambda_)
+            per_landmark, distill_loss = train_step(
+                run_model,
+                to_layout(images, channels_last),
+                coords,
+                sigma,
+                heads_loss,
+                optimizer,
+                scaler,
+                precision,
+                distiller,
+                cfg.distill.lambda_,
+            )
             epoch_losses.add(per_landmark, heads_loss.targeted(coords, sigma))
             if distill_loss is not None:
                 distill_sum += distill_loss
@@ -158,18 +183,29 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
         train_loss = per_landmark_loss.nanmean().item()  # over the landmarks that had a target
         epoch_s = time.perf_counter() - t0
         if not epoch_losses.finite():
-            raise Diverged(f"train/loss is {per_landmark_loss.mean().item()} at epoch {epoch + 1}; lower optim.lr or "
-                           "check the data")
-        train = {"train/loss": train_loss, **{f"train/loss_lm_{k}": v for k, v in enumerate(per_landmark_loss.tolist())},
-                 **{f"target/sigma_{k}": v for k, v in enumerate(sigma.tolist())}}
+            raise Diverged(
+                f"train/loss is {per_landmark_loss.mean().item()} at epoch {epoch + 1}; lower optim.lr or "
+                "check the data"
+            )
+        train = {
+            "train/loss": train_loss,
+            **{f"train/loss_lm_{k}": v for k, v in enumerate(per_landmark_loss.tolist())},
+            **{f"target/sigma_{k}": v for k, v in enumerate(sigma.tolist())},
+        }
         if distiller is not None:
             train["train/loss_distill"] = (distill_sum / max(n_batches, 1)).item()
         schedule.step(per_landmark_loss, train_loss)
 
         val, val_errors = scorer(run_model, val_ds, sigma, heads_loss, "val")
         # Costs ride along every epoch so that Tune's last result (what Optuna sees) always has them.
-        metrics = {"epoch": epoch + 1, **train, **val, **costs, "cost/epoch_s": epoch_s,
-                   "cost/workers": float(dist.get_world_size() if distributed else 1)}  # DDP ranks behind epoch_s
+        metrics = {
+            "epoch": epoch + 1,
+            **train,
+            **val,
+            **costs,
+            "cost/epoch_s": epoch_s,
+            "cost/workers": float(dist.get_world_size() if distributed else 1),
+        }  # DDP ranks behind epoch_s
         tables = {}
         if epoch + 1 == cfg.train.epochs and test_ds is not None:  # the final test, once, on the last model
             test, test_errors = scorer(run_model, test_ds, sigma, heads_loss, "test")
@@ -181,13 +217,30 @@ def _fit(cfg: TrialConfig, report: Report, resume_from: Path | None, device: tor
             continue
         # What the driver draws for this epoch (CED, overlays, heatmaps) if it turns out the trial's best.
         preview = scorer.preview(model, val_ds, val_errors, cfg.eval.preview, heads_loss, sigma) if rank == 0 else None
-        report_with_checkpoint(report, metrics, rank, checkpoint_state(_unwrap(model), optimizer, scaler, schedule,
-                                                                       policy, epoch + 1), tables, preview, history)
+        report_with_checkpoint(
+            report,
+            metrics,
+            rank,
+            checkpoint_state(_unwrap(model), optimizer, scaler, schedule, policy, epoch + 1),
+            tables,
+            preview,
+            history,
+        )
     return metrics
 
 
-def train_step(model, images, coords, sigma, heads_loss: HeadsLoss, optimizer, scaler, precision: str,
-               distiller: Distiller | None = None, distill_lambda: float = 0.0):
+def train_step(
+    model,
+    images,
+    coords,
+    sigma,
+    heads_loss: HeadsLoss,
+    optimizer,
+    scaler,
+    precision: str,
+    distiller: Distiller | None = None,
+    distill_lambda: float = 0.0,
+):
     """One optimisation step. images (B, 1, H, W) normalised, on the device; coords (B, K, 2); sigma (K,).
 
     The forward passes (student, and the distillation teacher) run under autocast at `precision`;

@@ -41,8 +41,12 @@ def on_files(files, config):
     todo = [Path(f.abs_src_path) for f in files.documentation_pages()]
     while todo:
         for target in _targets(todo.pop()):
-            if target in _added or not target.is_file() or not target.is_relative_to(root) \
-                    or target.is_relative_to(docs):
+            if (
+                target in _added
+                or not target.is_file()
+                or not target.is_relative_to(root)
+                or target.is_relative_to(docs)
+            ):
                 continue
             _added[target] = f"{PREFIX}/{target.relative_to(root).as_posix()}"
             files.append(File.generated(config, _added[target], abs_src_path=str(target)))

@@ -50,8 +50,18 @@ from study.faults.space_guard import SpaceGuard
 from study.spec import Spec, SpecError, StudyError
 from study.storage import StudyStorage, check_unchanged
 
-__all__ = ["SpaceGuard", "StorageFull", "before_start", "driving", "on_resume", "outbox_path", "quiet", "ray_started",
-           "restore", "unreachable"]
+__all__ = [
+    "SpaceGuard",
+    "StorageFull",
+    "before_start",
+    "driving",
+    "on_resume",
+    "outbox_path",
+    "quiet",
+    "ray_started",
+    "restore",
+    "unreachable",
+]
 
 
 @contextmanager

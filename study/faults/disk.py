@@ -39,8 +39,10 @@ def free_space(path: Path) -> tuple[int, int]:
 
 def storage_full_message(path: Path, what: str = "") -> str:
     free, total = free_space(path)
-    return (f"the study storage {path} is out of space{f' ({what})' if what else ''}: {mib(free)} free of "
-            f"{mib(total)}; the state saved so far is kept: free space there, then continue with --resume")
+    return (
+        f"the study storage {path} is out of space{f' ({what})' if what else ''}: {mib(free)} free of "
+        f"{mib(total)}; the state saved so far is kept: free space there, then continue with --resume"
+    )
 
 
 def disk_full(exc: BaseException | None) -> str:

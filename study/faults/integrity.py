@@ -73,14 +73,25 @@ def check_tune_state(storage: StudyStorage) -> None:
         copy = tune_dir / COPY / newest.name
         if copy.exists() and not state_problem(copy):
             shutil.copyfile(copy, newest)
-            print(f"note: {newest} was {problem}; replaced by the copy of {time.ctime(copy.stat().st_mtime)} "
-                  f"(trials that ended after it continue from their checkpoints, under the same ids)", flush=True)
+            print(
+                f"note: {newest} was {problem}; replaced by the copy of {time.ctime(copy.stat().st_mtime)} "
+                f"(trials that ended after it continue from their checkpoints, under the same ids)",
+                flush=True,
+            )
             continue
         older = [p.name for p in sorted(tune_dir.glob(pattern))[:-1] if not state_problem(p)]
-        hint = (f"; moving it aside (mv {newest} {newest}.broken) resumes from the older {older[-1]}, and "
-                f"trials that ended after that run again") if older else ""
-        raise StudyError(f"--resume: Tune's state {newest} is {problem}, and no readable copy of it is kept: "
-                         f"Tune would start the study over{hint}; or delete {storage.uri} to start over")
+        hint = (
+            (
+                f"; moving it aside (mv {newest} {newest}.broken) resumes from the older {older[-1]}, and "
+                f"trials that ended after that run again"
+            )
+            if older
+            else ""
+        )
+        raise StudyError(
+            f"--resume: Tune's state {newest} is {problem}, and no readable copy of it is kept: "
+            f"Tune would start the study over{hint}; or delete {storage.uri} to start over"
+        )
 
 
 def check_train_snapshots(storage: StudyStorage) -> None:
@@ -96,5 +107,8 @@ def check_train_snapshots(storage: StudyStorage) -> None:
         if not problem:
             continue
         snapshot.replace(snapshot.with_name(snapshot.name + BROKEN))
-        print(f"note: {snapshot} was {problem} (cut off by a full disk?); kept as {snapshot.name}{BROKEN}: "
-              f"its trial continues from the newest complete checkpoint in {snapshot.parent.name}/", flush=True)
+        print(
+            f"note: {snapshot} was {problem} (cut off by a full disk?); kept as {snapshot.name}{BROKEN}: "
+            f"its trial continues from the newest complete checkpoint in {snapshot.parent.name}/",
+            flush=True,
+        )

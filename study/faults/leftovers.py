@@ -67,9 +67,19 @@ def record_ray_session(storage: StudyStorage, session_dir: str) -> None:
     """Note the local Ray this driver started (its session folder and processes) in the study folder."""
     if storage.local is None:
         return
-    storage.write(RAY_SESSION, json.dumps({
-        "host": socket.gethostname(), "driver_pid": os.getpid(), "driver_start": process_start(os.getpid()),
-        "session_dir": session_dir, "pids": session_processes(session_dir)}, indent=1))
+    storage.write(
+        RAY_SESSION,
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "driver_pid": os.getpid(),
+                "driver_start": process_start(os.getpid()),
+                "session_dir": session_dir,
+                "pids": session_processes(session_dir),
+            },
+            indent=1,
+        ),
+    )
 
 
 def forget_ray_session(storage: StudyStorage) -> None:
@@ -92,13 +102,18 @@ def stop_leftover_ray(storage: StudyStorage) -> list[str]:
         forget_ray_session(storage)
         return []
     if rec.get("host") != socket.gethostname():
-        print(f"note: {storage.local / RAY_SESSION}: the driver that ran this study last on {rec.get('host')} "
-              f"(pid {rec.get('driver_pid')}) may have left Ray processes there; on that host run "
-              f"fuser -k -KILL {session}/logs/* (or ray stop, if no other Ray of yours runs there)", flush=True)
+        print(
+            f"note: {storage.local / RAY_SESSION}: the driver that ran this study last on {rec.get('host')} "
+            f"(pid {rec.get('driver_pid')}) may have left Ray processes there; on that host run "
+            f"fuser -k -KILL {session}/logs/* (or ray stop, if no other Ray of yours runs there)",
+            flush=True,
+        )
         forget_ray_session(storage)
         return []
     driver = int(rec.get("driver_pid") or 0)
-    if driver == os.getpid() or (driver > 0 and process_start(driver) not in (None, "?") and process_start(driver) == rec.get("driver_start")):
+    if driver == os.getpid() or (
+        driver > 0 and process_start(driver) not in (None, "?") and process_start(driver) == rec.get("driver_start")
+    ):
         return []  # that driver still runs (this process, or the lock was broken): its Ray is not left over
     victims = session_processes(session)
     for pid, start in (rec.get("pids") or {}).items():  # recorded at start; a reused pid has another start time
@@ -106,8 +121,11 @@ def stop_leftover_ray(storage: StudyStorage) -> list[str]:
             victims[int(pid)] = start
     killed = kill_processes(victims)
     if killed:
-        print(f"note: stopped {len(killed)} Ray process(es) left by the killed driver (pid {driver}, Ray session "
-              f"{session}): {', '.join(killed)}", flush=True)
+        print(
+            f"note: stopped {len(killed)} Ray process(es) left by the killed driver (pid {driver}, Ray session "
+            f"{session}): {', '.join(killed)}",
+            flush=True,
+        )
     forget_ray_session(storage)
     return killed
 
@@ -155,7 +173,9 @@ def remove_orphan_checkpoints(storage: StudyStorage) -> list[str]:
                 continue  # gone meanwhile, or not ours to delete: the next start tries again
             removed.append(f"train/{run.base_name}/{folder.base_name}")
     if removed:
-        print(f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
-              f"last driver stopped or was killed): {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
-              flush=True)
+        print(
+            f"note: removed {len(removed)} checkpoint folder(s) that no Train run registered (written as the "
+            f"last driver stopped or was killed): {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
+            flush=True,
+        )
     return removed

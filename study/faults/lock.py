@@ -34,8 +34,12 @@ class StudyLock:
 
     def __init__(self, storage: StudyStorage, break_lock: bool = False):
         self.storage, self.break_lock = storage, break_lock
-        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.mine = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         self.held = False
 
     def __enter__(self) -> "StudyLock":
@@ -55,14 +59,17 @@ class StudyLock:
                 continue  # released in between
             why = self._stale(holder)
             if why or self.break_lock:
-                print(f"note: took over the study's lock from {_describe(holder)}: "
-                      f"{why or 'broken with --break-lock'}", flush=True)
+                print(
+                    f"note: took over the study's lock from {_describe(holder)}: {why or 'broken with --break-lock'}",
+                    flush=True,
+                )
                 self._remove()
                 continue
             raise StudyError(
                 f"study {self.storage.uri.rsplit('/', 1)[-1]!r} is being run by another driver: {_describe(holder)} "
                 f"(lock {self.storage.uri}/{LOCK}); wait for it to end, or, if that driver is gone for good "
-                f"(its machine was lost), add --break-lock")
+                f"(its machine was lost), add --break-lock"
+            )
         raise StudyError(f"could not take the study's lock {self.storage.uri}/{LOCK}; try again")
 
     def release(self) -> None:

@@ -24,8 +24,11 @@ from study.faults.disk import disk_full
 
 # The driver's MLflow client gives up fast: results it cannot deliver wait in the outbox instead of
 # freezing the study (MLflow's default retries a call for about 2 minutes).
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 RETRY_S = 10.0  # while the server is unreachable, try again at most this often
 OUTBOX = "mlflow_outbox.jsonl"  # in a local study folder: what was not delivered yet, in order
 OUTBOX_LIMIT = 50_000  # queued events; past it, epoch results are dropped (a warning says so)
@@ -35,8 +38,19 @@ def unreachable(error: BaseException) -> bool:
     """Whether an MLflow client error says the server could not be reached (as opposed to a refusal)."""
     text = f"{type(error).__name__}: {error}"
     return isinstance(error, (ConnectionError, TimeoutError, OSError)) or any(
-        w in text for w in ("API request to", "Max retries exceeded", "Connection refused", "ConnectionError",
-                            "Read timed out", "RemoteDisconnected", "503", "502", "504"))
+        w in text
+        for w in (
+            "API request to",
+            "Max retries exceeded",
+            "Connection refused",
+            "ConnectionError",
+            "Read timed out",
+            "RemoteDisconnected",
+            "503",
+            "502",
+            "504",
+        )
+    )
 
 
 def outbox_path(local: Path | None) -> Path | None:
@@ -69,8 +83,11 @@ class Outbox:
         self._error: BaseException | None = None  # what stopped the thread (a full disk), raised on the loop
 
     def __getstate__(self):  # Tune saves callbacks with the experiment; the thread is rebuilt
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_queue_lock", "_send_lock", "_wake", "_sender", "_error")}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("_queue_lock", "_send_lock", "_wake", "_sender", "_error")
+        }
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -85,8 +102,11 @@ class Outbox:
         if len(self.queue) >= OUTBOX_LIMIT and event["op"] == "result":
             self._dropped += 1
             if self._dropped == 1:
-                print(f"warning: MLflow has been unreachable for long: {OUTBOX_LIMIT} events are queued; epoch "
-                      f"results past that are dropped (the checkpoints keep their metrics)", flush=True)
+                print(
+                    f"warning: MLflow has been unreachable for long: {OUTBOX_LIMIT} events are queued; epoch "
+                    f"results past that are dropped (the checkpoints keep their metrics)",
+                    flush=True,
+                )
             return
         with self._queue_lock:
             self.queue.append(event)
@@ -139,22 +159,29 @@ class Outbox:
                 if disk_full(e):  # the SQLite store's disk is full: kept in the outbox; the study ends (run_study)
                     raise
                 if not unreachable(e):
-                    print(f"warning: MLflow refused {self.queue[0]['op']} of trial {self.queue[0].get('tid')}: "
-                          f"{str(e)[:300]}; skipped", flush=True)
+                    print(
+                        f"warning: MLflow refused {self.queue[0]['op']} of trial {self.queue[0].get('tid')}: "
+                        f"{str(e)[:300]}; skipped",
+                        flush=True,
+                    )
                     with self._queue_lock:
                         self.queue.pop(0)
                     continue
                 if self._down_since is None:
                     self._down_since = now
-                print(f"MLflow unreachable ({self.uri}), {len(self.queue)} results queued; the study goes on",
-                      flush=True)
+                print(
+                    f"MLflow unreachable ({self.uri}), {len(self.queue)} results queued; the study goes on", flush=True
+                )
                 return False
             with self._queue_lock:
                 self.queue.pop(0)
             sent += 1
         if self._down_since is not None:
-            print(f"MLflow answers again: delivered {sent} queued results "
-                  f"(unreachable for {now - self._down_since:.0f} s)", flush=True)
+            print(
+                f"MLflow answers again: delivered {sent} queued results "
+                f"(unreachable for {now - self._down_since:.0f} s)",
+                flush=True,
+            )
             self._down_since = None
         with self._queue_lock:
             if not self.queue and self.outbox_path is not None:  # an event queued meanwhile keeps the file

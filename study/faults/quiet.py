@@ -17,8 +17,12 @@ class _QuietFullDisk(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith(("Saving experiment state to storage",
-                                                    "Experiment state snapshotting failed")) and disk_full(error))
+        return not (
+            record.getMessage().startswith(
+                ("Saving experiment state to storage", "Experiment state snapshotting failed")
+            )
+            and disk_full(error)
+        )
 
 
 for _name in ("ray.tune.execution.experiment_state", "ray.tune.tune"):

@@ -64,8 +64,11 @@ class SpaceGuard(Callback):
             return  # a folder removed meanwhile: the next result checks again
         if free < reserve:
             self.short = (free, total)
-            print(f"stopping: {mib(free)} free in {self.storage.local} (less than {mib(reserve)}); saving the "
-                  f"study's state while there is room", flush=True)
+            print(
+                f"stopping: {mib(free)} free in {self.storage.local} (less than {mib(reserve)}); saving the "
+                f"study's state while there is room",
+                flush=True,
+            )
             # Tune's own words for this stop speak of Ctrl-C and Tuner.restore: the line above and the
             # error line at the end say what happened and what to run instead.
             quiet_tunes_stop()

@@ -11,11 +11,32 @@ is the entry point callers import.
 from __future__ import annotations
 
 from study.spec.loading import load_spec
-from study.spec.model import (NAME, SEED, Resources, Scheduler, Spec, SpecError, StudyError, StudyObjective, StudySection,
-                              trainer_values)
+from study.spec.model import (
+    NAME,
+    SEED,
+    Resources,
+    Scheduler,
+    Spec,
+    SpecError,
+    StudyError,
+    StudyObjective,
+    StudySection,
+    trainer_values,
+)
 
-__all__ = ["NAME", "SEED", "Resources", "Scheduler", "Spec", "SpecError", "StudyError", "StudyObjective", "StudySection",
-           "load_spec", "trainer_values"]
+__all__ = [
+    "NAME",
+    "SEED",
+    "Resources",
+    "Scheduler",
+    "Spec",
+    "SpecError",
+    "StudyError",
+    "StudyObjective",
+    "StudySection",
+    "load_spec",
+    "trainer_values",
+]
 
 
 def __getattr__(name: str):

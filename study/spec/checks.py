@@ -19,8 +19,9 @@ from trainables.config import ConfigError, Problem, TrialConfig, check_value
 
 def shown(name: str) -> str:
     """A user's bad name, quoted and cut to a readable length."""
-    return repr(name if len(name) <= 60 else name[:40] + "…" + name[-10:]) + (f" ({len(name)} characters)"
-                                                                              if len(name) > 60 else "")
+    return repr(name if len(name) <= 60 else name[:40] + "…" + name[-10:]) + (
+        f" ({len(name)} characters)" if len(name) > 60 else ""
+    )
 
 
 def check_limit(path: str, value: Any, problems: list[str]) -> None:
@@ -32,9 +33,15 @@ def check_grace_period(study: StudySection, base: TrialConfig, space: dict[str, 
     """A grace_period set by hand must leave ASHA a rung to stop at (0 is resolved to a tenth of the epochs)."""
     sched = study.scheduler
     epochs = max_epochs(base, space)
-    if sched.early_stopping(len(study.objectives)) == "asha" and sched.grace_period != 0 and sched.grace_period > epochs:
-        problems.append(f"study.scheduler.grace_period: {sched.grace_period} epochs is more than train.epochs "
-                        f"({epochs}); ASHA could never stop a trial: lower it, or set study.scheduler=none")
+    if (
+        sched.early_stopping(len(study.objectives)) == "asha"
+        and sched.grace_period != 0
+        and sched.grace_period > epochs
+    ):
+        problems.append(
+            f"study.scheduler.grace_period: {sched.grace_period} epochs is more than train.epochs "
+            f"({epochs}); ASHA could never stop a trial: lower it, or set study.scheduler=none"
+        )
 
 
 def check_sampler(study: StudySection, space: dict[str, Param], problems: list[str]) -> None:
@@ -42,8 +49,10 @@ def check_sampler(study: StudySection, space: dict[str, Param], problems: list[s
         return
     infinite = [p for p in space.values() if p.kind not in FINITE]
     for p in infinite:
-        problems.append(f"space.{p.path}.{p.kind}: the grid sampler needs finite distributions "
-                        f"({', '.join(FINITE)}); use choice or quniform, or another study.sampler")
+        problems.append(
+            f"space.{p.path}.{p.kind}: the grid sampler needs finite distributions "
+            f"({', '.join(FINITE)}); use choice or quniform, or another study.sampler"
+        )
     if not infinite:
         try:
             enumerate_grid(space)
@@ -62,8 +71,10 @@ def check_resources(r: Resources, problems: list[str]) -> None:
     if r.gpus_per_worker > 1 and r.gpus_per_worker != int(r.gpus_per_worker):
         problems.append(f"resources.gpus_per_worker: {r.gpus_per_worker:g} — above 1 it must be a whole number")
     if 0 < r.gpus_per_worker < 1 and r.workers > 1:
-        problems.append(f"resources.gpus_per_worker: a fraction ({r.gpus_per_worker:g}) needs workers: 1; "
-                        f"each DDP worker of a {r.workers}-worker trial needs its own GPU")
+        problems.append(
+            f"resources.gpus_per_worker: a fraction ({r.gpus_per_worker:g}) needs workers: 1; "
+            f"each DDP worker of a {r.workers}-worker trial needs its own GPU"
+        )
     if r.cpus_per_worker == 0 and r.gpus_per_worker == 0 and not r.custom:
         problems.append("resources: a worker must ask for some CPU, GPU or custom resource")
 
@@ -94,8 +105,10 @@ def check_param(path: str, kind: str, args: Any, t: type, where: str, problems: 
         return None
     want = int if kind == "int" or (kind == "quniform" and t is int) else float
     if t not in (float, int) or (want is float and t is int):
-        problems.append(f"{where}: {path} is a {t.__name__ if isinstance(t, type) else t}; "
-                        f"{kind} needs a {'number' if want is int else 'float'} field")
+        problems.append(
+            f"{where}: {path} is a {t.__name__ if isinstance(t, type) else t}; "
+            f"{kind} needs a {'number' if want is int else 'float'} field"
+        )
         return None
     for name, v in zip(("low", "high", "step"), args):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (want is int and not isinstance(v, int)):
@@ -106,8 +119,10 @@ def check_param(path: str, kind: str, args: Any, t: type, where: str, problems: 
             return None
     low, high = args[0], args[1]
     if low > high or (low == high and kind != "int"):
-        problems.append(f"{where}: low {low} {'>' if low > high else '=='} high {high}; "
-                        + ("swap them" if low > high else "give a range, or fix the value in base:"))
+        problems.append(
+            f"{where}: low {low} {'>' if low > high else '=='} high {high}; "
+            + ("swap them" if low > high else "give a range, or fix the value in base:")
+        )
         return None
     if kind == "loguniform" and low <= 0:
         problems.append(f"{where}: low must be > 0 for a log scale, got {low}")
@@ -119,8 +134,10 @@ def check_param(path: str, kind: str, args: Any, t: type, where: str, problems: 
             return None
         n_steps = (high - low) / step
         if abs(n_steps - round(n_steps)) > 1e-9 * max(1.0, n_steps):
-            problems.append(f"{where}: high - low = {high - low:g} is not a multiple of step {step:g}; "
-                            f"e.g. [{low}, {low + math.floor(n_steps) * step:g}, {step}]")
+            problems.append(
+                f"{where}: high - low = {high - low:g} is not a multiple of step {step:g}; "
+                f"e.g. [{low}, {low + math.floor(n_steps) * step:g}, {step}]"
+            )
             return None
         return Param(path, kind, [want(low), want(high), want(step)])
     return Param(path, kind, [want(low), want(high)])
@@ -147,7 +164,7 @@ def space_value_problems(base: TrialConfig, space: dict[str, Param]) -> list[str
             for p in sorted(problems_with({**context, path: value}) - before):
                 p = Problem.of(p)
                 where = f"space.{path}.{param.kind}"
-                out.append(Problem(where, f"{value!r}: {p.message}" if p.path == path else f"{value!r} breaks {p}", p.kind))
+                out.append(
+                    Problem(where, f"{value!r}: {p.message}" if p.path == path else f"{value!r} breaks {p}", p.kind)
+                )
     return out
-
-

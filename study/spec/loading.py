@@ -22,7 +22,6 @@ Errors name the file and the YAML path, e.g.
     search_spaces/x.yaml: space.optim.lr.loguniform: low 0.1 > high 0.001; swap them
 """
 
-
 from __future__ import annotations
 
 import re
@@ -32,10 +31,29 @@ from typing import Any
 import yaml
 
 from study.space import DISTRIBUTIONS, Param
-from study.spec.checks import (check_grace_period, check_limit, check_param, check_resources, check_sampler, shown,
-                               space_value_problems)
-from study.spec.model import (MODES, NAME, NAME_RULE, SAMPLERS, SCHEDULERS, SECTIONS, Resources, Scheduler, Spec,
-                              SpecError, StudyObjective, StudySection)
+from study.spec.checks import (
+    check_grace_period,
+    check_limit,
+    check_param,
+    check_resources,
+    check_sampler,
+    shown,
+    space_value_problems,
+)
+from study.spec.model import (
+    MODES,
+    NAME,
+    NAME_RULE,
+    SAMPLERS,
+    SCHEDULERS,
+    SECTIONS,
+    Resources,
+    Scheduler,
+    Spec,
+    SpecError,
+    StudyObjective,
+    StudySection,
+)
 from study.spec.resolve import resolve_checkpoint_metric, resolve_scheduler
 from trainables.config import (
     ConfigError,
@@ -66,8 +84,10 @@ class SpecLoader(yaml.SafeLoader):
             except (yaml.YAMLError, TypeError):
                 continue  # the base class reports unhashable keys
             if key in first:
-                self.duplicates.append(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
-                                       f"{first[key] + 1}); YAML would keep only the last: give it once")
+                self.duplicates.append(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at line "
+                    f"{first[key] + 1}); YAML would keep only the last: give it once"
+                )
             else:
                 first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
@@ -92,7 +112,6 @@ def parse_yaml(text: str, duplicates: list[str] | None = None):
     return data
 
 
-
 def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Spec:
     """Read, override (`--set a.b=value`), and validate a spec file. Raises SpecError.
 
@@ -108,8 +127,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, check_data: 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise SpecError(source, [f"line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the spec as UTF-8"]) from None
+        line = data[: e.start].count(b"\n") + 1
+        raise SpecError(
+            source, [f"line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the spec as UTF-8"]
+        ) from None
     if "\x00" in text:
         raise SpecError(source, ["not a text file (it holds NUL bytes); a spec is YAML text"])
     duplicates: list[str] = []
@@ -158,8 +179,10 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     """
     problem = getattr(e, "problem", None) or str(e)
     if "'\\t'" in problem:
-        return ("a tab character, where YAML allows only spaces (indentation, or before a # comment); "
-                "replace it with spaces")
+        return (
+            "a tab character, where YAML allows only spaces (indentation, or before a # comment); "
+            "replace it with spaces"
+        )
     return problem
 
 
@@ -167,7 +190,9 @@ def _build(raw: dict, problems: list[str]) -> Spec:
     """The sections, parsed and checked (problems appended), then what they leave to resolve."""
     for key in raw:
         if key not in SECTIONS:
-            problems.append(f"{key}: unknown section{suggest(str(key), SECTIONS)}; valid sections: {', '.join(SECTIONS)}")
+            problems.append(
+                f"{key}: unknown section{suggest(str(key), SECTIONS)}; valid sections: {', '.join(SECTIONS)}"
+            )
     study = _study(raw.get("study"), problems)
     resources = _resources(raw.get("resources") or {}, problems)
     base = _base(raw.get("base") or {}, problems)
@@ -197,7 +222,9 @@ def _fields(d: dict, name: str, types: dict[str, type], problems: list[str]) -> 
             continue
         if types[key] in (dict, list):  # sub-sections, checked by their own functions
             if value is not None and not isinstance(value, types[key]):
-                problems.append(f"{name}.{key}: expected a {'mapping' if types[key] is dict else 'list'}, got {value!r}")
+                problems.append(
+                    f"{name}.{key}: expected a {'mapping' if types[key] is dict else 'list'}, got {value!r}"
+                )
             else:
                 out[key] = value
             continue
@@ -214,29 +241,46 @@ def _study(d: Any, problems: list[str]) -> StudySection:
         problems.append("study: missing; it needs at least study.name")
         return StudySection(name="study")
     d = _section(d, "study", problems)
-    scalar = {"name": str, "trials": int, "repeats": int, "concurrency": int, "sampler": str, "seed": int, "storage": str,
-              "experiment": str, "optuna_storage": str}
-    values = _fields({k: v for k, v in d.items() if k not in ("objectives", "scheduler")}, "study",
-                     {**scalar, "objectives": list, "scheduler": dict}, problems)  # those two: below
+    scalar = {
+        "name": str,
+        "trials": int,
+        "repeats": int,
+        "concurrency": int,
+        "sampler": str,
+        "seed": int,
+        "storage": str,
+        "experiment": str,
+        "optuna_storage": str,
+    }
+    values = _fields(
+        {k: v for k, v in d.items() if k not in ("objectives", "scheduler")},
+        "study",
+        {**scalar, "objectives": list, "scheduler": dict},
+        problems,
+    )  # those two: below
     if "name" not in values:
         if "name" not in d:
             problems.append("study.name: missing; the name keys the study's storage and MLflow experiment")
         values["name"] = "study"
     elif not NAME.fullmatch(values["name"]):
-        problems.append(f"study.name: {shown(values['name'])} must be {NAME_RULE} (it names the study's folder "
-                        f"and MLflow runs)")
+        problems.append(
+            f"study.name: {shown(values['name'])} must be {NAME_RULE} (it names the study's folder and MLflow runs)"
+        )
         values["name"] = "study"
     if values.get("experiment") and not NAME.fullmatch(values["experiment"]):
-        problems.append(f"study.experiment: {shown(values['experiment'])} must be {NAME_RULE}, or empty for the "
-                        f"study's name")
+        problems.append(
+            f"study.experiment: {shown(values['experiment'])} must be {NAME_RULE}, or empty for the study's name"
+        )
         values["experiment"] = ""
     for key in ("trials", "repeats", "concurrency"):
         check_limit(f"study.{key}", values.get(key, 0), problems)
     if values.get("trials", 1) < 1:
         problems.append(f"study.trials: must be at least 1, got {values['trials']}")
     if values.get("repeats", 1) < 1:
-        problems.append(f"study.repeats: must be at least 1 (trainings per configuration, each with its own "
-                        f"train.seed), got {values['repeats']}")
+        problems.append(
+            f"study.repeats: must be at least 1 (trainings per configuration, each with its own "
+            f"train.seed), got {values['repeats']}"
+        )
     if values.get("concurrency", 0) < 0:
         problems.append(f"study.concurrency: must be 0 (auto) or more, got {values['concurrency']}")
     if values.get("sampler", "tpe") not in SAMPLERS:
@@ -252,23 +296,30 @@ def _parse_scheduler(raw: Any, problems: list[str]) -> Scheduler:
     if isinstance(raw, str):
         raw = {"type": raw}
     if not isinstance(raw, dict):
-        problems.append(f"study.scheduler: expected one of {list(SCHEDULERS)} or {{type: asha, grace_period: N, "
-                        f"reduction_factor: F}}, got {raw!r}")
+        problems.append(
+            f"study.scheduler: expected one of {list(SCHEDULERS)} or {{type: asha, grace_period: N, "
+            f"reduction_factor: F}}, got {raw!r}"
+        )
         return Scheduler()
     values = _fields(raw, "study.scheduler", {"type": str, "grace_period": int, "reduction_factor": float}, problems)
     sched = Scheduler(**values)
     if sched.type not in SCHEDULERS:
-        problems.append(f"study.scheduler.type: unknown {sched.type!r}{suggest(sched.type, SCHEDULERS)}; "
-                        f"choose one of {list(SCHEDULERS)}")
+        problems.append(
+            f"study.scheduler.type: unknown {sched.type!r}{suggest(sched.type, SCHEDULERS)}; "
+            f"choose one of {list(SCHEDULERS)}"
+        )
     if sched.grace_period < 0:
-        problems.append(f"study.scheduler.grace_period: must be ≥ 1 epoch (0 = a tenth of the epochs), "
-                        f"got {sched.grace_period}")
+        problems.append(
+            f"study.scheduler.grace_period: must be ≥ 1 epoch (0 = a tenth of the epochs), got {sched.grace_period}"
+        )
     if not sched.reduction_factor > 1:
         problems.append(f"study.scheduler.reduction_factor: must be > 1, got {sched.reduction_factor:g}")
     return sched
 
 
-def _objectives(study_raw: Any, base: TrialConfig, space: dict[str, Param], problems: list[str]) -> list[StudyObjective]:
+def _objectives(
+    study_raw: Any, base: TrialConfig, space: dict[str, Param], problems: list[str]
+) -> list[StudyObjective]:
     """study.objectives, checked against what the trainer reports for the base dataset."""
     from trainables.data import DATASETS  # lazy for start-up time, as in _base
     from trainables.metrics import all_metric_names, reported_metrics
@@ -293,8 +344,10 @@ def _objectives(study_raw: Any, base: TrialConfig, space: dict[str, Param], prob
             continue
         metric, mode = item["metric"], item["mode"]
         if metric not in known:
-            problems.append(f"{where}.metric: {metric!r} is not reported by {reporter}"
-                            f"{suggest(str(metric), known)}; reported: {', '.join(known)}")
+            problems.append(
+                f"{where}.metric: {metric!r} is not reported by {reporter}"
+                f"{suggest(str(metric), known)}; reported: {', '.join(known)}"
+            )
         elif metric in [o.metric for o in out]:
             problems.append(f"{where}.metric: {metric!r} is already an objective; give each metric once")
         if mode not in MODES:
@@ -305,8 +358,12 @@ def _objectives(study_raw: Any, base: TrialConfig, space: dict[str, Param], prob
 
 def _resources(d: Any, problems: list[str]) -> Resources:
     d = _section(d, "resources", problems)
-    values = _fields(d, "resources", {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float,
-                                      "custom": dict, "max_failures": int}, problems)
+    values = _fields(
+        d,
+        "resources",
+        {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float, "custom": dict, "max_failures": int},
+        problems,
+    )
     custom = {}
     for name, amount in (values.pop("custom", None) or {}).items():
         amount, err = check_value(f"resources.custom.{name}", amount, float)
@@ -357,13 +414,17 @@ def _space(d: Any, problems: list[str]) -> dict[str, Param]:
             continue
         kinds = [k for k in dist if k in DISTRIBUTIONS] if isinstance(dist, dict) else []
         if len(kinds) != 1:
-            problems.append(f"{where}: expected one of {{{' | '.join(f'{k}: ...' for k in DISTRIBUTIONS)}}} "
-                            f"(and optionally when: ...), got {dist!r}")
+            problems.append(
+                f"{where}: expected one of {{{' | '.join(f'{k}: ...' for k in DISTRIBUTIONS)}}} "
+                f"(and optionally when: ...), got {dist!r}"
+            )
             continue
         extra = [k for k in dist if k not in (*DISTRIBUTIONS, "when")]
         for k in extra:
-            problems.append(f"{where}.{k}: unknown key{suggest(str(k), ('when',))}; a parameter takes one "
-                            f"distribution and optionally when:")
+            problems.append(
+                f"{where}.{k}: unknown key{suggest(str(k), ('when',))}; a parameter takes one "
+                f"distribution and optionally when:"
+            )
         kind = kinds[0]
         param = check_param(str(path), kind, dist[kind], t, f"{where}.{kind}", problems)
         if param and not extra:
@@ -389,8 +450,9 @@ def _conditions(space: dict[str, Param], problems: list[str]) -> dict[str, Param
                 problems.append(f"{at}: a parameter cannot be conditioned on itself")
             elif cond is None:
                 hint = " (it is fixed in base:)" if field_type(other) else suggest(other, space)
-                problems.append(f"{at}: {other} is not searched{hint}; a condition must name a `choice` "
-                                f"parameter in space:")
+                problems.append(
+                    f"{at}: {other} is not searched{hint}; a condition must name a `choice` parameter in space:"
+                )
             elif cond.kind != "choice":
                 problems.append(f"{at}: {other} is a {cond.kind} range; conditions need a `choice` parameter")
             else:
@@ -422,7 +484,7 @@ def _sampling_order(space: dict[str, Param], problems: list[str]) -> dict[str, P
         if path in ordered or path in failed:
             return
         if path in visiting:
-            cycle = visiting[visiting.index(path):] + [path]
+            cycle = visiting[visiting.index(path) :] + [path]
             problems.append(f"space.{path}.when: the conditions form a cycle: {' -> '.join(cycle)}")
             failed.update(cycle)
             return
@@ -436,5 +498,3 @@ def _sampling_order(space: dict[str, Param], problems: list[str]) -> dict[str, P
     for path in space:
         visit(path)
     return ordered
-
-

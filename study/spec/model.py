@@ -154,8 +154,10 @@ class Spec:
         s = self.study.scheduler
         if s.type != "asha":
             return "none"
-        return (f"asha on {self.primary.metric} (grace_period {s.grace_period}, reduction_factor "
-                f"{s.reduction_factor:g}, max_t {s.max_t} epochs)")
+        return (
+            f"asha on {self.primary.metric} (grace_period {s.grace_period}, reduction_factor "
+            f"{s.reduction_factor:g}, max_t {s.max_t} epochs)"
+        )
 
     @property
     def multi_objective(self) -> bool:
@@ -189,4 +191,3 @@ class Spec:
             "base": self.base.to_dict(),
             "space": {p.path: {p.kind: p.args, **({"when": p.when} if p.when else {})} for p in self.space.values()},
         }
-

@@ -53,11 +53,29 @@ def ray_cluster():
     )
     sid = None
     try:
-        sid = ray_start(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                         "--num-cpus", str(CLUSTER_CPUS), "--include-dashboard", "true",
-                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                         "--ray-client-server-port", str(client), "--temp-dir", str(folder),
-                         "--disable-usage-stats"], env)
+        sid = ray_start(
+            [
+                "--head",
+                "--port",
+                str(port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                str(CLUSTER_CPUS),
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--ray-client-server-port",
+                str(client),
+                "--temp-dir",
+                str(folder),
+                "--disable-usage-stats",
+            ],
+            env,
+        )
         yield {"address": f"127.0.0.1:{port}", "env": auth, "cpus": CLUSTER_CPUS}
     finally:
         if sid is not None:

@@ -41,6 +41,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 # --- the CLI as a subprocess, the way users run it ---------------------------------------------------
 
+
 def clean_env(**extra: str) -> dict:
     """This environment without a tracking server or cluster address the developer may have set,
     plus `extra` (e.g. an object store's AWS_* variables, a cluster's RAY_AUTH_* ones)."""
@@ -49,8 +50,14 @@ def clean_env(**extra: str) -> dict:
 
 def run_cli(*args: str, cwd: Path, timeout: int = 400, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m study.run ARGS` to its end; env: variables added to clean_env()."""
-    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=cwd, env=clean_env(**(env or {})),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=cwd,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class StudyProcess:
@@ -62,13 +69,26 @@ class StudyProcess:
     passes in `starts` (wait notes the rest), so that a predicate sees the trials started so far.
     """
 
-    def __init__(self, *args: str, cwd: Path, env: dict | None = None, runs: Runs | None = None,
-                 stderr_apart: bool = False, label: str = "study.run"):
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path,
+        env: dict | None = None,
+        runs: Runs | None = None,
+        stderr_apart: bool = False,
+        label: str = "study.run",
+    ):
         self.cmd = [sys.executable, "-m", "study.run", *args]
         self.label = label  # names the run in a failure's message
-        self.popen = subprocess.Popen(self.cmd, cwd=cwd, env=clean_env(**(env or {})), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT, text=True,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.cmd,
+            cwd=cwd,
+            env=clean_env(**(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.pid = self.popen.pid
         if runs is not None:
             runs.sids.append(self.pid)
@@ -113,7 +133,7 @@ class StudyProcess:
 
     def _unseen(self) -> list[str]:
         with self._cond:
-            return [line for _, line in self.lines[self._looked:]]
+            return [line for _, line in self.lines[self._looked :]]
 
     def _look(self, line: str) -> None:
         self._looked += 1
@@ -182,6 +202,7 @@ class StudyProcess:
 
 # --- processes: every CLI run is a session leader; its Ray processes stay in its session ------------
 
+
 def session_pids(sid: int) -> dict[int, str]:
     """Live (non-zombie) processes of session `sid`: pid -> command line."""
     found = {}
@@ -233,8 +254,9 @@ class Runs:
         self.sids: list[int] = []
         self.leftovers: dict[str, dict[int, str]] = {}
 
-    def run(self, label: str, *args: str, cwd: Path, timeout: float = 400,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, label: str, *args: str, cwd: Path, timeout: float = 400, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """A CLI run to its end (stdout and stderr apart), with a hard timeout that also kills the Ray
         processes it started; what its exit left running goes to leftovers[label], its output to
         label.out and label.err beside the study, for a failure's post-mortem."""
@@ -251,6 +273,7 @@ class Runs:
 
 
 # --- Ray clusters of a test's own: `ray start` on loopback ------------------------------------------
+
 
 def free_ports(n: int = 1) -> list[int]:
     """n distinct loopback ports that were free a moment ago."""
@@ -271,8 +294,14 @@ def free_port() -> int:
 def ray_start(args: list[str], env: dict) -> int:
     """`ray start ...` in a session of its own (its output captured); returns the session id that holds
     the node's processes. A failed start is killed and fails the test with its output."""
-    p = subprocess.Popen([RAY, "start", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [RAY, "start", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -287,18 +316,38 @@ def ray_start(args: list[str], env: dict) -> int:
 
 # --- the tiny study the fault tests run, and what they read back -------------------------------------
 
-def write_spec(path: Path, storage: Path | str, phantom: dict, epochs: int = EPOCHS, trials: int = 2,
-               concurrency: int = 1, resources: dict | None = None, train: dict | None = None,
-               name: str = NAME) -> Path:
+
+def write_spec(
+    path: Path,
+    storage: Path | str,
+    phantom: dict,
+    epochs: int = EPOCHS,
+    trials: int = 2,
+    concurrency: int = 1,
+    resources: dict | None = None,
+    train: dict | None = None,
+    name: str = NAME,
+) -> Path:
     """The tiny study the fault tests run; resources and train add to (or override) its sections."""
     spec = {
-        "study": {"name": name, "trials": trials, "concurrency": concurrency, "seed": 7, "scheduler": "none",
-                  "storage": str(storage), "objectives": [{"metric": "val/mre_mm", "mode": "min"}]},
+        "study": {
+            "name": name,
+            "trials": trials,
+            "concurrency": concurrency,
+            "seed": 7,
+            "scheduler": "none",
+            "storage": str(storage),
+            "objectives": [{"metric": "val/mre_mm", "mode": "min"}],
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1, **(resources or {})},
         "base": {
             "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(path.parent / "phantom"), "input_size": [32, 24],
-                     "phantom": phantom},
+            "data": {
+                "dataset": "phantom",
+                "root": str(path.parent / "phantom"),
+                "input_size": [32, 24],
+                "phantom": phantom,
+            },
             "train": {"epochs": epochs, "batch_size": 4, **(train or {})},
             "loss": {"type": "ewc"},
             "eval": {"decode": "subpixel", "split": "test2"},
@@ -335,8 +384,12 @@ def trial_runs(uri: str) -> tuple[dict[str, dict], int, int]:
         tags = run.data.tags
         if tags.get("study.role") == "trial":
             trials[tags["tune.trial_id"]] = {
-                "run_id": run.info.run_id, "status": run.info.status, "outcome": tags.get("trial.status"),
-                "lr": float(run.data.params["optim.lr"]), "val/mre_mm": run.data.metrics.get("val/mre_mm")}
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "outcome": tags.get("trial.status"),
+                "lr": float(run.data.params["optim.lr"]),
+                "val/mre_mm": run.data.metrics.get("val/mre_mm"),
+            }
     roles = [r.data.tags.get("study.role") for r in runs]
     return trials, roles.count("study"), roles.count("trial")
 
@@ -346,9 +399,13 @@ def histories(uri: str, trials: dict[str, dict]) -> dict[str, dict[str, list[int
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    return {tid: {key: [m.step for m in sorted(client.get_metric_history(t["run_id"], key), key=lambda m: m.timestamp)]
-                  for key in ("train/loss", "val/mre_mm")}
-            for tid, t in trials.items()}
+    return {
+        tid: {
+            key: [m.step for m in sorted(client.get_metric_history(t["run_id"], key), key=lambda m: m.timestamp)]
+            for key in ("train/loss", "val/mre_mm")
+        }
+        for tid, t in trials.items()
+    }
 
 
 def optuna_study(tune_dir: Path):

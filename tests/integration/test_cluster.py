@@ -32,8 +32,13 @@ def cluster():
         c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
         worker = c.add_node(num_cpus=1, resources={"worker_node": 1})
         c.wait_for_nodes(timeout=60)
-        yield {"cluster": c, "address": c.address, "head": c.head_node.node_id, "worker": worker.node_id,
-               "ip": c.head_node.node_ip_address}
+        yield {
+            "cluster": c,
+            "address": c.address,
+            "head": c.head_node.node_id,
+            "worker": worker.node_id,
+            "ip": c.head_node.node_ip_address,
+        }
     finally:
         if c is not None:
             c.shutdown()
@@ -45,8 +50,15 @@ def runs(cluster, tmp_path_factory, tiny_phantom):
     tmp = {k: tmp_path_factory.mktemp(k) for k in ("study", "gpu_box", "workers")}
 
     def spec(k: str, **resources):  # the 2-trial study of 2 epochs, any number at once (concurrency 0)
-        return write_spec(tmp[k] / "twonodes.yaml", tmp[k] / "store", tiny_phantom, epochs=2, concurrency=0,
-                          resources=resources, name="twonodes")
+        return write_spec(
+            tmp[k] / "twonodes.yaml",
+            tmp[k] / "store",
+            tiny_phantom,
+            epochs=2,
+            concurrency=0,
+            resources=resources,
+            name="twonodes",
+        )
 
     specs = {
         "study": spec("study"),
@@ -55,9 +67,12 @@ def runs(cluster, tmp_path_factory, tiny_phantom):
         "workers": spec("workers", workers=2, custom={"worker_node": 1}),
     }
     extra = {"gpu_box": ["--set", "resources.custom.gpu_box=1"]}
-    procs = {k: StudyProcess(str(path), "--address", cluster["address"], *extra.get(k, []), cwd=tmp[k],
-                             stderr_apart=True, label=k)
-             for k, path in specs.items()}
+    procs = {
+        k: StudyProcess(
+            str(path), "--address", cluster["address"], *extra.get(k, []), cwd=tmp[k], stderr_apart=True, label=k
+        )
+        for k, path in specs.items()
+    }
     try:
         done = {k: p.finish(timeout=400 if k == "study" else 120) for k, p in procs.items()}
     finally:
@@ -102,7 +117,9 @@ def test_more_workers_than_nodes_holding_the_resource_is_refused(runs):
     proc, store = runs["workers"]["proc"], runs["workers"]["dir"] / "store"
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "nothing was started" in proc.stderr
-    assert ("resources.workers: 2 workers of 1 CPU + 1 worker_node each, but the cluster holds only 1 at once"
-            in proc.stderr)
+    assert (
+        "resources.workers: 2 workers of 1 CPU + 1 worker_node each, but the cluster holds only 1 at once"
+        in proc.stderr
+    )
     assert not START.search(proc.stdout)
     assert not (store / "twonodes" / "tune").exists()

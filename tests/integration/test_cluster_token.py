@@ -33,8 +33,14 @@ def _study(tmp_path: Path, address: str, env: dict) -> tuple[subprocess.Complete
     spec = tmp_path / "s.yaml"
     spec.write_text(f"study: {{name: tok, storage: {tmp_path / 'store'}, trials: 1}}\nbase:\n  train: {{epochs: 1}}\n")
     t0 = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "study.run", str(spec), "--address", address], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "study.run", str(spec), "--address", address],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return run, time.monotonic() - t0
 
 
@@ -42,9 +48,11 @@ def test_without_the_token_the_study_says_so_in_one_line(ray_cluster, tmp_path):
     run, seconds = _study(tmp_path, ray_cluster["address"], _env(tmp_path))
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     problems = [line.strip() for line in run.stderr.splitlines()[1:]]
-    assert problems == [f"--address {ray_cluster['address']}: the Ray cluster there wants its token (Ray's token "
-                        f"authentication); give it with RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE or the head's "
-                        f"~/.ray/auth_token copied here"], run.stderr
+    assert problems == [
+        f"--address {ray_cluster['address']}: the Ray cluster there wants its token (Ray's token "
+        f"authentication); give it with RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE or the head's "
+        f"~/.ray/auth_token copied here"
+    ], run.stderr
     assert "Failed to get cluster ID" not in run.stdout + run.stderr
     assert seconds < 15, seconds
     assert not (tmp_path / "store").exists()
@@ -63,8 +71,10 @@ def test_the_token_is_used_without_ray_auth_mode(ray_cluster, tmp_path, where):
     if where == "home file":
         (tmp_path / "home" / ".ray").mkdir(parents=True)
         (tmp_path / "home" / ".ray" / "auth_token").write_text(token)
-    code = (f"from study.cluster import init_ray; import ray; init_ray({ray_cluster['address']!r}, False, False); "
-            "print('cpus', ray.cluster_resources()['CPU'])")
+    code = (
+        f"from study.cluster import init_ray; import ray; init_ray({ray_cluster['address']!r}, False, False); "
+        "print('cpus', ray.cluster_resources()['CPU'])"
+    )
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert f"joined Ray cluster at {ray_cluster['address']}" in run.stdout and "cpus 2.0" in run.stdout

@@ -76,15 +76,30 @@ def store(tmp_path_factory):
     client = MlflowClient(uri)
     now = int(time.time() * 1000)
     for tid, (status, lr, schedule, sigma, mre, sdr) in TRIALS.items():
-        run = client.create_run(study_run.experiment_id, run_name=f"cmp-{tid}", tags={
-            TAG_STUDY: "cmp", TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: study_run.run_id, TAG_STATUS: status})
+        run = client.create_run(
+            study_run.experiment_id,
+            run_name=f"cmp-{tid}",
+            tags={
+                TAG_STUDY: "cmp",
+                TAG_ROLE: "trial",
+                TAG_TRIAL: tid,
+                TAG_PARENT: study_run.run_id,
+                TAG_STATUS: status,
+            },
+        )
         # like the driver: the whole config, so an unsampled target.sigma still has its base value
         params = {"optim.lr": lr, "target.schedule": schedule, "target.sigma": sigma or 2.0, "train.epochs": 10}
         metrics = [Metric(k, v, now, 10) for k, v in (("val/mre_mm", mre), ("val/sdr_2mm", sdr)) if v is not None]
         metrics.append(Metric("target/sigma_0", 2.0, now, 10))  # per-landmark series stay out of the table
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
-    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", uri, "--write"],
-                          cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", uri, "--write"],
+        cwd=tmp,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"uri": uri, "client": client, "run_id": study_run.run_id, "proc": proc, "tmp": tmp}
 
@@ -97,8 +112,9 @@ def test_trial_runs_are_tagged_with_their_front_and_rank(store):
     mlflow.set_tracking_uri(store["uri"])
     runs = mlflow.search_runs(experiment_names=["landmarks"], filter_string="tags.`study.role` = 'trial'")
     tags = {r["tags.tune.trial_id"]: (r["tags.pareto.front"], r["tags.pareto.rank"]) for _, r in runs.iterrows()}
-    expected = {t: ("true" if RANKS.get(t) == 1 else "false", str(RANKS[t]) if t in RANKS else "unranked")
-                for t in TRIALS}
+    expected = {
+        t: ("true" if RANKS.get(t) == 1 else "false", str(RANKS[t]) if t in RANKS else "unranked") for t in TRIALS
+    }
     assert tags == expected
 
 
@@ -109,7 +125,11 @@ def test_the_cli_prints_the_front_and_what_it_left_out(store):
     assert sorted(front_lines) == ["a", "b", "g"]
     unranked = next(line for line in out.splitlines() if "unranked:" in line)
     assert unranked.startswith("3 unranked: ")
-    assert sorted(unranked.removeprefix("3 unranked: ").split(", ")) == ["1 diverged", "1 missing val/sdr_2mm", "1 running"]
+    assert sorted(unranked.removeprefix("3 unranked: ").split(", ")) == [
+        "1 diverged",
+        "1 missing val/sdr_2mm",
+        "1 running",
+    ]
 
 
 def test_the_table_of_all_trials_is_on_the_study_run_as_csv_and_parquet(store):
@@ -129,8 +149,9 @@ def test_the_table_of_all_trials_is_on_the_study_run_as_csv_and_parquet(store):
 
 def test_the_front_plots_are_on_the_study_run(store):
     html = _artifact(store, "pareto/front.html").read_text()
-    assert "plotly" in html and all(f'"{t}"' in html or f"'{t}'" in html or f">{t}<" in html or t in html
-                                    for t in ("a", "b", "g"))
+    assert "plotly" in html and all(
+        f'"{t}"' in html or f"'{t}'" in html or f">{t}<" in html or t in html for t in ("a", "b", "g")
+    )
     png = Image.open(_artifact(store, "pareto/front.png"))
     assert png.format == "PNG" and png.size == pareto_image.pareto_png_size(2)
     assert np.asarray(png.convert("L")).std() > 5  # not a blank canvas
@@ -154,7 +175,10 @@ def test_parameter_importance_is_on_the_study_run(store):
     png = Image.open(_artifact(store, "importance/importance.png"))
     assert png.size == importance.importance_png_size(2)
     metrics = store["client"].get_run(store["run_id"]).data.metrics
-    assert set(k for k in metrics if k.startswith("importance/")) == {"importance/optim.lr", "importance/target.schedule"}
+    assert set(k for k in metrics if k.startswith("importance/")) == {
+        "importance/optim.lr",
+        "importance/target.schedule",
+    }
 
 
 def test_the_study_run_carries_the_spec_the_environment_and_the_commit(store):
@@ -174,15 +198,25 @@ def test_the_study_run_carries_the_spec_the_environment_and_the_commit(store):
 
 
 def test_a_second_pass_changes_no_tag_and_logs_no_second_copy(store):
-    before = {r.info.run_id: r.data.tags for r in store["client"].search_runs([store["client"].get_run(
-        store["run_id"]).info.experiment_id])}
-    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"], "--write"],
-                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    before = {
+        r.info.run_id: r.data.tags
+        for r in store["client"].search_runs([store["client"].get_run(store["run_id"]).info.experiment_id])
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"], "--write"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0
-    after = {r.info.run_id: r.data.tags for r in store["client"].search_runs([store["client"].get_run(
-        store["run_id"]).info.experiment_id])}
-    assert {k: {t: v for t, v in tags.items() if t.startswith("pareto.")} for k, tags in before.items()} == \
-        {k: {t: v for t, v in tags.items() if t.startswith("pareto.")} for k, tags in after.items()}
+    after = {
+        r.info.run_id: r.data.tags
+        for r in store["client"].search_runs([store["client"].get_run(store["run_id"]).info.experiment_id])
+    }
+    assert {k: {t: v for t, v in tags.items() if t.startswith("pareto.")} for k, tags in before.items()} == {
+        k: {t: v for t, v in tags.items() if t.startswith("pareto.")} for k, tags in after.items()
+    }
     names = [a.path for a in store["client"].list_artifacts(store["run_id"], "pareto")]
     assert sorted(names) == ["pareto/front.html", "pareto/front.png", "pareto/trials.csv", "pareto/trials.parquet"]
 
@@ -192,12 +226,19 @@ def test_without_write_the_cli_is_a_query_and_writes_nothing(store):
 
     def snapshot():
         runs = client.search_runs([exp])
-        return ({r.info.run_id: (r.data.tags, r.data.metrics) for r in runs},
-                sorted(a.path for a in client.list_artifacts(store["run_id"], "pareto")))
+        return (
+            {r.info.run_id: (r.data.tags, r.data.metrics) for r in runs},
+            sorted(a.path for a in client.list_artifacts(store["run_id"], "pareto")),
+        )
 
     before = snapshot()
-    proc = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"]],
-                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", store["uri"]],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Pareto front of 3" in proc.stdout and "parameter importance" in proc.stdout
     assert "read only: nothing was written" in proc.stdout
@@ -205,20 +246,32 @@ def test_without_write_the_cli_is_a_query_and_writes_nothing(store):
 
 
 def test_unknown_study_and_missing_store_fail_with_one_clear_line(store, tmp_path):
-    unknown = subprocess.run([sys.executable, "-m", "dashboards.pareto", "nope", "--tracking-uri", store["uri"]],
-                             env=clean_env(), capture_output=True, text=True, timeout=300)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "dashboards.pareto", "nope", "--tracking-uri", store["uri"]],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert unknown.returncode == 2 and "no study 'nope'" in unknown.stderr and "['cmp']" in unknown.stderr
-    missing = subprocess.run([sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri",
-                              f"sqlite:///{tmp_path / 'absent.db'}"], env=clean_env(), capture_output=True,
-                             text=True, timeout=300)
+    missing = subprocess.run(
+        [sys.executable, "-m", "dashboards.pareto", "cmp", "--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "no MLflow store at" in missing.stderr
     assert not (tmp_path / "absent.db").exists()
 
 
 def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny_config, recorder):
     # A real trainer run (Adaloss, 3 epochs), its checkpoints laid out as a Train run lays them out.
-    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {"train.epochs": 3, "target.schedule": "adaloss",
-                                                              "eval.preview": 2, "eval.split": "test2"}))
+    cfg = TrialConfig.from_dict(
+        apply_overrides(
+            tiny_config, {"train.epochs": 3, "target.schedule": "adaloss", "eval.preview": 2, "eval.split": "test2"}
+        )
+    )
     rec = recorder("ckpts")
     fit(cfg, rec)
     train_dir = tmp_path / "train" / "train_t1"
@@ -234,16 +287,30 @@ def test_a_trial_checkpoint_becomes_its_pictures_and_best_weights(tmp_path, tiny
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("pics")).info.run_id
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, m["epoch"]) for m in rec.metrics
-                                      for k, v in m.items() if k.startswith("target/sigma_")])
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, v, now, m["epoch"]) for m in rec.metrics for k, v in m.items() if k.startswith("target/sigma_")
+        ],
+    )
     logged = publish_trial(client, run_id, str(train_dir), ("val/mre_mm", "min"), adaloss=True)
-    assert sorted(logged) == ["checkpoint/checkpoint.pt", "checkpoint/metrics.json", "plots/ced.png",
-                              "plots/heatmaps.png", "plots/overlays.png", "plots/sigma.png",
-                              "tables/test_test2_per_landmark.txt"]
+    assert sorted(logged) == [
+        "checkpoint/checkpoint.pt",
+        "checkpoint/metrics.json",
+        "plots/ced.png",
+        "plots/heatmaps.png",
+        "plots/overlays.png",
+        "plots/sigma.png",
+        "tables/test_test2_per_landmark.txt",
+    ]
     out = tmp_path / "dl"
     h, w = cfg.data.input_size
-    sizes = {"plots/ced.png": plots.CED_PNG_SIZE, "plots/sigma.png": plots.SIGMA_PNG_SIZE,
-             "plots/overlays.png": trial_plots.overlay_png_size(2, h, w), "plots/heatmaps.png": trial_plots.overlay_png_size(2, h, w)}
+    sizes = {
+        "plots/ced.png": plots.CED_PNG_SIZE,
+        "plots/sigma.png": plots.SIGMA_PNG_SIZE,
+        "plots/overlays.png": trial_plots.overlay_png_size(2, h, w),
+        "plots/heatmaps.png": trial_plots.overlay_png_size(2, h, w),
+    }
     for path, size in sizes.items():
         png = Image.open(client.download_artifacts(run_id, path, str(out)))
         assert png.format == "PNG" and png.size == size, path
@@ -261,9 +328,14 @@ def test_the_ui_serves_the_store_on_loopback(store):
     import urllib.request
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
         deadline = time.monotonic() + 90
@@ -285,6 +357,11 @@ def test_the_ui_serves_the_store_on_loopback(store):
 
 
 def test_the_ui_refuses_a_store_that_does_not_exist(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dashboards.ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
-                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboards.ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "no MLflow store at" in proc.stderr and not (tmp_path / "x.db").exists()

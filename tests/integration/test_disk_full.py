@@ -39,8 +39,11 @@ def _mount_tmpfs(folder: Path) -> str:
     if os.geteuid() != 0:
         return "not root: cannot mount a small tmpfs to fill up"
     folder.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", f"tmpfs-{uuid.uuid4().hex[:8]}",
-                           str(folder)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", f"tmpfs-{uuid.uuid4().hex[:8]}", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     return "" if done.returncode == 0 else f"mount of a tmpfs refused here: {done.stderr.strip()}"
 
 
@@ -95,8 +98,16 @@ def _case(case: str, tmp: Path, disk: Path, phantom: dict, runs: Runs) -> dict:
     (tmp / "resumed.err").write_text(resumed.stderr)
     uri = f"sqlite:///{disk / 'store' / 'mlflow.db'}"
     trials, parents, n_trial_runs = trial_runs(uri)
-    return {"disk": disk, "first": first, "resumed": resumed, "trials": trials, "parents": parents,
-            "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+    return {
+        "disk": disk,
+        "first": first,
+        "resumed": resumed,
+        "trials": trials,
+        "parents": parents,
+        "n_trial_runs": n_trial_runs,
+        "histories": histories(uri, trials),
+        "runs": runs,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,9 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
     assert worker, f"no RayTrainWorker in the driver's session: {session_pids(p.pid)}"
     second: dict = {}  # a second driver of the same study, started while the first one runs
     if second_driver:
-        starter = threading.Thread(target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300)))
+        starter = threading.Thread(
+            target=lambda: second.update(run=runs.run("second", str(spec), cwd=tmp, timeout=300))
+        )
         starter.start()
     os.kill(worker, signal.SIGKILL)
     out["rc"] = p.wait(timeout=600)
@@ -66,8 +68,10 @@ def _kill_the_worker_after_epoch_2(tmp: Path, spec: Path, runs: Runs, second_dri
 
 
 # The two studies: with restarts (a second driver is started on it too), and with max_failures 0.
-STUDIES = {"faulted": {"second_driver": True, "spec": {}},
-           "exhausted": {"second_driver": False, "spec": {"resources": {"max_failures": 0}}}}
+STUDIES = {
+    "faulted": {"second_driver": True, "spec": {}},
+    "exhausted": {"second_driver": False, "spec": {"resources": {"max_failures": 0}}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +86,9 @@ def studies(tmp_path_factory, tiny_phantom):
     def work(name: str) -> None:
         tmp, how = folders[name], STUDIES[name]
         try:
-            spec_path = write_spec(tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
-                                   **how["spec"])
+            spec_path = write_spec(
+                tmp / "faults.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1, **how["spec"]
+            )
             results[name] = _kill_the_worker_after_epoch_2(tmp, spec_path, runs[name], how["second_driver"])
         except BaseException as e:  # pytest.fail raises an OutcomeException (a BaseException)
             results[name] = e
@@ -162,8 +167,11 @@ def test_a_trial_whose_restarts_are_used_up_fails_and_keeps_its_best_checkpoint(
     client = MlflowClient(exhausted["uri"])
     names = {a.path for a in client.list_artifacts(t["run_id"], "checkpoint")}
     assert {"checkpoint/checkpoint.pt", "checkpoint/metrics.json"} <= names, names
-    saved = json.loads(Path(client.download_artifacts(t["run_id"], "checkpoint/metrics.json",
-                                                      str(exhausted["dir"] / "dl"))).read_text())
+    saved = json.loads(
+        Path(
+            client.download_artifacts(t["run_id"], "checkpoint/metrics.json", str(exhausted["dir"] / "dl"))
+        ).read_text()
+    )
     history = {m.step: m.value for m in client.get_metric_history(t["run_id"], "val/mre_mm")}
     assert saved["epoch"] in history and saved["val/mre_mm"] == min(history.values()), (saved, history)
     assert {a.path for a in client.list_artifacts(t["run_id"], "plots")} >= {"plots/ced.png", "plots/overlays.png"}

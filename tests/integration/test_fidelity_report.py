@@ -30,9 +30,26 @@ pytestmark = pytest.mark.integration
 def report(tmp_path_factory, ray_cluster):
     tmp = tmp_path_factory.mktemp("fidelity")
     out = tmp / "reports" / "fidelity.md"
-    done = subprocess.run([sys.executable, "-m", "study.fidelity", "--tiny", "--storage", str(tmp / "studies"),
-                           "--out", str(out), "--address", ray_cluster["address"]], cwd=tmp,
-                          env=clean_env(**ray_cluster["env"]), capture_output=True, text=True, timeout=1500, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.fidelity",
+            "--tiny",
+            "--storage",
+            str(tmp / "studies"),
+            "--out",
+            str(out),
+            "--address",
+            ray_cluster["address"],
+        ],
+        cwd=tmp,
+        env=clean_env(**ray_cluster["env"]),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return {"tmp": tmp, "out": out, "stdout": done.stdout, "uri": f"sqlite:///{tmp / 'studies' / 'mlflow.db'}"}
 
@@ -53,7 +70,11 @@ def test_every_claim_row_is_written_and_logged(report):
     client = MlflowClient(report["uri"])
     exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
     (run,) = client.search_runs([exp.experiment_id])
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"fidelity.md", "fidelity.png", "fidelity_claims.csv"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "fidelity.md",
+        "fidelity.png",
+        "fidelity_claims.csv",
+    }
     assert sum(run.data.metrics[k] for k in ("claims/held", "claims/not_held", "claims/unclear")) == len(claims)
     assert "wrote" in report["stdout"] and "claims" in report["stdout"]
 
@@ -77,8 +98,11 @@ def test_each_row_is_computed_from_the_trial_runs(report):
 
 
 def _side(runs: list, values: dict) -> float:
-    ok = [r.data.metrics[METRIC] for r in runs
-          if all(_same(r.data.params.get(k), v) for k, v in values.items()) and METRIC in r.data.metrics]
+    ok = [
+        r.data.metrics[METRIC]
+        for r in runs
+        if all(_same(r.data.params.get(k), v) for k, v in values.items()) and METRIC in r.data.metrics
+    ]
     return min(ok) if ok else math.nan
 
 

@@ -54,8 +54,12 @@ SPEC = """\
       target.schedule: {choice: [fixed, adaloss]}
     """
 # trial: (status, lr, schedule, val/mre_mm, val/sdr_2mm, cost/gflops)
-TRIALS = {"a1": ("finished", 3e-4, "adaloss", 1.6, 71.0, 4.2), "b2": ("finished", 1e-3, "fixed", 2.1, 64.0, 2.1),
-          "c3": ("stopped early", 5e-3, "fixed", 2.9, 55.0, 2.1), "d4": ("finished", 2e-4, "adaloss", 1.9, 60.0, 8.4)}
+TRIALS = {
+    "a1": ("finished", 3e-4, "adaloss", 1.6, 71.0, 4.2),
+    "b2": ("finished", 1e-3, "fixed", 2.1, 64.0, 2.1),
+    "c3": ("stopped early", 5e-3, "fixed", 2.9, 55.0, 2.1),
+    "d4": ("finished", 2e-4, "adaloss", 1.9, 60.0, 8.4),
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +74,42 @@ def store(tmp_path_factory):
     now = int(time.time() * 1000)
     runs = {}
     for tid, (status, lr, schedule, mre, sdr, gflops) in TRIALS.items():
-        run = client.create_run(study_run.experiment_id, run_name=f"firstvisit-{tid}", tags={
-            TAG_STUDY: "firstvisit", TAG_ROLE: "trial", TAG_TRIAL: tid, TAG_PARENT: study_run.run_id,
-            TAG_STATUS: status})
+        run = client.create_run(
+            study_run.experiment_id,
+            run_name=f"firstvisit-{tid}",
+            tags={
+                TAG_STUDY: "firstvisit",
+                TAG_ROLE: "trial",
+                TAG_TRIAL: tid,
+                TAG_PARENT: study_run.run_id,
+                TAG_STATUS: status,
+            },
+        )
         # like a real trial: the objectives buried among ~60 metrics, per-landmark series first alphabetically
-        metrics = {"val/mre_mm": mre, "val/sdr_2mm": sdr, "cost/gflops": gflops, "cost/epoch_s": 10 * gflops,
-                   "cost/params_m": gflops / 2, "cost/latency_ms": 3 * gflops, "train/loss": 0.1,
-                   **{f"target/sigma_{k}": 2.0 for k in range(19)}, **{f"train/loss_lm_{k}": 0.01 for k in range(19)}}
-        client.log_batch(run.info.run_id, params=[Param("optim.lr", str(lr)), Param("target.schedule", schedule),
-                                                  Param("train.epochs", "10")],
-                         metrics=[Metric(k, v, now, 10) for k, v in metrics.items()])
+        metrics = {
+            "val/mre_mm": mre,
+            "val/sdr_2mm": sdr,
+            "cost/gflops": gflops,
+            "cost/epoch_s": 10 * gflops,
+            "cost/params_m": gflops / 2,
+            "cost/latency_ms": 3 * gflops,
+            "train/loss": 0.1,
+            **{f"target/sigma_{k}": 2.0 for k in range(19)},
+            **{f"train/loss_lm_{k}": 0.01 for k in range(19)},
+        }
+        client.log_batch(
+            run.info.run_id,
+            params=[Param("optim.lr", str(lr)), Param("target.schedule", schedule), Param("train.epochs", "10")],
+            metrics=[Metric(k, v, now, 10) for k, v in metrics.items()],
+        )
         runs[tid] = run.info.run_id
-    info = StudyInfo("firstvisit", study_run.experiment_id, study_run.run_id,
-                     [("val/mre_mm", "min"), ("val/sdr_2mm", "max")], dict(spec.space))
+    info = StudyInfo(
+        "firstvisit",
+        study_run.experiment_id,
+        study_run.run_id,
+        [("val/mre_mm", "min"), ("val/sdr_2mm", "max")],
+        dict(spec.space),
+    )
     publish_study(client, info)  # what the driver does after each trial: ranks, tags, descriptions
     return {"uri": uri, "experiment_id": study_run.experiment_id, "runs": runs, "tmp": tmp}
 
@@ -108,10 +135,23 @@ def _browse(exe: str, url: str, name: str, tmp_path: Path, window: str) -> str:
     """The page's DOM after PAGE_BUDGET_MS of virtual time, in a fresh profile (a first visit:
     nothing stored in the browser); its screenshot kept as `name`.png."""
     shot = tmp_path / f"{name}.png"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / f'profile-{name}'}", f"--window-size={window}",
-           f"--virtual-time-budget={PAGE_BUDGET_MS}", f"--screenshot={shot}", "--dump-dom", url]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / f'profile-{name}'}",
+        f"--window-size={window}",
+        f"--virtual-time-budget={PAGE_BUDGET_MS}",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert shot.exists() and "<html" in done.stdout, f"chromium (rc {done.returncode}):\n{done.stderr[-2000:]}"
     shots = os.environ.get("PLOTS_SHOTS_DIR", "/tmp/plots-shots")
@@ -142,18 +182,26 @@ def test_the_printed_link_opens_the_trials_with_their_objectives_and_costs(store
     port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
-                              cwd=tmp_path, env={**clean_env(), "PYTHONPATH": str(REPO)}, stdout=out,
-                              stderr=subprocess.STDOUT, text=True)
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "dashboards.ui", "--tracking-uri", store["uri"], "--port", str(port)],
+            cwd=tmp_path,
+            env={**clean_env(), "PYTHONPATH": str(REPO)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
+
         def printed():
             assert ui.poll() is None, log.read_text()[-3000:]
             found = re.search(r"study firstvisit: (http://\S+)", log.read_text())
             return found and found.group(1)
 
         url = _poll("the study's link in dashboards.ui's output", 120, printed)
-        assert url == (f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs"
-                       "?workflowType=machine_learning&viewStateShareKey=study-firstvisit")
+        assert url == (
+            f"http://127.0.0.1:{port}/#/experiments/{store['experiment_id']}/runs"
+            "?workflowType=machine_learning&viewStateShareKey=study-firstvisit"
+        )
 
         def healthy():
             assert ui.poll() is None, log.read_text()[-3000:]
@@ -168,12 +216,17 @@ def test_the_printed_link_opens_the_trials_with_their_objectives_and_costs(store
             assert f">firstvisit-{tid}<" in dom, tid
         for header in ("trial.status", "pareto.rank", "val/mre_mm", "val/sdr_2mm", "cost/gflops", "cost/epoch_s"):
             assert f">{header}<" in dom, header
-        assert dom.index(">firstvisit-a1<") < dom.index(">firstvisit-d4<") < dom.index(">firstvisit-b2<") \
-            < dom.index(">firstvisit-c3<")  # best val/mre_mm first: 1.6, 1.9, 2.1, 2.9
+        assert (
+            dom.index(">firstvisit-a1<")
+            < dom.index(">firstvisit-d4<")
+            < dom.index(">firstvisit-b2<")
+            < dom.index(">firstvisit-c3<")
+        )  # best val/mre_mm first: 1.6, 1.9, 2.1, 2.9
         assert "Detect Issues" not in dom  # not the GenAI overview
 
-        run_url = url.split("/#/")[0] + (f"/#/experiments/{store['experiment_id']}/runs/{store['runs']['a1']}"
-                                         "?workflowType=machine_learning")
+        run_url = url.split("/#/")[0] + (
+            f"/#/experiments/{store['experiment_id']}/runs/{store['runs']['a1']}?workflowType=machine_learning"
+        )
         page = _browse(chromium, run_url, "first_visit_trial_run", tmp_path, RUN_WINDOW)
         lead = page.index("val/mre_mm 1.6")  # the description, rendered from markdown
         assert "val/sdr_2mm 71" in page and "cost/gflops 4.2" in page and "adaloss, lr 3e-4" in page

@@ -39,8 +39,9 @@ def _checkpoints(run_dir):
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory, tiny_phantom):
     tmp = tmp_path_factory.mktemp("leftovers")
-    spec = write_spec(tmp / "leftovers.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1,
-                      train={"checkpoint_every": 1})
+    spec = write_spec(
+        tmp / "leftovers.yaml", tmp / "store", tiny_phantom, epochs=EPOCHS, trials=1, train={"checkpoint_every": 1}
+    )
     runs = Runs()
     try:
         p = StudyProcess(str(spec), cwd=tmp, runs=runs)
@@ -60,14 +61,27 @@ def killed(tmp_path_factory, tiny_phantom):
         orphans = [name for name in _checkpoints(run_dir) if name not in registered]
         resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
         first = re.search(rf"epoch  {trial}  (\d+)/", resumed.stdout)
-        print(f"leftovers: {len(at_kill)} checkpoint folder(s) at the kill, {len(samples[-1][2])} {WATCH_S} s later "
-              f"({len(registered)} registered, {len(orphans)} not); the resume's first epoch line: "
-              f"{first[1] if first else None}")
+        print(
+            f"leftovers: {len(at_kill)} checkpoint folder(s) at the kill, {len(samples[-1][2])} {WATCH_S} s later "
+            f"({len(registered)} registered, {len(orphans)} not); the resume's first epoch line: "
+            f"{first[1] if first else None}"
+        )
         uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
         trials, _, n_trial_runs = trial_runs(uri)
-        yield {"trial": trial, "sid": p.pid, "at_kill": at_kill, "samples": samples, "resumed": resumed,
-               "left_after_resume": session_pids(p.pid), "run_dir": run_dir, "orphans": orphans, "trials": trials,
-               "n_trial_runs": n_trial_runs, "histories": histories(uri, trials), "runs": runs}
+        yield {
+            "trial": trial,
+            "sid": p.pid,
+            "at_kill": at_kill,
+            "samples": samples,
+            "resumed": resumed,
+            "left_after_resume": session_pids(p.pid),
+            "run_dir": run_dir,
+            "orphans": orphans,
+            "trials": trials,
+            "n_trial_runs": n_trial_runs,
+            "histories": histories(uri, trials),
+            "runs": runs,
+        }
     finally:
         runs.cleanup()
 
@@ -100,8 +114,9 @@ def test_resume_stops_the_killed_drivers_ray_and_removes_unregistered_checkpoint
     out = killed["resumed"].stdout
     assert killed["resumed"].returncode == 0, out[-3000:] + killed["resumed"].stderr[-3000:]
     if left:  # what Ray left running 10 s after the kill (here: its DashboardAgent and RuntimeEnvAgent)
-        assert re.search(rf"note: stopped \d+ Ray process\(es\) left by the killed driver \(pid {killed['sid']}", out), \
-            (left, out[-3000:])
+        assert re.search(
+            rf"note: stopped \d+ Ray process\(es\) left by the killed driver \(pid {killed['sid']}", out
+        ), (left, out[-3000:])
     assert killed["left_after_resume"] == {}
     orphans = killed["orphans"]
     if orphans:  # written by the worker ahead of its controller, which never registered them
@@ -143,8 +158,14 @@ def test_a_worker_is_told_when_its_driver_is_gone(tmp_path):
 
     c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
     try:
-        driver = subprocess.run([sys.executable, "-c", DRIVER, c.address], env=clean_env(), capture_output=True,
-                                text=True, timeout=120, check=False)
+        driver = subprocess.run(
+            [sys.executable, "-c", DRIVER, c.address],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert "alive while the driver runs: True" in driver.stdout, driver.stdout + driver.stderr[-3000:]
         ray.init(address=c.address, namespace="leftovers")
         worker = ray.get_actor("worker")

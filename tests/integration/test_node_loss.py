@@ -24,8 +24,20 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (EPOCH, NAME, StudyProcess, clean_env, free_port, histories, kill_session, objects, ray_start,
-                     session_pids, trial_runs, write_spec)
+from helpers import (
+    EPOCH,
+    NAME,
+    StudyProcess,
+    clean_env,
+    free_port,
+    histories,
+    kill_session,
+    objects,
+    ray_start,
+    session_pids,
+    trial_runs,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,13 +62,47 @@ def cluster(tmp_path_factory, s3_store):
     try:
         for f in folders.values():
             f.mkdir()
-        sids.append(ray_start(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                               "--include-dashboard", "false", "--temp-dir", str(folders["A"])],
-                              {**env, "TMPDIR": str(folders["A"])}))
-        sids.append(ray_start(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                               "--temp-dir", str(folders["B"])], {**env, "TMPDIR": str(folders["B"])}))
-        yield {"address": f"127.0.0.1:{port}", "env": env, "head_sid": sids[0], "worker_sid": sids[1],
-               "folders": folders, "tmp": tmp}
+        sids.append(
+            ray_start(
+                [
+                    "--head",
+                    "--port",
+                    str(port),
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--num-cpus",
+                    "1",
+                    "--include-dashboard",
+                    "false",
+                    "--temp-dir",
+                    str(folders["A"]),
+                ],
+                {**env, "TMPDIR": str(folders["A"])},
+            )
+        )
+        sids.append(
+            ray_start(
+                [
+                    "--address",
+                    f"127.0.0.1:{port}",
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--num-cpus",
+                    "1",
+                    "--temp-dir",
+                    str(folders["B"]),
+                ],
+                {**env, "TMPDIR": str(folders["B"])},
+            )
+        )
+        yield {
+            "address": f"127.0.0.1:{port}",
+            "env": env,
+            "head_sid": sids[0],
+            "worker_sid": sids[1],
+            "folders": folders,
+            "tmp": tmp,
+        }
     finally:
         for sid in reversed(sids):
             kill_session(sid)
@@ -67,8 +113,9 @@ def cluster(tmp_path_factory, s3_store):
 @pytest.fixture(scope="module")
 def lost(cluster, tiny_phantom, s3_store):
     tmp = cluster["tmp"]
-    spec = write_spec(tmp / "nodeloss.yaml", f"s3://{s3_store['bucket']}/{PREFIX}", tiny_phantom, epochs=EPOCHS,
-                      concurrency=2)
+    spec = write_spec(
+        tmp / "nodeloss.yaml", f"s3://{s3_store['bucket']}/{PREFIX}", tiny_phantom, epochs=EPOCHS, concurrency=2
+    )
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     t0 = time.monotonic()
     p = StudyProcess(str(spec), "--address", cluster["address"], "--tracking-uri", uri, cwd=tmp, env=cluster["env"])
@@ -91,8 +138,10 @@ def lost(cluster, tiny_phantom, s3_store):
         out["t_end"] = time.monotonic() - t0
         out["output"] = p.output
         (tmp / "study.log").write_text(out["output"])
-        print(f"node loss: worker node killed {out['t_kill']:.0f} s after start at {reached}, "
-              f"study ended at {out['t_end']:.0f} s")
+        print(
+            f"node loss: worker node killed {out['t_kill']:.0f} s after start at {reached}, "
+            f"study ended at {out['t_end']:.0f} s"
+        )
         out["objects"] = objects(s3_store, f"{PREFIX}/{NAME}/")
         yield out
     finally:

@@ -23,8 +23,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (EPOCH, NAME, Runs, StudyProcess, first_epoch_after_resume, histories, objects, trial_runs,
-                     write_spec)
+from helpers import (
+    EPOCH,
+    NAME,
+    Runs,
+    StudyProcess,
+    first_epoch_after_resume,
+    histories,
+    objects,
+    trial_runs,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,13 +71,23 @@ def study(tmp_path_factory, tiny_phantom, s3_store):
         # a checkpoint folder that the killed trial's Train run never registered, as a worker outliving its
         # driver writes one (named to sort after every real one, so that it would be taken as the newest)
         orphan = f"train/train_{killed['trial']}/checkpoint_2099-01-01_00-00-00.000000"
-        s3_store["client"].put_object(Bucket=s3_store["bucket"], Key=f"{PREFIX}/{NAME}/{orphan}/checkpoint.pt", Body=b"x")
+        s3_store["client"].put_object(
+            Bucket=s3_store["bucket"], Key=f"{PREFIX}/{NAME}/{orphan}/checkpoint.pt", Body=b"x"
+        )
         t1 = time.monotonic()
         resumed = runs.run("resume", str(spec), "--resume", "--tracking-uri", env["uri"], cwd=tmp, env=env["aws"])
         t2 = time.monotonic()
         print(f"object-store study: until the kill {t1 - t0:.0f} s, resume {t2 - t1:.0f} s")
-        yield {"tmp": tmp, "uri": env["uri"], "killed": killed, "after_kill": after_kill, "resumed": resumed,
-               "after": objects(s3_store, f"{PREFIX}/{NAME}/"), "leftovers": runs.leftovers, "orphan": orphan}
+        yield {
+            "tmp": tmp,
+            "uri": env["uri"],
+            "killed": killed,
+            "after_kill": after_kill,
+            "resumed": resumed,
+            "after": objects(s3_store, f"{PREFIX}/{NAME}/"),
+            "leftovers": runs.leftovers,
+            "orphan": orphan,
+        }
     finally:
         runs.cleanup()
 
@@ -110,8 +129,9 @@ def test_every_trial_checkpoints_to_the_bucket_and_nothing_to_a_local_folder(stu
     keys, base = study["after"], f"{PREFIX}/{NAME}"
     trials, _, _ = trial_runs(study["uri"])
     for tid in trials:
-        assert any(k.startswith(f"{base}/train/train_{tid}/checkpoint_") and k.endswith("checkpoint.pt")
-                   for k in keys), (tid, sorted(keys))
+        assert any(
+            k.startswith(f"{base}/train/train_{tid}/checkpoint_") and k.endswith("checkpoint.pt") for k in keys
+        ), (tid, sorted(keys))
     assert f"{base}/driver.lock" not in keys  # released at the end
     local = [p for p in Path(study["tmp"]).rglob("*") if p.name.startswith(("checkpoint_", "experiment_state"))]
     assert local == []  # no Tune or Train state beside the spec (MLflow's SQLite file and artefacts only)

@@ -31,21 +31,30 @@ def test_a_failed_local_start_is_cleaned_up_and_tried_once_more(tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     marker = tmp_path / "agent_delayed"
-    (hooks / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+    (hooks / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""\
         import os, sys, time
         if any(a.endswith("dashboard/agent.py") for a in sys.argv) and not os.path.exists({str(marker)!r}):
             open({str(marker)!r}, "w").close()
             time.sleep(90)  # past the raylet's wait for this agent's port file
-        """))
-    code = ("import ray; from study.cluster import init_ray; "
-            "print('session', init_ray(None, False, dashboard=False)); print('cpus', ray.cluster_resources()['CPU'])")
+        """)
+    )
+    code = (
+        "import ray; from study.cluster import init_ray; "
+        "print('session', init_ray(None, False, dashboard=False)); print('cpus', ray.cluster_resources()['CPU'])"
+    )
     env = clean_env(PYTHONPATH=os.pathsep.join([str(hooks), str(ROOT)]))
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert marker.exists()  # the first start's agent was the slow one
-    note = re.search(r"^note: Ray's local start failed \(The current node timed out during startup\); stopped the "
-                     r"(\d+) process\(es\) it left and trying once more$", run.stdout, re.MULTILINE)
+    note = re.search(
+        r"^note: Ray's local start failed \(The current node timed out during startup\); stopped the "
+        r"(\d+) process\(es\) it left and trying once more$",
+        run.stdout,
+        re.MULTILINE,
+    )
     assert note, run.stdout
     assert int(note[1]) >= 2  # at least the GCS and the slow agent
     assert "started a local Ray: 2 CPU" in run.stdout and "cpus 2.0" in run.stdout

@@ -35,13 +35,18 @@ REPEAT_EPOCH = re.compile(r"^\[\d+:\d\d\] epoch\s+([0-9a-f]{8}) \(config (\d+), 
 
 def repeats_spec(tmp: Path, name: str, phantom: dict, **study) -> Path:
     spec = {
-        "study": {"name": name, "seed": 7, "scheduler": "none", "storage": str(tmp / "store"),
-                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}], **study},
+        "study": {
+            "name": name,
+            "seed": 7,
+            "scheduler": "none",
+            "storage": str(tmp / "store"),
+            "objectives": [{"metric": "val/mre_mm", "mode": "min"}],
+            **study,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "base": {
             "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
-                     "phantom": phantom},
+            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24], "phantom": phantom},
             "target": {"sigma": 2.5},
             "optim": {"lr": 3e-3},
             "train": {"epochs": 2, "batch_size": 4, "seed": 10},
@@ -68,11 +73,18 @@ def repeat_runs(uri: str, name: str) -> list[dict]:
     for run in runs:
         tags = run.data.tags
         if tags.get("study.role") == "trial":
-            out.append({"trial": tags["tune.trial_id"], "config": tags.get("config.id"),
-                        "repeat": tags.get("config.repeat"), "seed": run.data.params.get("train.seed"),
-                        "outcome": tags.get("trial.status"), "params": dict(run.data.params),
-                        "val/mre_mm": run.data.metrics.get("val/mre_mm"),
-                        "epochs": [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]})
+            out.append(
+                {
+                    "trial": tags["tune.trial_id"],
+                    "config": tags.get("config.id"),
+                    "repeat": tags.get("config.repeat"),
+                    "seed": run.data.params.get("train.seed"),
+                    "outcome": tags.get("trial.status"),
+                    "params": dict(run.data.params),
+                    "val/mre_mm": run.data.metrics.get("val/mre_mm"),
+                    "epochs": [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")],
+                }
+            )
     return out
 
 
@@ -81,15 +93,22 @@ def grid_case(tmp: Path, phantom: dict, runs: Runs, cluster: dict) -> dict:
     proc = runs.run("grouped", str(spec), "--address", cluster["address"], cwd=tmp, env=cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     uri = f"sqlite:///{tmp / 'store' / 'mlflow.db'}"
-    return {"proc": proc, "runs": repeat_runs(uri, "grouped"), "optuna": optuna_study(tmp / "store" / "grouped" / "tune")}
+    return {
+        "proc": proc,
+        "runs": repeat_runs(uri, "grouped"),
+        "optuna": optuna_study(tmp / "store" / "grouped" / "tune"),
+    }
 
 
 def killed_case(tmp: Path, phantom: dict, runs: Runs, timeout: float = 400) -> dict:
     spec = repeats_spec(tmp, "killed", phantom, trials=1, repeats=3, concurrency=1, sampler="random")
     p = StudyProcess(str(spec), cwd=tmp, runs=runs, label="the killed case's study")
     # until the second repeat (repeat 2/3) printed its epoch 2
-    p.wait_for(lambda line: (m := REPEAT_EPOCH.match(line)) and m[3] == "2" and m[5] == "2", timeout,
-               "the second repeat's epoch 2")
+    p.wait_for(
+        lambda line: (m := REPEAT_EPOCH.match(line)) and m[3] == "2" and m[5] == "2",
+        timeout,
+        "the second repeat's epoch 2",
+    )
     p.send(signal.SIGKILL)  # SIGKILL of the driver only; then what it started, as test_resume does
     p.wait(timeout=60)
     p.kill()
@@ -98,8 +117,13 @@ def killed_case(tmp: Path, phantom: dict, runs: Runs, timeout: float = 400) -> d
     before = repeat_runs(uri, "killed")
     resumed = runs.run("resume", str(spec), "--resume", cwd=tmp)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return {"first": p.output, "before": before, "resumed": resumed, "runs": repeat_runs(uri, "killed"),
-            "optuna": optuna_study(tmp / "store" / "killed" / "tune")}
+    return {
+        "first": p.output,
+        "before": before,
+        "resumed": resumed,
+        "runs": repeat_runs(uri, "killed"),
+        "optuna": optuna_study(tmp / "store" / "killed" / "tune"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -180,4 +204,5 @@ def test_a_killed_half_handed_out_group_completes_after_resume_without_duplicate
     assert "(config 1, repeat 1/3)" not in out  # the finished first repeat is not run again
     ot_trials = got["optuna"].get_trials(deepcopy=False)
     assert len(ot_trials) == 1 and ot_trials[0].values[0] == pytest.approx(
-        sum(r["val/mre_mm"] for r in runs) / 3, rel=1e-9)
+        sum(r["val/mre_mm"] for r in runs) / 3, rel=1e-9
+    )

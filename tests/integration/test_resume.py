@@ -32,9 +32,23 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (EPOCH, EPOCHS, HINT, NAME, START, Runs, StudyProcess, checkpointed_epochs,
-                     first_epoch_after_resume, histories, optuna_study, session_pids, trial_runs,
-                     wait_session_empty, write_spec)
+from helpers import (
+    EPOCH,
+    EPOCHS,
+    HINT,
+    NAME,
+    START,
+    Runs,
+    StudyProcess,
+    checkpointed_epochs,
+    first_epoch_after_resume,
+    histories,
+    optuna_study,
+    session_pids,
+    trial_runs,
+    wait_session_empty,
+    write_spec,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +79,14 @@ def interrupt(runs: Runs, spec: Path, cwd: Path, sig: signal.Signals, timeout: f
     else:
         left_after_exit = wait_session_empty(p.pid, timeout=60)
     (cwd / f"{sig.name}.log").write_text(p.output)
-    return {"rc": rc, "output": p.output, "starts": starts, "left_after_exit": left_after_exit, "stop_s": stop_s,
-            "checkpointed": checkpointed_epochs(spec.parent / "store" / NAME / "train" / f"train_{starts[1]}")}
+    return {
+        "rc": rc,
+        "output": p.output,
+        "starts": starts,
+        "left_after_exit": left_after_exit,
+        "stop_s": stop_s,
+        "checkpointed": checkpointed_epochs(spec.parent / "store" / NAME / "train" / f"train_{starts[1]}"),
+    }
 
 
 def scenario(sig: signal.Signals, tmp: Path, phantom: dict, runs: Runs) -> dict:
@@ -80,9 +100,19 @@ def scenario(sig: signal.Signals, tmp: Path, phantom: dict, runs: Runs) -> dict:
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials, parents, n_trial_runs = trial_runs(uri)
     data = {
-        "signal": sig, "dir": tmp, "spec": spec, "uri": uri, "first": first, "resumed": resumed, "runs": runs,
-        "after_interrupt": after_interrupt, "trials": trials, "parents": parents, "n_trial_runs": n_trial_runs,
-        "histories": histories(uri, trials), "optuna": optuna_study(tmp / "store" / NAME / "tune"),
+        "signal": sig,
+        "dir": tmp,
+        "spec": spec,
+        "uri": uri,
+        "first": first,
+        "resumed": resumed,
+        "runs": runs,
+        "after_interrupt": after_interrupt,
+        "trials": trials,
+        "parents": parents,
+        "n_trial_runs": n_trial_runs,
+        "histories": histories(uri, trials),
+        "optuna": optuna_study(tmp / "store" / NAME / "tune"),
     }
     if sig == signal.SIGINT:
         edited = write_spec(tmp / "resumable-5-epochs.yaml", tmp / "store", phantom, epochs=EPOCHS + 1)
@@ -156,7 +186,9 @@ def test_sigterm_and_sighup_stop_the_study_like_ctrl_c_within_the_grace(study):
         pytest.skip("the stop signals of batch systems and terminals")
     first = study["first"]
     assert first["rc"] == 128 + sig, first["output"][-3000:]
-    assert f"\ninterrupted by {sig.name}: the state is saved; continue with\n" in first["output"], first["output"][-3000:]
+    assert f"\ninterrupted by {sig.name}: the state is saved; continue with\n" in first["output"], first["output"][
+        -3000:
+    ]
     assert f"python -m study.run {shlex.quote(str(study['spec']))} --resume" in first["output"]
     assert f"{sig.name} received: stopping the study" in first["output"]
     # Ray's C++ handler did not abort the driver first (it prints this and exits 134)
@@ -205,7 +237,8 @@ def test_mlflow_has_one_run_per_trial_and_one_entry_per_epoch(study):
     expected = {tid: {"train/loss": steps, "val/mre_mm": steps} for tid in study["first"]["starts"]}
     assert study["histories"] == expected, (
         f"checkpoints the second trial had registered when the driver went down: epochs "
-        f"{study['first']['checkpointed']}; Tune had printed up to epoch 2")
+        f"{study['first']['checkpointed']}; Tune had printed up to epoch 2"
+    )
 
 
 def test_optuna_history_holds_both_trials_complete(study):

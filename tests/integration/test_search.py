@@ -37,9 +37,15 @@ def _runs(tmp, name):
 
 def test_multi_objective_study(tmp_path, tiny_phantom, ray_cluster):
     spec = {
-        "study": {"name": "mo", "trials": 3, "concurrency": 2, "sampler": "nsga2", "seed": 0,
-                  "storage": str(tmp_path / "store"),
-                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}, {"metric": "cost/gflops", "mode": "min"}]},
+        "study": {
+            "name": "mo",
+            "trials": 3,
+            "concurrency": 2,
+            "sampler": "nsga2",
+            "seed": 0,
+            "storage": str(tmp_path / "store"),
+            "objectives": [{"metric": "val/mre_mm", "mode": "min"}, {"metric": "cost/gflops", "mode": "min"}],
+        },
         "base": _base(tmp_path, tiny_phantom, epochs=2),
         "space": {"model.width": {"choice": [0.125, 0.25]}, "optim.lr": {"loguniform": [1e-3, 1e-2]}},
     }
@@ -82,10 +88,16 @@ def test_asha_stops_trailing_trials_and_says_so(tmp_path, tiny_phantom, ray_clus
     # the cluster, so a stopped trial that did not give its CPUs back would stall the next one.
     widths = [0.125, 0.25, 0.5]
     spec = {
-        "study": {"name": "asha", "trials": 3, "concurrency": 1, "sampler": "grid",
-                  "seed": _seed_in_increasing_cost(widths), "storage": str(tmp_path / "store"),
-                  "objectives": [{"metric": "cost/gflops", "mode": "min"}],
-                  "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+        "study": {
+            "name": "asha",
+            "trials": 3,
+            "concurrency": 1,
+            "sampler": "grid",
+            "seed": _seed_in_increasing_cost(widths),
+            "storage": str(tmp_path / "store"),
+            "objectives": [{"metric": "cost/gflops", "mode": "min"}],
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
         "resources": {"workers": 1, "cpus_per_worker": ray_cluster["cpus"]},
         "base": _base(tmp_path, tiny_phantom, epochs=3),
         "space": {"model.width": {"choice": widths}},

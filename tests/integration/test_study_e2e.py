@@ -24,14 +24,25 @@ def study(tmp_path_factory, tiny_phantom, ray_cluster):
     """Run a 2-trial study once; the tests below inspect what it left behind."""
     tmp = tmp_path_factory.mktemp("study")
     spec = {
-        "study": {"name": "tiny", "trials": 2, "concurrency": 2, "seed": 7, "storage": str(tmp / "store"),
-                  "sampler": "grid", "scheduler": "none",
-                  "objectives": [{"metric": "val/mre_mm", "mode": "min"}, {"metric": "val/sdr_4mm", "mode": "max"}]},
+        "study": {
+            "name": "tiny",
+            "trials": 2,
+            "concurrency": 2,
+            "seed": 7,
+            "storage": str(tmp / "store"),
+            "sampler": "grid",
+            "scheduler": "none",
+            "objectives": [{"metric": "val/mre_mm", "mode": "min"}, {"metric": "val/sdr_4mm", "mode": "max"}],
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "base": {
             "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
-                     "phantom": tiny_phantom},
+            "data": {
+                "dataset": "phantom",
+                "root": str(tmp / "phantom"),
+                "input_size": [32, 24],
+                "phantom": tiny_phantom,
+            },
             "target": {"sigma": 2.5},
             "optim": {"lr": 3e-3},
             "train": {"epochs": 2, "batch_size": 4},
@@ -111,13 +122,15 @@ def test_trial_runs_carry_their_pictures_best_checkpoint_and_pareto_tags(study):
     assert trials["tags.pareto.rank"].tolist() == [str(r) for r in ranks]
     assert trials["tags.pareto.front"].tolist() == ["true" if r == 1 else "false" for r in ranks]
     for _, run in trials.iterrows():
-        names = {a.path for sub in ("plots", "checkpoint", "tables")
-                 for a in client.list_artifacts(run["run_id"], sub)}
+        names = {a.path for sub in ("plots", "checkpoint", "tables") for a in client.list_artifacts(run["run_id"], sub)}
         pictures = {"plots/ced.png", "plots/overlays.png", "plots/heatmaps.png"}
         if run["params.target.schedule"] == "adaloss":
             pictures.add("plots/sigma.png")
-        assert names == pictures | {"checkpoint/checkpoint.pt", "checkpoint/metrics.json",
-                                    "tables/test_test2_per_landmark.txt"}, run["params.target.schedule"]
+        assert names == pictures | {
+            "checkpoint/checkpoint.pt",
+            "checkpoint/metrics.json",
+            "tables/test_test2_per_landmark.txt",
+        }, run["params.target.schedule"]
         overlay = Image.open(client.download_artifacts(run["run_id"], "plots/overlays.png", str(study["dir"] / "dl")))
         assert overlay.size == trial_plots.overlay_png_size(2, 32, 24)
 
@@ -129,7 +142,11 @@ def test_the_study_run_carries_the_comparison(study):
     client = mlflow.tracking.MlflowClient(study["uri"])
     parent = parents.iloc[0]["run_id"]
     assert {a.path for a in client.list_artifacts(parent, "pareto")} == {
-        "pareto/trials.csv", "pareto/trials.parquet", "pareto/front.html", "pareto/front.png"}
+        "pareto/trials.csv",
+        "pareto/trials.parquet",
+        "pareto/front.html",
+        "pareto/front.png",
+    }
     table = pd.read_parquet(client.download_artifacts(parent, "pareto/trials.parquet", str(study["dir"] / "dl")))
     assert sorted(table["trial"]) == sorted(trials["tags.tune.trial_id"])
     assert {"spec.yaml", "study.json", "environment.json"} <= {a.path for a in client.list_artifacts(parent)}
@@ -162,8 +179,12 @@ def test_a_diverging_trial_is_recorded_as_diverged(tmp_path, tiny_phantom, ray_c
         "study": {"name": "diverge", "trials": 1, "storage": str(tmp_path / "store"), "scheduler": "none"},
         "base": {
             "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(tmp_path / "phantom"), "input_size": [32, 24],
-                     "phantom": tiny_phantom},
+            "data": {
+                "dataset": "phantom",
+                "root": str(tmp_path / "phantom"),
+                "input_size": [32, 24],
+                "phantom": tiny_phantom,
+            },
             "optim": {"name": "sgd"},
             "train": {"epochs": 2, "batch_size": 4},
             "loss": {"type": "ewc"},

@@ -35,10 +35,26 @@ def server(tmp_path_factory):
     port = free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:  # readiness poll, bounded: the server builds its schema before it answers
@@ -63,8 +79,12 @@ def _spec(tmp: Path, tiny_phantom: dict, name: str) -> Path:
         "study": {"name": name, "trials": 1, "storage": str(tmp / "store"), "scheduler": "none"},
         "base": {
             "model": {"name": "unet", "width": 0.125},
-            "data": {"dataset": "phantom", "root": str(tmp / "phantom"), "input_size": [32, 24],
-                     "phantom": tiny_phantom},
+            "data": {
+                "dataset": "phantom",
+                "root": str(tmp / "phantom"),
+                "input_size": [32, 24],
+                "phantom": tiny_phantom,
+            },
             "target": {"schedule": "adaloss"},
             "train": {"epochs": 2, "batch_size": 4},
             "eval": {"preview": 2},
@@ -77,8 +97,15 @@ def _spec(tmp: Path, tiny_phantom: dict, name: str) -> Path:
 
 
 def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, tiny_phantom, ray_cluster):
-    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "served")), "--tracking-uri", server["uri"],
-                   "--address", ray_cluster["address"], cwd=tmp_path, env=ray_cluster["env"])
+    proc = run_cli(
+        str(_spec(tmp_path, tiny_phantom, "served")),
+        "--tracking-uri",
+        server["uri"],
+        "--address",
+        ray_cluster["address"],
+        cwd=tmp_path,
+        env=ray_cluster["env"],
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing fell back to the local SQLite store
     mlflow.set_tracking_uri(server["uri"])
@@ -89,8 +116,11 @@ def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, ti
     client = mlflow.tracking.MlflowClient(server["uri"])
     assert [m.step for m in client.get_metric_history(trial["run_id"], "val/mre_mm")] == [1, 2]
     # the artefacts went through the server into its own folder, not next to the study
-    stored = {p.relative_to(server["dir"] / "artifacts").as_posix() for p in (server["dir"] / "artifacts").rglob("*")
-              if p.is_file()}
+    stored = {
+        p.relative_to(server["dir"] / "artifacts").as_posix()
+        for p in (server["dir"] / "artifacts").rglob("*")
+        if p.is_file()
+    }
     assert any(p.endswith("plots/sigma.png") for p in stored) and any(p.endswith("pareto/front.html") for p in stored)
     assert any(p.endswith("checkpoint/checkpoint.pt") for p in stored)
     # ... and come back through it
@@ -101,8 +131,13 @@ def test_a_study_logs_runs_and_artefacts_through_the_server(server, tmp_path, ti
 
 def test_an_unreachable_server_fails_before_anything_starts(tmp_path, tiny_phantom):
     port = free_port()  # nothing listens there
-    proc = run_cli(str(_spec(tmp_path, tiny_phantom, "nowhere")), "--tracking-uri", f"http://127.0.0.1:{port}",
-                   cwd=tmp_path, timeout=120)
+    proc = run_cli(
+        str(_spec(tmp_path, tiny_phantom, "nowhere")),
+        "--tracking-uri",
+        f"http://127.0.0.1:{port}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} does not answer" in proc.stderr
     assert "started a local Ray" not in proc.stdout and not (tmp_path / "store" / "nowhere").exists()
@@ -111,9 +146,26 @@ def test_an_unreachable_server_fails_before_anything_starts(tmp_path, tiny_phant
 def _start_server(tmp: Path, port: int) -> subprocess.Popen:
     log = open(tmp / "outage-server.log", "a")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'outage.db'}",
-         "--artifacts-destination", str(tmp / "outage-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'outage.db'}",
+            "--artifacts-destination",
+            str(tmp / "outage-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while True:  # readiness poll, bounded
         try:
@@ -158,8 +210,11 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         stopped["answers"] = time.monotonic()
 
     try:
-        p.wait_for(lambda line: "epoch " in line and f" {KILL_AFTER}/{EPOCHS} " in line, 400,
-                   f"the trial's `epoch ... {KILL_AFTER}/{EPOCHS}` line")
+        p.wait_for(
+            lambda line: "epoch " in line and f" {KILL_AFTER}/{EPOCHS} " in line,
+            400,
+            f"the trial's `epoch ... {KILL_AFTER}/{EPOCHS}` line",
+        )
         threading.Thread(target=outage, daemon=True).start()
         rc = p.wait(timeout=900)
         lines = p.lines  # (when read, line)
@@ -177,9 +232,11 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         pace = max(b - a for a, b in pairwise(before))
         during = [t for t, _ in lines if stopped["at"] <= t <= stopped["answers"]]
         gaps = [b - a for a, b in pairwise(during)]
-        print(f"outage: {len(during)} console lines in the {stopped['answers'] - stopped['at']:.0f} s the server was "
-              f"away, longest gap {max(gaps, default=0):.1f} s (epochs came every {pace:.1f} s at most before); "
-              f"{'delivered in the session' if 'MLflow answers again' in out else 'the trial ended first'}")
+        print(
+            f"outage: {len(during)} console lines in the {stopped['answers'] - stopped['at']:.0f} s the server was "
+            f"away, longest gap {max(gaps, default=0):.1f} s (epochs came every {pace:.1f} s at most before); "
+            f"{'delivered in the session' if 'MLflow answers again' in out else 'the trial ended first'}"
+        )
         assert not gaps or max(gaps) <= pace + 10, (pace, gaps)
         if "results are queued" in out:  # the trial ended before the server came back: --resume delivers
             again = run_cli(str(spec), "--resume", "--tracking-uri", uri, *joined, cwd=tmp_path, env=ray_cluster["env"])
@@ -189,8 +246,9 @@ def test_a_server_outage_never_stalls_the_study_and_loses_no_epoch(tmp_path, tin
         client = mlflow.tracking.MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
         trial = next(r for r in runs if r.data.tags.get("study.role") == "trial")
-        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/mre_mm")) == \
-            list(range(1, EPOCHS + 1))
+        assert sorted(m.step for m in client.get_metric_history(trial.info.run_id, "val/mre_mm")) == list(
+            range(1, EPOCHS + 1)
+        )
         assert trial.data.tags["trial.status"] == "finished"
         assert not (tmp_path / "store" / "outage" / "mlflow_outbox.jsonl").exists()
     finally:

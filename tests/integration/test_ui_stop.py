@@ -23,8 +23,10 @@ from helpers import free_port
 
 from dashboards.ui import processes
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 300  # /health answered after 46-106 s on the loaded 2-core machine (14 processes start)
@@ -65,11 +67,17 @@ def test_sigterm_stops_the_server_and_all_its_children(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(store).create_experiment("x")
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "dashboards.ui", "--tracking-uri", store, "--port", str(port)],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "dashboards.ui", "--tracking-uri", store, "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     tree: set[int] = set()
     try:
+
         def server_pid():
             assert ui.poll() is None, ui.stdout.read()
             children = [pid for pid, (_, ppid, _) in processes().items() if ppid == ui.pid]

@@ -159,16 +159,20 @@ def test_weights_from_a_path(tmp_path):
     # A SimpleBaseline state dict (keys "backbone.…") gives its backbone.
     sb = SimpleBaseline(num_landmarks=2, backbone="resnet18", width=0.25)
     torch.save(sb.state_dict(), tmp_path / "sb.pt")
-    assert torch.equal(build_backbone("resnet18", str(tmp_path / "sb.pt")).layer4[0].conv1.weight,
-                       sb.backbone.layer4[0].conv1.weight)
+    assert torch.equal(
+        build_backbone("resnet18", str(tmp_path / "sb.pt")).layer4[0].conv1.weight, sb.backbone.layer4[0].conv1.weight
+    )
 
 
 def test_densenet_weights_with_torchvision_legacy_key_names(tmp_path):
     # torchvision's published DenseNet files name "denselayer1.norm1.weight" as "denselayer1.norm.1.weight"
     # and, older than BatchNorm's num_batches_tracked buffer, have none.
     state = tvm.densenet121().state_dict()
-    legacy = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()
-              if not k.endswith("num_batches_tracked")}
+    legacy = {
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
     torch.save(legacy, tmp_path / "d121.pth")
     assert weights_problem("densenet121", str(tmp_path / "d121.pth")) is None
@@ -187,7 +191,9 @@ def test_weights_path_problems_name_the_file(tmp_path):
     wrong = tmp_path / "r34.pth"  # a resnet34 has more blocks than a resnet18
     torch.save(tvm.resnet34().state_dict(), wrong)
     msg = weights_problem("resnet18", str(wrong))
-    assert msg.startswith(f"model.weights: {wrong} does not fit resnet18: ") and "unexpected keys (e.g. 'layer1.2." in msg
+    assert (
+        msg.startswith(f"model.weights: {wrong} does not fit resnet18: ") and "unexpected keys (e.g. 'layer1.2." in msg
+    )
     assert msg.endswith("expected a torchvision resnet18 state dict (keys like 'conv1.weight')") and "\n" not in msg
     with pytest.raises(ValueError, match=re.escape(msg)):
         build_backbone("resnet18", str(wrong))
@@ -195,7 +201,8 @@ def test_weights_path_problems_name_the_file(tmp_path):
     shapes = tmp_path / "r18_100.pth"  # right keys, a 100-class head
     torch.save(tvm.resnet18(num_classes=100).state_dict(), shapes)
     assert "shape mismatches (e.g. 'fc.weight': file (100, 512), model (1000, 512))" in weights_problem(
-        "resnet18", str(shapes))
+        "resnet18", str(shapes)
+    )
 
 
 def test_unknown_backbone_lists_the_valid_names():

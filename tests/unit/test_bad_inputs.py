@@ -19,8 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_data_checks import (FACE_FILES, face_lines, isbi_ann, isbi_image, isbi_lines, make_300w, make_hand, make_isbi,
-                              truncate, write_isbi_annotation, write_pts)
+from test_data_checks import (
+    FACE_FILES,
+    face_lines,
+    isbi_ann,
+    isbi_image,
+    isbi_lines,
+    make_300w,
+    make_hand,
+    make_isbi,
+    truncate,
+    write_isbi_annotation,
+    write_pts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
@@ -76,83 +87,163 @@ CASES: dict[str, Case] = {
     "a_folder": Case(None, ["."], [".: no such spec file (it is a folder)"]),
     "not_utf8": Case(b"study:\n  name: caf\xe9\n", ["spec.yaml"], ["spec.yaml: line 2: not UTF-8 text (byte 0xe9)"]),
     "binary": Case(b"\x00\x01\x02study", ["spec.yaml"], ["spec.yaml: not a text file (it holds NUL bytes)"]),
-    "invalid_yaml": Case("study:\n  name: x\n trials: 3\n", ["spec.yaml"], ["spec.yaml: line 3, column 2: invalid YAML"]),
+    "invalid_yaml": Case(
+        "study:\n  name: x\n trials: 3\n", ["spec.yaml"], ["spec.yaml: line 3, column 2: invalid YAML"]
+    ),
     "not_a_mapping": Case("- 1\n- 2\n", ["spec.yaml"], ["expected a mapping with sections"]),
-    "duplicate_key": Case("study:\n  name: d\n  trials: 2\n  trials: 3\n", ["spec.yaml"],
-                          ["spec.yaml: line 4: duplicate key 'trials' (first at line 3)"]),
-    "duplicate_section": Case("study: {name: a}\nbase: {}\nstudy: {name: b}\n", ["spec.yaml"],
-                              ["spec.yaml: line 3: duplicate key 'study' (first at line 1)"]),
-    "duplicate_nested": Case("study: {name: a}\nbase:\n  optim: {lr: 0.1, lr: 0.2}\n", ["spec.yaml"],
-                             ["line 3: duplicate key 'lr'"]),
-    "unknown_section": Case("study: {name: a}\nspaces: {}\n", ["spec.yaml"], ["spaces: unknown section (did you mean 'space'?)"]),
+    "duplicate_key": Case(
+        "study:\n  name: d\n  trials: 2\n  trials: 3\n",
+        ["spec.yaml"],
+        ["spec.yaml: line 4: duplicate key 'trials' (first at line 3)"],
+    ),
+    "duplicate_section": Case(
+        "study: {name: a}\nbase: {}\nstudy: {name: b}\n",
+        ["spec.yaml"],
+        ["spec.yaml: line 3: duplicate key 'study' (first at line 1)"],
+    ),
+    "duplicate_nested": Case(
+        "study: {name: a}\nbase:\n  optim: {lr: 0.1, lr: 0.2}\n", ["spec.yaml"], ["line 3: duplicate key 'lr'"]
+    ),
+    "unknown_section": Case(
+        "study: {name: a}\nspaces: {}\n", ["spec.yaml"], ["spaces: unknown section (did you mean 'space'?)"]
+    ),
     "yaml_tag": Case("study: {name: !!python/object/apply:os.system [ls]}\n", ["spec.yaml"], ["invalid YAML"]),
     # --- numbers that can only be typos
-    "huge_trials": Case("study: {name: a, trials: 99999999999999999999999}\n", ["spec.yaml"],
-                        ["study.trials: 99999999999999999999999 is more than 100,000, which can only be a typo"]),
-    "huge_concurrency": Case("study: {name: a, concurrency: 50000}\n", ["spec.yaml"],
-                             ["study.concurrency: 50000 is more than 10,000"]),
-    "huge_epochs": Case("study: {name: a}\nbase:\n  train: {epochs: 10000000}\n", ["spec.yaml"],
-                        ["base.train.epochs: 10000000 is more than 100,000"]),
-    "huge_workers": Case("study: {name: a}\nresources: {workers: 5000}\n", ["spec.yaml"],
-                         ["resources.workers: 5000 is more than 1,024"]),
+    "huge_trials": Case(
+        "study: {name: a, trials: 99999999999999999999999}\n",
+        ["spec.yaml"],
+        ["study.trials: 99999999999999999999999 is more than 100,000, which can only be a typo"],
+    ),
+    "huge_concurrency": Case(
+        "study: {name: a, concurrency: 50000}\n", ["spec.yaml"], ["study.concurrency: 50000 is more than 10,000"]
+    ),
+    "huge_epochs": Case(
+        "study: {name: a}\nbase:\n  train: {epochs: 10000000}\n",
+        ["spec.yaml"],
+        ["base.train.epochs: 10000000 is more than 100,000"],
+    ),
+    "huge_workers": Case(
+        "study: {name: a}\nresources: {workers: 5000}\n", ["spec.yaml"], ["resources.workers: 5000 is more than 1,024"]
+    ),
     "zero_trials": Case("study: {name: a, trials: 0}\n", ["spec.yaml"], ["study.trials: must be at least 1"]),
     # --- names
-    "long_name": Case(f"study: {{name: {'n' * 300}}}\n", ["spec.yaml"], ["study.name:", "(300 characters) must be 1 to 100"]),
-    "quote_in_name": Case("study: {name: \"a' or tags.x = 'b\"}\n", ["spec.yaml"], ["study.name: ", "must be 1 to 100 letters"]),
+    "long_name": Case(
+        f"study: {{name: {'n' * 300}}}\n", ["spec.yaml"], ["study.name:", "(300 characters) must be 1 to 100"]
+    ),
+    "quote_in_name": Case(
+        "study: {name: \"a' or tags.x = 'b\"}\n", ["spec.yaml"], ["study.name: ", "must be 1 to 100 letters"]
+    ),
     "slash_in_name": Case("study: {name: a/b}\n", ["spec.yaml"], ["study.name: 'a/b' must be"]),
     "dot_name": Case("study: {name: ..}\n", ["spec.yaml"], ["study.name: '..' must be"]),
     "empty_name": Case("study: {name: ''}\n", ["spec.yaml"], ["study.name: '' must be"]),
     "space_in_name": Case("study: {name: my study}\n", ["spec.yaml"], ["study.name: 'my study' must be"]),
-    "experiment_traversal": Case(OK, ["spec.yaml", "--set", "study.experiment=../../../../tmp/x"],
-                                 ["study.experiment: '../../../../tmp/x' must be"]),
+    "experiment_traversal": Case(
+        OK,
+        ["spec.yaml", "--set", "study.experiment=../../../../tmp/x"],
+        ["study.experiment: '../../../../tmp/x' must be"],
+    ),
     # --- --set
-    "set_without_equals": Case(OK, ["spec.yaml", "--set", "study.trials"], ["--set 'study.trials': expected path=value"]),
-    "set_yaml_tag": Case(OK, ["spec.yaml", "--set", "study.seed=!!python/object:os.system"],
-                         ["--set study.seed: '!!python/object:os.system' is not a plain YAML value"]),
-    "set_unknown_path": Case(OK, ["spec.yaml", "--set", "base.optim.lrr=0.1"],
-                             ["base.optim.lrr: unknown key (did you mean 'lr'?)"]),
+    "set_without_equals": Case(
+        OK, ["spec.yaml", "--set", "study.trials"], ["--set 'study.trials': expected path=value"]
+    ),
+    "set_yaml_tag": Case(
+        OK,
+        ["spec.yaml", "--set", "study.seed=!!python/object:os.system"],
+        ["--set study.seed: '!!python/object:os.system' is not a plain YAML value"],
+    ),
+    "set_unknown_path": Case(
+        OK, ["spec.yaml", "--set", "base.optim.lrr=0.1"], ["base.optim.lrr: unknown key (did you mean 'lr'?)"]
+    ),
     "set_wrong_type": Case(OK, ["spec.yaml", "--set", "study.trials=many"], ["study.trials: expected int"]),
     "trials_flag_huge": Case(OK, ["spec.yaml", "--trials", "1000000"], ["study.trials: 1000000 is more than 100,000"]),
     # --- the spec's content
-    "unknown_backbone": Case("study: {name: a}\nbase:\n  model: {name: farnet, backbone: resnet5}\n  data: {input_size: [128, 128]}\n", ["spec.yaml"],
-                             ["base.model.backbone: unknown 'resnet5'"]),
-    "bad_range": Case("study: {name: a}\nspace:\n  optim.lr: {loguniform: [0.1, 0.001]}\n", ["spec.yaml"],
-                      ["space.optim.lr.loguniform: low 0.1 > high 0.001; swap them"]),
-    "missing_weights": Case("study: {name: a}\nbase:\n  model: {name: farnet, backbone: resnet18, weights: nope.pt}\n  data: {input_size: [128, 128]}\n",
-                            ["spec.yaml"], ["base.model.weights: /", "/nope.pt does not exist"]),  # made absolute: trials run elsewhere
-    "isbi_root_missing": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: no_isbi}\n", ["spec.yaml"],
-                              ["base.data.root: ", "no_isbi: dataset root does not exist"]),
+    "unknown_backbone": Case(
+        "study: {name: a}\nbase:\n  model: {name: farnet, backbone: resnet5}\n  data: {input_size: [128, 128]}\n",
+        ["spec.yaml"],
+        ["base.model.backbone: unknown 'resnet5'"],
+    ),
+    "bad_range": Case(
+        "study: {name: a}\nspace:\n  optim.lr: {loguniform: [0.1, 0.001]}\n",
+        ["spec.yaml"],
+        ["space.optim.lr.loguniform: low 0.1 > high 0.001; swap them"],
+    ),
+    "missing_weights": Case(
+        "study: {name: a}\nbase:\n  model: {name: farnet, backbone: resnet18, weights: nope.pt}\n  data: {input_size: [128, 128]}\n",
+        ["spec.yaml"],
+        ["base.model.weights: /", "/nope.pt does not exist"],
+    ),  # made absolute: trials run elsewhere
+    "isbi_root_missing": Case(
+        "study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: no_isbi}\n",
+        ["spec.yaml"],
+        ["base.data.root: ", "no_isbi: dataset root does not exist"],
+    ),
     # --- data files, checked for real before any trial (the same check as python -m trainables.data.*)
-    "isbi_truncated_image": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n", ["spec.yaml"],
-                                 ["base.data.root: ", "002.bmp: truncated"], files=_isbi_truncated),
-    "isbi_landmark_off_image": Case("study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n", ["spec.yaml"],
-                                    ["002.txt:3: landmark 3 at (5000, 5000) is outside the 30×24"], files=_isbi_off_image),
-    "hand_bad_cell": Case("study: {name: a}\nbase:\n  data: {dataset: hand, root: hand, num_landmarks: 37,"
-                          " train_split: set1, val_split: set2}\n  eval: {split: ''}\n",
-                          ["spec.yaml"], ["all.csv:2: column 6: expected a number or nan, got \"12O\""], files=_hand_bad_cell),
-    "face_bad_point": Case("study: {name: a, objectives: [{metric: val/nme, mode: min}]}\nbase:\n"
-                           "  data: {dataset: 300w, root: 300w, num_landmarks: 68, val_split: common}\n"
-                           "  eval: {split: ''}\n",
-                           ["spec.yaml"], ['expected "x y" numbers, got "12.O 4"'], files=_face_bad_point),
+    "isbi_truncated_image": Case(
+        "study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n",
+        ["spec.yaml"],
+        ["base.data.root: ", "002.bmp: truncated"],
+        files=_isbi_truncated,
+    ),
+    "isbi_landmark_off_image": Case(
+        "study: {name: a}\nbase:\n  data: {dataset: isbi2015, root: isbi}\n",
+        ["spec.yaml"],
+        ["002.txt:3: landmark 3 at (5000, 5000) is outside the 30×24"],
+        files=_isbi_off_image,
+    ),
+    "hand_bad_cell": Case(
+        "study: {name: a}\nbase:\n  data: {dataset: hand, root: hand, num_landmarks: 37,"
+        " train_split: set1, val_split: set2}\n  eval: {split: ''}\n",
+        ["spec.yaml"],
+        ['all.csv:2: column 6: expected a number or nan, got "12O"'],
+        files=_hand_bad_cell,
+    ),
+    "face_bad_point": Case(
+        "study: {name: a, objectives: [{metric: val/nme, mode: min}]}\nbase:\n"
+        "  data: {dataset: 300w, root: 300w, num_landmarks: 68, val_split: common}\n"
+        "  eval: {split: ''}\n",
+        ["spec.yaml"],
+        ['expected "x y" numbers, got "12.O 4"'],
+        files=_face_bad_point,
+    ),
     "force_without_resume": Case(OK, ["spec.yaml", "--force"], ["error: --force only goes with --resume"], problems=0),
     # --- storage, tracking and cluster: checked after the spec, still before Ray
-    "storage_is_a_file": Case(OK, ["spec.yaml", "--storage", "afile/sub"], ["study.storage afile/sub:", "is a file, not a folder"]),
+    "storage_is_a_file": Case(
+        OK, ["spec.yaml", "--storage", "afile/sub"], ["study.storage afile/sub:", "is a file, not a folder"]
+    ),
     "storage_read_only": Case(OK, ["spec.yaml", "--storage", "/proc/landmark"], ["study.storage /proc/landmark:"]),
-    "storage_with_credentials": Case(OK, ["spec.yaml", "--storage", "s3://AKIAKEY:s3cret@bucket/x"],
-                                     ["study.storage s3://AKIAKEY:***@bucket/x: credentials in the storage URI"]),
-    "s3_unreachable": Case(OK, ["spec.yaml", "--storage", "s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http"],
-                           ["study.storage s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http: not reachable"]),
-    "tracking_unknown_scheme": Case(OK, ["spec.yaml", "--tracking-uri", "foo://x"],
-                                    ["--tracking-uri foo://x: unsupported scheme 'foo'"]),
-    "tracking_file_store": Case(OK, ["spec.yaml", "--tracking-uri", "file:///tmp/mlruns"], ["file store is deprecated"]),
-    "tracking_no_driver": Case(OK, ["spec.yaml", "--tracking-uri", "mysql://u@127.0.0.1/db"],
-                               ["the database driver 'MySQLdb' is not installed; pip install 'mysqlclient'"]),
+    "storage_with_credentials": Case(
+        OK,
+        ["spec.yaml", "--storage", "s3://AKIAKEY:s3cret@bucket/x"],
+        ["study.storage s3://AKIAKEY:***@bucket/x: credentials in the storage URI"],
+    ),
+    "s3_unreachable": Case(
+        OK,
+        ["spec.yaml", "--storage", "s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http"],
+        ["study.storage s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http: not reachable"],
+    ),
+    "tracking_unknown_scheme": Case(
+        OK, ["spec.yaml", "--tracking-uri", "foo://x"], ["--tracking-uri foo://x: unsupported scheme 'foo'"]
+    ),
+    "tracking_file_store": Case(
+        OK, ["spec.yaml", "--tracking-uri", "file:///tmp/mlruns"], ["file store is deprecated"]
+    ),
+    "tracking_no_driver": Case(
+        OK,
+        ["spec.yaml", "--tracking-uri", "mysql://u@127.0.0.1/db"],
+        ["the database driver 'MySQLdb' is not installed; pip install 'mysqlclient'"],
+    ),
     "tracking_down": Case(OK, ["spec.yaml", "--tracking-uri", "http://127.0.0.1:9"], ["does not answer"]),
-    "tracking_secret": Case(OK, ["spec.yaml", "--tracking-uri", "http://alice:hunter2@127.0.0.1:9"],
-                            ["--tracking-uri: MLflow tracking server http://127.0.0.1:9 does not answer"]),
-    "address_nothing_there": Case(OK, ["spec.yaml", "--address", "127.0.0.1:9"],
-                                  ["--address 127.0.0.1:9: no Ray cluster answers there"]),
-    "address_malformed": Case(OK, ["spec.yaml", "--address", "nohostport"], ["--address nohostport: expected HOST:PORT"]),
+    "tracking_secret": Case(
+        OK,
+        ["spec.yaml", "--tracking-uri", "http://alice:hunter2@127.0.0.1:9"],
+        ["--tracking-uri: MLflow tracking server http://127.0.0.1:9 does not answer"],
+    ),
+    "address_nothing_there": Case(
+        OK, ["spec.yaml", "--address", "127.0.0.1:9"], ["--address 127.0.0.1:9: no Ray cluster answers there"]
+    ),
+    "address_malformed": Case(
+        OK, ["spec.yaml", "--address", "nohostport"], ["--address nohostport: expected HOST:PORT"]
+    ),
 }
 
 
@@ -201,16 +292,30 @@ def runs(tmp_path_factory) -> tuple[dict[str, Run], list[str]]:
         before[name] = (folder, {p.name for p in folder.iterdir()})
         todo.append([name, str(folder), case.args])
     home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "LANDMARK_STUDY_DATA": str(home / "data_home"), "TORCH_HOME": str(home / "empty_hub"),
-           "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "LANDMARK_STUDY_DATA": str(home / "data_home"),
+        "TORCH_HOME": str(home / "empty_hub"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PYTHONPATH": str(ROOT),
+    }
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(todo), env=env, cwd=home,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(todo),
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
-    runs = {name: Run(rc, out, err, before[name][0], before[name][1], seconds)
-            for name, (rc, out, err, seconds) in result["runs"].items()}
+    runs = {
+        name: Run(rc, out, err, before[name][0], before[name][1], seconds)
+        for name, (rc, out, err, seconds) in result["runs"].items()
+    }
     return runs, result["ray"]
 
 

@@ -15,8 +15,7 @@ import pytest
 from trainables.data import cache
 from trainables.data.cache import cached_arrays, default_cache_dir
 
-KEY = {"dataset": "isbi2015", "root": "/data/isbi", "split": "train", "size": [8, 6], "annotator": "mean",
-       "version": 1}
+KEY = {"dataset": "isbi2015", "root": "/data/isbi", "split": "train", "size": [8, 6], "annotator": "mean", "version": 1}
 
 
 class BadFile(ValueError):
@@ -104,8 +103,10 @@ def test_concurrent_processes_build_once_and_read_the_same_arrays(tmp_path):
     barrier = ctx.Barrier(4)
     counter = tmp_path / "builds.txt"
     outs = [tmp_path / f"result-{i}.txt" for i in range(4)]
-    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path / "cache"), str(counter), str(out), barrier))
-             for out in outs]
+    procs = [
+        ctx.Process(target=_race_worker, args=(str(tmp_path / "cache"), str(counter), str(out), barrier))
+        for out in outs
+    ]
     for p in procs:
         p.start()
     for p in procs:

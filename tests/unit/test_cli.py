@@ -23,22 +23,31 @@ HEADER = "error: 1 problem(s) in the spec; nothing was started:"
 # name -> (spec.yaml text or None for no file, CLI arguments)
 CASES = {
     "missing_file": (None, ["missing.yaml"]),
-    "invalid_yaml": ("""\
+    "invalid_yaml": (
+        """\
         study:
           name: broken
           storage: store
          trials: 3
-        """, ["spec.yaml"]),
-    "unknown_section": ("""\
+        """,
+        ["spec.yaml"],
+    ),
+    "unknown_section": (
+        """\
         study: {name: typo, storage: store}
         spaces:
           optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
-        """, ["spec.yaml"]),
-    "isbi_root_missing": ("""\
+        """,
+        ["spec.yaml"],
+    ),
+    "isbi_root_missing": (
+        """\
         study: {name: isbi, storage: store}
         base:
           data: {dataset: isbi2015, root: no_isbi}
-        """, ["spec.yaml"]),
+        """,
+        ["spec.yaml"],
+    ),
     "dry_run": (None, [str(QUICKSTART), "--dry-run"]),
     "dry_run_full_size": (None, [str(QUICKSTART.parent / "farnet.yaml"), "--dry-run"]),
     "force_without_resume": (None, [str(QUICKSTART), "--force"]),
@@ -74,11 +83,20 @@ def runs(tmp_path_factory) -> dict[str, Run]:
             if text is not None:
                 (folder / "spec.yaml").write_text(textwrap.dedent(text))
             # Where phantom data would be generated: inside the folder, so that it would show up too.
-            env = {**os.environ, "LANDMARK_STUDY_DATA": str(folder / "data_home"),
-                   "TORCH_HOME": str(folder / "empty_hub")}  # no pretrained weights, as on a fresh machine
+            env = {
+                **os.environ,
+                "LANDMARK_STUDY_DATA": str(folder / "data_home"),
+                "TORCH_HOME": str(folder / "empty_hub"),
+            }  # no pretrained weights, as on a fresh machine
             env.pop("RAY_ADDRESS", None)
-            proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "study.run", *args], cwd=folder,
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-X", "importtime", "-m", "study.run", *args],
+                cwd=folder,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             started[name] = (proc, folder, {p.name for p in folder.iterdir()})
         out = {}
         for name, (proc, folder, written) in started.items():
@@ -147,7 +165,7 @@ def test_dry_run_prints_the_study_and_starts_nothing(runs):
     assert lines[0] == f"study 'quickstart' from {QUICKSTART}"
     assert f"  storage: {run.folder.resolve() / 'studies' / 'quickstart'}" in lines  # named, not created
     # the space, one line per searched path
-    space = lines[lines.index("  space (in sampling order):") + 1: lines.index("  base config:")]
+    space = lines[lines.index("  space (in sampling order):") + 1 : lines.index("  base config:")]
     assert [line.split() for line in space] == [
         ["optim.lr", "loguniform", "[0.0005,", "0.005]"],
         ["target.schedule", "choice", "['fixed',", "'adaloss']"],
@@ -155,13 +173,15 @@ def test_dry_run_prints_the_study_and_starts_nothing(runs):
     ]
     # the full base config, by dotted path: the YAML's values and the defaults it left out
     preview = lines.index("  first 3 sampled trials (sampler tpe, seed 1):")
-    base = dict(line.split(None, 1) if len(line.split()) > 1 else (line.strip(), "")
-                for line in lines[lines.index("  base config:") + 1:preview])
+    base = dict(
+        line.split(None, 1) if len(line.split()) > 1 else (line.strip(), "")
+        for line in lines[lines.index("  base config:") + 1 : preview]
+    )
     assert base["optim.lr"] == "0.001" and base["train.batch_size"] == "4" and base["train.epochs"] == "10"
     assert base["data.input_size"] == "[128, 104]" and base["train.device"] == "auto"
     assert base["data.root"] == ""
     # a few sampled trials: sigma exactly where the schedule is fixed
-    sampled = [dict(kv.split("=") for kv in line.split()[1:]) for line in lines[preview + 1:preview + 4]]
+    sampled = [dict(kv.split("=") for kv in line.split()[1:]) for line in lines[preview + 1 : preview + 4]]
     assert len(sampled) == 3 and all(("target.sigma" in t) == (t["target.schedule"] == "fixed") for t in sampled)
     assert lines[-1] == "dry run: the spec is valid; nothing was started"
     _assert_nothing_started(run)
@@ -173,8 +193,9 @@ def test_dry_run_of_a_full_size_spec_warns_about_missing_data_and_weights(runs):
     warnings = run.stderr.splitlines()
     assert warnings and all(w.startswith("warning: ") and w.endswith("(a real run needs it)") for w in warnings)
     assert any("base.data.root: " in w and "dataset root does not exist" in w for w in warnings)
-    assert any("base.model.weights: imagenet weights for densenet121 are not in the torch hub cache" in w
-               for w in warnings)
+    assert any(
+        "base.model.weights: imagenet weights for densenet121 are not in the torch hub cache" in w for w in warnings
+    )
     assert "  objectives: min val/mre_mm, max val/sdr_2mm, min cost/gflops" in run.stdout.splitlines()
     assert run.stdout.splitlines()[-1] == "dry run: the spec is valid; nothing was started"
     _assert_nothing_started(run)

@@ -34,10 +34,12 @@ def test_empty_or_none_gives_the_defaults():
 
 
 def test_nested_values_are_set_and_siblings_keep_defaults():
-    cfg = TrialConfig.from_dict({
-        "optim": {"lr": 3e-4},
-        "data": {"dataset": "phantom", "phantom": {"num_train": 5, "seed": 7}},
-    })
+    cfg = TrialConfig.from_dict(
+        {
+            "optim": {"lr": 3e-4},
+            "data": {"dataset": "phantom", "phantom": {"num_train": 5, "seed": 7}},
+        }
+    )
     assert cfg.optim.lr == 3e-4 and cfg.optim.name == "adam"  # sibling untouched
     assert cfg.data.phantom.num_train == 5 and cfg.data.phantom.seed == 7  # two levels down
     assert cfg.data.phantom.num_test1 == PhantomConfig().num_test1
@@ -51,11 +53,9 @@ def test_lists_become_tuples_at_every_depth():
 
 
 def test_tuple_fields_check_length_and_item_type():
-    assert _problems({"data": {"input_size": [64]}}) == [
-        "data.input_size: expected a list of 2 ints, got [64]"]
+    assert _problems({"data": {"input_size": [64]}}) == ["data.input_size: expected a list of 2 ints, got [64]"]
     # the item path is named, with its index
-    assert _problems({"data": {"input_size": [64.0, 48]}}) == [
-        "data.input_size[0]: expected int, got float 64.0"]
+    assert _problems({"data": {"input_size": [64.0, 48]}}) == ["data.input_size[0]: expected int, got float 64.0"]
     assert _problems({"data": {"input_size": "64x48"}})[0].startswith("data.input_size: expected a list of 2")
 
 
@@ -107,15 +107,16 @@ def test_a_section_that_is_not_a_mapping():
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as e:
-        TrialConfig.from_dict({
-            "optim": {"lrr": 1e-3, "lr": "fast"},
-            "data": {"phantom": {"seeed": 1}, "input_size": [1]},
-            "modle": {},
-        })
+        TrialConfig.from_dict(
+            {
+                "optim": {"lrr": 1e-3, "lr": "fast"},
+                "data": {"phantom": {"seeed": 1}, "input_size": [1]},
+                "modle": {},
+            }
+        )
     ps = e.value.problems
     assert len(ps) == 5
-    assert [p.split(":")[0] for p in ps] == [
-        "optim.lrr", "optim.lr", "data.phantom.seeed", "data.input_size", "modle"]
+    assert [p.split(":")[0] for p in ps] == ["optim.lrr", "optim.lr", "data.phantom.seeed", "data.input_size", "modle"]
     assert str(e.value) == "\n".join(ps)  # the exception text is the problems, one per line
 
 
@@ -138,8 +139,11 @@ def test_flatten_of_a_plain_dict():
 def test_apply_overrides_sets_dotted_paths_on_a_copy():
     d = {"optim": {"lr": 1e-3, "name": "adam"}, "train": {"epochs": 10}}
     out = apply_overrides(d, {"optim.lr": 0.5, "train.seed": 3, "model.name": "unet"})
-    assert out == {"optim": {"lr": 0.5, "name": "adam"}, "train": {"epochs": 10, "seed": 3},
-                   "model": {"name": "unet"}}  # missing sections are created
+    assert out == {
+        "optim": {"lr": 0.5, "name": "adam"},
+        "train": {"epochs": 10, "seed": 3},
+        "model": {"name": "unet"},
+    }  # missing sections are created
     assert d == {"optim": {"lr": 1e-3, "name": "adam"}, "train": {"epochs": 10}}  # input untouched
     out["optim"]["name"] = "sgd"
     assert d["optim"]["name"] == "adam"  # nested dicts are copies, not shared
@@ -207,15 +211,25 @@ def test_input_size_must_be_multiples_of_8():
 def test_lr_must_be_positive():
     for lr in (0, -1e-3):
         assert config_problems(TrialConfig.from_dict({"optim": {"lr": lr}})) == [
-            f"optim.lr: must be > 0, got {float(lr)}"]
+            f"optim.lr: must be > 0, got {float(lr)}"
+        ]
 
 
 def test_speed_and_checkpoint_fields_say_what_is_allowed():
     def problems(**train):
         return config_problems(TrialConfig.from_dict({"train": train}))
 
-    assert problems(precision="bf16", channels_last=True, threads=2, checkpoint_every=10,
-                    checkpoint_metric="val/sdr_2mm", checkpoint_mode="max") == []
+    assert (
+        problems(
+            precision="bf16",
+            channels_last=True,
+            threads=2,
+            checkpoint_every=10,
+            checkpoint_metric="val/sdr_2mm",
+            checkpoint_mode="max",
+        )
+        == []
+    )
     assert problems(precision="fp8") == ["train.precision: unknown 'fp8'; choose one of ['bf16', 'fp16', 'fp32']"]
     assert problems(threads=-1) == ["train.threads: must be ≥ 0 (0 = the default), got -1"]
     assert problems(checkpoint_every=-2) == ["train.checkpoint_every: must be ≥ 0 (0 = the default), got -2"]
@@ -226,15 +240,15 @@ def test_speed_and_checkpoint_fields_say_what_is_allowed():
     (p,) = problems(checkpoint_metric="test/mre_mm")
     assert p.startswith("train.checkpoint_metric: 'test/mre_mm' is not reported every epoch")
     # Faces are scored in NME: no mm metric there.
-    faces = TrialConfig.from_dict({"data": {"dataset": "300w", "root": "/nonexistent"},
-                                   "train": {"checkpoint_metric": "val/mre_mm"}})
+    faces = TrialConfig.from_dict(
+        {"data": {"dataset": "300w", "root": "/nonexistent"}, "train": {"checkpoint_metric": "val/mre_mm"}}
+    )
     (p,) = [p for p in config_problems(faces) if p.path == "train.checkpoint_metric"]
     assert p.startswith("train.checkpoint_metric: 'val/mre_mm' is not reported every epoch")
 
 
 def test_several_config_problems_are_listed_together():
-    cfg = TrialConfig.from_dict({"model": {"name": "nope"}, "data": {"input_size": [100, 104]},
-                                 "optim": {"lr": 0}})
+    cfg = TrialConfig.from_dict({"model": {"name": "nope"}, "data": {"input_size": [100, 104]}, "optim": {"lr": 0}})
     assert [p.split(":")[0] for p in config_problems(cfg)] == ["model.name", "data.input_size", "optim.lr"]
 
 

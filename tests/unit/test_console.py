@@ -44,7 +44,12 @@ CASES = {
     "dry_run": [sys.executable, "-X", "importtime", "-m", "study.run", str(QUICKSTART), "--dry-run"],
     "run_help": _console("run", "--help"),
     "validate_bad": _console("validate", str(QUICKSTART), "--set", "study.trials=zero"),
-    "api": [sys.executable, "-X", "importtime", "-c", """
+    "api": [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-c",
+        """
 import sys
 import study
 print("after import:", sorted(m for m in ("torch", "ray", "mlflow") if m in sys.modules))
@@ -55,7 +60,9 @@ try:
     study.load_spec(sys.argv[1], ["study.sampler=annealing"])
 except study.SpecError as e:
     print("SpecError:", e.problems)
-""", str(QUICKSTART)],
+""",
+        str(QUICKSTART),
+    ],
 }
 
 
@@ -65,9 +72,17 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, str, set[str]]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     shared = tmp_path_factory.mktemp("validate_and_dry_run")  # one cwd: the storage they print is the same
-    started = {name: subprocess.Popen(cmd, cwd=shared if name in ("validate", "dry_run") else tmp_path_factory.mktemp(name),
-                                      env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for name, cmd in CASES.items()}
+    started = {
+        name: subprocess.Popen(
+            cmd,
+            cwd=shared if name in ("validate", "dry_run") else tmp_path_factory.mktemp(name),
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, cmd in CASES.items()
+    }
     out = {}
     try:
         for name, proc in started.items():
@@ -104,8 +119,10 @@ def test_no_command_prints_the_usage_and_exits_2(runs):
 def test_an_unknown_command_names_the_valid_ones(runs):
     rc, out, err, _ = runs["unknown"]
     assert rc == 2 and out == ""
-    assert err.strip() == ("error: unknown command 'train'; choose one of run, validate, pareto, ui "
-                           "(`landmark-study --help` says what each does)")
+    assert err.strip() == (
+        "error: unknown command 'train'; choose one of run, validate, pareto, ui "
+        "(`landmark-study --help` says what each does)"
+    )
 
 
 def test_validate_is_the_dry_run(runs):

@@ -19,8 +19,12 @@ import torch
 
 from trainables.heatmaps import decode_dark, decode_subpixel, render_gaussians
 
-_CV_SMALL_KERNELS = {1: [1.0], 3: [0.25, 0.5, 0.25], 5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
-                     7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125]}
+_CV_SMALL_KERNELS = {
+    1: [1.0],
+    3: [0.25, 0.5, 0.25],
+    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
+    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+}
 
 
 def cv2_gaussian_kernel(ksize: int) -> np.ndarray:

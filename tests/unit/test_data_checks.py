@@ -82,8 +82,14 @@ def make_hand(root: Path) -> Path:
 
 
 FACE_W, FACE_H = 40, 36
-FACE_FILES = {"afw": "a1.jpg", "helen/trainset": "h1.jpg", "lfpw/trainset": "l1.png",
-              "helen/testset": "h2.jpg", "lfpw/testset": "l2.png", "ibug": "i1.jpg"}
+FACE_FILES = {
+    "afw": "a1.jpg",
+    "helen/trainset": "h1.jpg",
+    "lfpw/trainset": "l1.png",
+    "helen/testset": "h2.jpg",
+    "lfpw/testset": "l2.png",
+    "ibug": "i1.jpg",
+}
 
 
 def face_lines() -> list[str]:
@@ -123,8 +129,10 @@ def bmp_header(w: int, h: int) -> bytes:
 
 def png_header(w: int, h: int) -> bytes:
     """A real PNG (IHDR, an empty IDAT, IEND, valid CRCs) whose header claims w×h 8-bit gray pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
@@ -133,6 +141,7 @@ PNG_BYTES = png_header(4, 4)  # what a binary "annotation" looks like
 
 
 # Each case: (dataset, name, break(root) -> the exact problem lines check() must return).
+
 
 def isbi_image(root: Path, rid: str = "002") -> Path:
     return root / "RawImage" / "TrainingData" / f"{rid}.bmp"
@@ -155,7 +164,9 @@ def _isbi_zero_byte(root):
 
 def _isbi_text(root):
     isbi_image(root).write_text("<html>404 Not Found</html>\n")
-    return [f"{isbi_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'<html>404 No')"]
+    return [
+        f"{isbi_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'<html>404 No')"
+    ]
 
 
 def _isbi_bomb(root):
@@ -182,8 +193,10 @@ def _isbi_garbage_line(root):
     lines = isbi_lines()
     lines[5], lines[9] = "12O4,880", "12;14"
     write_isbi_annotation(isbi_ann(root), lines)
-    return [f'{isbi_ann(root)}:6: expected "x,y" numbers, got "12O4,880"',
-            f'{isbi_ann(root)}:10: expected "x,y" numbers, got "12;14"']
+    return [
+        f'{isbi_ann(root)}:6: expected "x,y" numbers, got "12O4,880"',
+        f'{isbi_ann(root)}:10: expected "x,y" numbers, got "12;14"',
+    ]
 
 
 def _isbi_binary(root):
@@ -200,15 +213,19 @@ def _isbi_out_of_image(root):
     lines = isbi_lines()
     lines[2] = "5000,5000"
     write_isbi_annotation(isbi_ann(root, doctor="400_junior"), lines)
-    return [f"{isbi_ann(root, doctor='400_junior')}:3: landmark 3 at (5000, 5000) is outside the 30×24 (W×H) image 002.bmp"]
+    return [
+        f"{isbi_ann(root, doctor='400_junior')}:3: landmark 3 at (5000, 5000) is outside the 30×24 (W×H) image 002.bmp"
+    ]
 
 
 def _isbi_negative(root):
     lines = isbi_lines()
     lines[0], lines[18] = "-3,10", "29.4,-0.6"  # x -0.5 is the image's left edge; -0.6 is past the top one
     write_isbi_annotation(isbi_ann(root), lines)
-    return [f"{isbi_ann(root)}:1: landmark 1 at (-3, 10) is outside the 30×24 (W×H) image 002.bmp",
-            f"{isbi_ann(root)}:19: landmark 19 at (29.4, -0.6) is outside the 30×24 (W×H) image 002.bmp"]
+    return [
+        f"{isbi_ann(root)}:1: landmark 1 at (-3, 10) is outside the 30×24 (W×H) image 002.bmp",
+        f"{isbi_ann(root)}:19: landmark 19 at (29.4, -0.6) is outside the 30×24 (W×H) image 002.bmp",
+    ]
 
 
 def _isbi_missing_annotation(root):
@@ -238,7 +255,9 @@ def _hand_zero_byte(root):
 
 def _hand_text(root):
     hand_image(root).write_text("not an image")
-    return [f"{hand_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'not an image')"]
+    return [
+        f"{hand_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'not an image')"
+    ]
 
 
 def _hand_bomb(root):
@@ -248,8 +267,10 @@ def _hand_bomb(root):
 
 def _hand_16_bit(root):
     Image.fromarray(np.full((40, 40), 40000, np.uint16)).save(hand_image(root))  # read_image would clip it to white
-    return [f"{hand_image(root)}: mode I;16 has more than 8 bits per pixel; expected an 8-bit grayscale, RGB or "
-            "palette image (convert it to 8 bits)"]
+    return [
+        f"{hand_image(root)}: mode I;16 has more than 8 bits per pixel; expected an 8-bit grayscale, RGB or "
+        "palette image (convert it to 8 bits)"
+    ]
 
 
 def _hand_36_landmarks(root):
@@ -261,17 +282,21 @@ def _hand_garbage(root):
     cells = [f"{v:g}" for v in hand_xy().ravel()]
     cells[4], cells[9] = "12O", ""
     csv = _hand_rewrite_csv(root, hand_row("0002", cells))
-    return [f'{csv}:2: column 6: expected a number or nan, got "12O"',
-            f'{csv}:2: column 11: expected a number or nan, got ""']
+    return [
+        f'{csv}:2: column 6: expected a number or nan, got "12O"',
+        f'{csv}:2: column 11: expected a number or nan, got ""',
+    ]
 
 
 def _hand_binary(root):
     (root / "all.csv").write_bytes(PNG_BYTES)
     splits = root / "splits"
-    return [f"{root / 'all.csv'}: not a text file (byte 0x89 at offset 0 is not UTF-8)",
-            f"{splits / 'set1.txt'}:1: id '0001' is not in {root / 'all.csv'}",
-            f"{splits / 'set1.txt'}:2: id '0002' is not in {root / 'all.csv'}",
-            f"{splits / 'set2.txt'}:1: id '0003' is not in {root / 'all.csv'}"]
+    return [
+        f"{root / 'all.csv'}: not a text file (byte 0x89 at offset 0 is not UTF-8)",
+        f"{splits / 'set1.txt'}:1: id '0001' is not in {root / 'all.csv'}",
+        f"{splits / 'set1.txt'}:2: id '0002' is not in {root / 'all.csv'}",
+        f"{splits / 'set2.txt'}:1: id '0003' is not in {root / 'all.csv'}",
+    ]
 
 
 def _hand_out_of_image(root):
@@ -290,8 +315,10 @@ def _hand_negative(root):
 
 def _hand_missing_image(root):
     hand_image(root).unlink()
-    return [f"{hand_image(root)}: image of id '0002' not found (also tried .jpg, .jpeg and any other suffix; "
-            f"id listed at {root / 'all.csv'}:2)"]
+    return [
+        f"{hand_image(root)}: image of id '0002' not found (also tried .jpg, .jpeg and any other suffix; "
+        f"id listed at {root / 'all.csv'}:2)"
+    ]
 
 
 def face_image(root: Path, folder: str = "ibug") -> Path:
@@ -320,7 +347,9 @@ def _face_zero_byte(root):
 
 def _face_text(root):
     face_image(root).write_text("GIF? no.")
-    return [f"{face_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'GIF? no.')"]
+    return [
+        f"{face_image(root)}: not an image (Pillow does not recognise the format; the file starts with b'GIF? no.')"
+    ]
 
 
 def _face_bomb(root):
@@ -341,6 +370,7 @@ def _face_too_few_points(root):
 def _face_garbage(root):
     def edit(ls):
         ls[3 + 4], ls[3 + 50] = "12.O 4", "1,2"
+
     pts = _face_rewrite(root, edit)
     return [f'{pts}:8: expected "x y" numbers, got "12.O 4"', f'{pts}:54: expected "x y" numbers, got "1,2"']
 
@@ -360,24 +390,47 @@ def _face_missing_pts(root):
 MAKERS = {"isbi2015": make_isbi, "hand": make_hand, "300w": make_300w}
 CHECKS = {"isbi2015": isbi2015.check, "hand": hand.check, "300w": face300w.check}
 CASES = [
-    ("isbi2015", _isbi_truncated), ("isbi2015", _isbi_zero_byte), ("isbi2015", _isbi_text),
-    ("isbi2015", _isbi_bomb), ("isbi2015", _isbi_bomb_under_twice_the_limit), ("isbi2015", _isbi_18_landmarks),
-    ("isbi2015", _isbi_12_lines), ("isbi2015", _isbi_garbage_line), ("isbi2015", _isbi_binary),
-    ("isbi2015", _isbi_nul), ("isbi2015", _isbi_out_of_image), ("isbi2015", _isbi_negative),
+    ("isbi2015", _isbi_truncated),
+    ("isbi2015", _isbi_zero_byte),
+    ("isbi2015", _isbi_text),
+    ("isbi2015", _isbi_bomb),
+    ("isbi2015", _isbi_bomb_under_twice_the_limit),
+    ("isbi2015", _isbi_18_landmarks),
+    ("isbi2015", _isbi_12_lines),
+    ("isbi2015", _isbi_garbage_line),
+    ("isbi2015", _isbi_binary),
+    ("isbi2015", _isbi_nul),
+    ("isbi2015", _isbi_out_of_image),
+    ("isbi2015", _isbi_negative),
     ("isbi2015", _isbi_missing_annotation),
-    ("hand", _hand_truncated_png), ("hand", _hand_zero_byte), ("hand", _hand_text), ("hand", _hand_bomb),
-    ("hand", _hand_16_bit), ("hand", _hand_36_landmarks), ("hand", _hand_garbage), ("hand", _hand_binary),
-    ("hand", _hand_out_of_image), ("hand", _hand_negative), ("hand", _hand_missing_image),
-    ("300w", _face_truncated_jpeg), ("300w", _face_zero_byte), ("300w", _face_text), ("300w", _face_bomb),
-    ("300w", _face_67_points), ("300w", _face_too_few_points), ("300w", _face_garbage), ("300w", _face_binary),
+    ("hand", _hand_truncated_png),
+    ("hand", _hand_zero_byte),
+    ("hand", _hand_text),
+    ("hand", _hand_bomb),
+    ("hand", _hand_16_bit),
+    ("hand", _hand_36_landmarks),
+    ("hand", _hand_garbage),
+    ("hand", _hand_binary),
+    ("hand", _hand_out_of_image),
+    ("hand", _hand_negative),
+    ("hand", _hand_missing_image),
+    ("300w", _face_truncated_jpeg),
+    ("300w", _face_zero_byte),
+    ("300w", _face_text),
+    ("300w", _face_bomb),
+    ("300w", _face_67_points),
+    ("300w", _face_too_few_points),
+    ("300w", _face_garbage),
+    ("300w", _face_binary),
     ("300w", _face_missing_pts),  # a face point outside its image is no problem: see test_faces_cut_by_the_frame_...
 ]
 
 
 def _matches(got: list[str], want: list[str]) -> bool:
     """Exact lines; a wanted line ending in "truncated" (Pillow's own text follows) is a prefix."""
-    return len(got) == len(want) and all(g == w or (w.endswith("truncated") and g.startswith(w))
-                                         for g, w in zip(got, want))
+    return len(got) == len(want) and all(
+        g == w or (w.endswith("truncated") and g.startswith(w)) for g, w in zip(got, want)
+    )
 
 
 @pytest.mark.parametrize("dataset", MAKERS)
@@ -421,8 +474,9 @@ def test_all_problems_at_once_in_file_order(tmp_path):
 # --- faces cut by the photo's border: a note, not a problem (issue 28) --------------------------------
 
 
-KEPT = ("; kept: the face crop pads the image, a target that misses the heatmap adds no loss, and NME scores "
-        "all 68 points")
+KEPT = (
+    "; kept: the face crop pads the image, a target that misses the heatmap adds no loss, and NME scores all 68 points"
+)
 
 
 def _faces_cut_by_the_frame(root: Path) -> list[str]:
@@ -439,17 +493,21 @@ def _faces_cut_by_the_frame(root: Path) -> list[str]:
     lines[3 + 9] = "20 36.6"
     write_pts(lfpw, lines)
     pts = image.with_suffix(".pts")
-    return [f"{pts}:4: landmark 1 at (-2.5, 20) is outside the 232×185 (W×H) image i1.jpg",
-            f"{pts}:51: landmark 48 at (233.493, 54.678) is outside the 232×185 (W×H) image i1.jpg",
-            f"{lfpw}:13: landmark 10 at (20, 36.6) is outside the 40×36 (W×H) image l2.png"]
+    return [
+        f"{pts}:4: landmark 1 at (-2.5, 20) is outside the 232×185 (W×H) image i1.jpg",
+        f"{pts}:51: landmark 48 at (233.493, 54.678) is outside the 232×185 (W×H) image i1.jpg",
+        f"{lfpw}:13: landmark 10 at (20, 36.6) is outside the 40×36 (W×H) image l2.png",
+    ]
 
 
 def test_faces_cut_by_the_frame_are_one_note_not_problems(tmp_path):
     root = make_300w(tmp_path / "300w")
     first = _faces_cut_by_the_frame(root)[0]
     got = face300w.check(root, cache_dir=tmp_path / "cache")
-    assert got == [f"{root}: 3 landmarks in 2 annotation files lie outside their image (faces cut by the photo's "
-                   f"border), e.g. {first}{KEPT}"]
+    assert got == [
+        f"{root}: 3 landmarks in 2 annotation files lie outside their image (faces cut by the photo's "
+        f"border), e.g. {first}{KEPT}"
+    ]
     assert Problem.of(got[0]).kind == Problem.NOTE
 
 
@@ -467,8 +525,18 @@ def test_a_note_reaches_spec_validation_as_a_note_and_stops_no_trial(tmp_path):
 
     root = make_300w(tmp_path / "300w")
     first = _faces_cut_by_the_frame(root)[0]
-    cfg = TrialConfig.from_dict({"data": {"dataset": "300w", "root": str(root), "num_landmarks": 68,
-                                          "train_split": "train", "val_split": "common"}, "eval": {"split": ""}})
+    cfg = TrialConfig.from_dict(
+        {
+            "data": {
+                "dataset": "300w",
+                "root": str(root),
+                "num_landmarks": 68,
+                "train_split": "train",
+                "val_split": "common",
+            },
+            "eval": {"split": ""},
+        }
+    )
     (note,) = data_problems(cfg.data)
     assert note.startswith(f"data.root: {root}: 3 landmarks in 2 annotation files") and first in note
     assert Problem.of(note).kind == Problem.NOTE
@@ -485,26 +553,36 @@ def test_a_note_is_never_cut_by_max_problems(tmp_path, monkeypatch):
     monkeypatch.setattr(trainables.data, "MAX_PROBLEMS", 1)
     cfg = _data_cfg("300w", root)
     got = trainables.data.problems(cfg)
-    assert len(got) == 3 and got[1].endswith("… and 1 more problems; `python -m trainables.data.face300w ROOT` "
-                                             "lists them all")
+    assert len(got) == 3 and got[1].endswith(
+        "… and 1 more problems; `python -m trainables.data.face300w ROOT` lists them all"
+    )
     assert Problem.of(got[2]).kind == Problem.NOTE and "1 landmark in 1 annotation file lies outside" in got[2]
 
 
 # --- the checker CLI -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module, dataset, breaks", [
-    ("isbi2015", "isbi2015", lambda root: _isbi_bomb(root) + _isbi_garbage_line(root)),
-    ("hand", "hand", lambda root: _hand_truncated_png(root) + _hand_garbage(root)),
-    ("face300w", "300w", lambda root: _face_67_points(root) + _face_bomb(root)),
-])
+@pytest.mark.parametrize(
+    "module, dataset, breaks",
+    [
+        ("isbi2015", "isbi2015", lambda root: _isbi_bomb(root) + _isbi_garbage_line(root)),
+        ("hand", "hand", lambda root: _hand_truncated_png(root) + _hand_garbage(root)),
+        ("face300w", "300w", lambda root: _face_67_points(root) + _face_bomb(root)),
+    ],
+)
 def test_checker_cli_exits_2_with_one_line_per_problem(tmp_path, module, dataset, breaks):
     root = MAKERS[dataset](tmp_path / dataset)
     breaks(root)
     want = CHECKS[dataset](root, cache_dir=None)
     env = {**os.environ, "PYTHONPATH": str(REPO), "LANDMARK_STUDY_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", f"trainables.data.{module}", str(root)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", f"trainables.data.{module}", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert run.returncode == 2, run.stderr
     assert run.stdout.splitlines() == want and len(want) >= 2
     assert "Traceback" not in run.stderr and f"{root}: {len(want)} problems" in run.stderr
@@ -514,38 +592,56 @@ def test_checker_cli_prints_a_note_and_exits_0(tmp_path):
     root = make_300w(tmp_path / "300w")
     first = _faces_cut_by_the_frame(root)[0]
     env = {**os.environ, "PYTHONPATH": str(REPO), "LANDMARK_STUDY_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", "trainables.data.face300w", str(root)],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "trainables.data.face300w", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     # (stderr may also hold runpy's warning about running a module of an imported package)
     notes = [line for line in run.stderr.splitlines() if line.startswith("note: ")]
-    assert notes == [f"note: {root}: 3 landmarks in 2 annotation files lie outside their image (faces cut by the "
-                     f"photo's border), e.g. {first}{KEPT}"]
+    assert notes == [
+        f"note: {root}: 3 landmarks in 2 annotation files lie outside their image (faces cut by the "
+        f"photo's border), e.g. {first}{KEPT}"
+    ]
     assert run.stdout.splitlines()[:3] == ["train: 3 faces", "common: 2 faces", "challenging: 1 faces"]
 
 
 def test_checker_cli_on_a_good_dataset_prints_the_splits(tmp_path):
     root = make_isbi(tmp_path / "isbi")
     env = {**os.environ, "PYTHONPATH": str(REPO), "LANDMARK_STUDY_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", "trainables.data.isbi2015", str(root)],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "trainables.data.isbi2015", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.splitlines() == ["train: 2 images (001..002)", "test1: 1 images (003..003)",
-                                       "test2: 1 images (004..004)"]
+    assert run.stdout.splitlines() == [
+        "train: 2 images (001..002)",
+        "test1: 1 images (003..003)",
+        "test2: 1 images (004..004)",
+    ]
 
 
 # --- spec validation gets the same problems, before any trial --------------------------------------
 
 
 def _data_cfg(dataset: str, root: Path, **kw):
-    defaults = {"isbi2015": {"num_landmarks": 19},
-                "hand": {"num_landmarks": 37, "train_split": "set1", "val_split": "set2"},
-                "300w": {"num_landmarks": 68, "train_split": "train", "val_split": "common"}}[dataset]
+    defaults = {
+        "isbi2015": {"num_landmarks": 19},
+        "hand": {"num_landmarks": 37, "train_split": "set1", "val_split": "set2"},
+        "300w": {"num_landmarks": 68, "train_split": "train", "val_split": "common"},
+    }[dataset]
     return TrialConfig.from_dict({"data": {"dataset": dataset, "root": str(root), **defaults, **kw}}).data
 
 
-@pytest.mark.parametrize("dataset, breaks", [("isbi2015", _isbi_text), ("hand", _hand_out_of_image),
-                                             ("300w", _face_garbage)])
+@pytest.mark.parametrize(
+    "dataset, breaks", [("isbi2015", _isbi_text), ("hand", _hand_out_of_image), ("300w", _face_garbage)]
+)
 def test_spec_validation_reports_the_check_lines_under_data_root(tmp_path, dataset, breaks):
     root = MAKERS[dataset](tmp_path / dataset)
     want = breaks(root)
@@ -573,8 +669,10 @@ def test_hand_ruler_problems_name_the_split(tmp_path):
     cells[8] = "nan"  # x of landmark 5, a ruler end
     _hand_rewrite_csv(root, hand_row("0002", cells))
     got = data_problems(_data_cfg("hand", root, train_split="set1", val_split="set2"))
-    assert got == [f"data.train_split: {root / 'all.csv'}:2: id '0002' lacks ruler landmark 5 (1-based), needed for "
-                   "its mm scale (ruler_mm / distance of landmarks 1 and 5)"]
+    assert got == [
+        f"data.train_split: {root / 'all.csv'}:2: id '0002' lacks ruler landmark 5 (1-based), needed for "
+        "its mm scale (ruler_mm / distance of landmarks 1 and 5)"
+    ]
 
 
 def test_phantom_on_disk_is_checked_as_isbi(tmp_path, tiny_phantom):
@@ -621,8 +719,11 @@ def test_second_check_reads_no_image_and_a_changed_file_is_read_again(tmp_path, 
     images = sorted(str(p) for p in (root / "RawImage").rglob("*.bmp"))
     assert sorted(entries) == images  # absolute paths
     st = os.stat(isbi_image(root, "001"))
-    assert entries[str(isbi_image(root, "001"))] == [st.st_size, st.st_mtime_ns, {
-        "format": "BMP", "width": ISBI_W, "height": ISBI_H, "mode": "L"}]
+    assert entries[str(isbi_image(root, "001"))] == [
+        st.st_size,
+        st.st_mtime_ns,
+        {"format": "BMP", "width": ISBI_W, "height": ISBI_H, "mode": "L"},
+    ]
     assert entries[str(isbi_image(root))][2].startswith("not an image")  # a problem is cached too
 
     judged = []

@@ -106,8 +106,10 @@ def test_images_stay_uint8_and_become_floats_only_through_normalize(tmp_path):
 
 def test_nan_landmark_stays_nan(tmp_path):
     lm = np.array([[10.0, 7.0], [np.nan, np.nan], [28.0, 38.0]])
-    recs = [Record("a", _blob_image(tmp_path / "a.png", (60, 45), lm), lm, 0.1),
-            Record("b", _blob_image(tmp_path / "b.png", (50, 40), CROPPED), CROPPED, 0.2, crop=CROP_BOX)]
+    recs = [
+        Record("a", _blob_image(tmp_path / "a.png", (60, 45), lm), lm, 0.1),
+        Record("b", _blob_image(tmp_path / "b.png", (50, 40), CROPPED), CROPPED, 0.2, crop=CROP_BOX),
+    ]
     ds = LandmarkDataset(recs, INPUT)
     coords = ds[0][1]
     assert torch.isnan(coords[1]).all() and torch.isfinite(coords[[0, 2]]).all()
@@ -257,8 +259,12 @@ def test_hand_problems_agree_with_the_loader_on_joined_splits(tmp_path, split):
 
 
 def test_300w_problems_name_the_split_keys(tmp_path):
-    data = dataclasses.replace(TrialConfig().data, dataset="300w", num_landmarks=68, root=str(tmp_path),
-                               train_split="afw", val_split="common")
+    data = dataclasses.replace(
+        TrialConfig().data, dataset="300w", num_landmarks=68, root=str(tmp_path), train_split="afw", val_split="common"
+    )
     out = problems(data)
-    assert out[0] == "data.train_split: unknown split 'afw'; choose one of ['train', 'common', 'challenging', 'full', 'test']"
+    assert (
+        out[0]
+        == "data.train_split: unknown split 'afw'; choose one of ['train', 'common', 'challenging', 'full', 'test']"
+    )
     assert not any(p.startswith("data.val_split") for p in out)

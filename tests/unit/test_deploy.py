@@ -61,8 +61,12 @@ def _check_study_command(argv: list[str]) -> None:
 
 def _repo_paths(text: str) -> set[str]:
     """Paths into the repository a text names: relative ones, or under the image's /app."""
-    return {m.group(1) for m in re.finditer(
-        rf"(?:{IMAGE_ROOT}/|(?<![\w./-]))((?:search_spaces|deploy|study|trainables|dashboards)/[\w./-]*\w)", text)}
+    return {
+        m.group(1)
+        for m in re.finditer(
+            rf"(?:{IMAGE_ROOT}/|(?<![\w./-]))((?:search_spaces|deploy|study|trainables|dashboards)/[\w./-]*\w)", text
+        )
+    }
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "rayjob.yaml", "ray-cluster.yaml", "slurm.sbatch"])
@@ -80,6 +84,7 @@ def test_the_docs_say_which_deploy_file_is_for_what():
 
 
 # --- Dockerfile -------------------------------------------------------------------------------------
+
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -121,6 +126,7 @@ def test_dockerfile():
 
 
 # --- KubeRay RayJob ---------------------------------------------------------------------------------
+
 
 def _containers(group: dict) -> list[dict]:
     spec = group["template"]["spec"]
@@ -182,6 +188,7 @@ def test_rayjob_manifest():
 
 # --- Ray cluster launcher ---------------------------------------------------------------------------
 
+
 def test_ray_cluster_launcher_config_passes_rays_own_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -196,13 +203,13 @@ def test_ray_cluster_launcher_config_passes_rays_own_validation():
     assert gpu and config["available_node_types"][config["head_node_type"]]["resources"].get("CPU") == 0
     assert not SECRETISH.search(json.dumps(config["provider"]) + json.dumps(config["auth"]))
     # the study runs with `ray exec` as docs/cluster.md shows
-    line = next(line for line in _cluster_page().splitlines()
-                if line.startswith("ray exec deploy/ray-cluster.yaml"))
+    line = next(line for line in _cluster_page().splitlines() if line.startswith("ray exec deploy/ray-cluster.yaml"))
     argv = shlex.split(line)
     _check_study_command(shlex.split(argv[-1]))
 
 
 # --- SLURM ------------------------------------------------------------------------------------------
+
 
 def test_slurm_script():
     path = DEPLOY / "slurm.sbatch"
@@ -213,16 +220,26 @@ def test_slurm_script():
     assert int(sbatch["nodes"]) >= 2 and sbatch["ntasks-per-node"] == "1"
     joined = text.replace("\\\n", " ")
     # the head on the first node, a worker on each other node, each in an srun step
-    assert re.search(r'head_node=\$\{nodes\[0\]\}', text)
+    assert re.search(r"head_node=\$\{nodes\[0\]\}", text)
     assert re.search(r'srun [^\n]*-w "\$head_node"\s+"\$RAY" start --head --block', joined)
-    assert re.search(r'for node in "\$\{nodes\[@\]:1\}"; do\s+srun [^\n]*-w "\$node"\s+"\$RAY" start --block '
-                     r'--address="\$address"', joined)
+    assert re.search(
+        r'for node in "\$\{nodes\[@\]:1\}"; do\s+srun [^\n]*-w "\$node"\s+"\$RAY" start --block '
+        r'--address="\$address"',
+        joined,
+    )
     # then the study, against that cluster
     line = next(line for line in joined.splitlines() if "-m study.run" in line)
-    values = {"$PY": "python", "$address": "10.0.0.1:6379", "$STUDY_STORAGE": "/shared/studies",
-              "$DATA_ROOT": "/shared/ISBI2015"}
-    argv = [re.sub(r"\$\w+", lambda m: values[m.group(0)], a) for a in shlex.split(line.split("||")[0])
-            if a not in ("${STUDY_ARGS:-}", "&")]
+    values = {
+        "$PY": "python",
+        "$address": "10.0.0.1:6379",
+        "$STUDY_STORAGE": "/shared/studies",
+        "$DATA_ROOT": "/shared/ISBI2015",
+    }
+    argv = [
+        re.sub(r"\$\w+", lambda m: values[m.group(0)], a)
+        for a in shlex.split(line.split("||")[0])
+        if a not in ("${STUDY_ARGS:-}", "&")
+    ]
     _check_study_command(argv)
     args = parse_args(argv[3:])
     assert args.address == "10.0.0.1:6379" and args.storage == "/shared/studies"
@@ -272,11 +289,25 @@ def test_the_slurm_script_passes_a_stop_signal_to_the_driver(tmp_path, sig, stat
     for name, body in STAND_INS.items():
         (bin_dir / name).write_text(textwrap.dedent(body).lstrip())
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PY": str(bin_dir / "python"), "DATA_ROOT": str(tmp_path),
-           "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "2",
-           "STUDY_STORAGE": str(tmp_path / "studies"), "NODE_WAIT_S": "30"}
-    batch = subprocess.Popen(["bash", str(DEPLOY / "slurm.sbatch")], cwd=tmp_path, env=env, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PY": str(bin_dir / "python"),
+        "DATA_ROOT": str(tmp_path),
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_JOB_NODELIST": "node1",
+        "SLURM_CPUS_PER_TASK": "2",
+        "STUDY_STORAGE": str(tmp_path / "studies"),
+        "NODE_WAIT_S": "30",
+    }
+    batch = subprocess.Popen(
+        ["bash", str(DEPLOY / "slurm.sbatch")],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "driver.started").exists():

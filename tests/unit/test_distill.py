@@ -19,8 +19,6 @@ WIDTH = 0.03125  # SimpleBaseline decoder: max(8, round(256·width)) = 8 channel
 SMALLEST = ["resnet18", "vgg16", "densenet121"]  # the smallest BACKBONES of each family
 
 
-
-
 def _student(backbone: str = "resnet18", weights: str = "none", k: int = 2) -> SimpleBaseline:
     torch.manual_seed(0)
     return SimpleBaseline(k, backbone=backbone, width=WIDTH, weights=weights)
@@ -121,8 +119,11 @@ def test_teacher_may_be_a_trial_checkpoint(tmp_path):
     with torch.no_grad():
         source.backbone.conv1.weight.mul_(2)
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "checkpoint.pt")
-    d = Distiller(DistillConfig(type="cd", teacher=str(tmp_path / "checkpoint.pt")), _student(),
-                  ModelConfig(name="simple_baseline"))
+    d = Distiller(
+        DistillConfig(type="cd", teacher=str(tmp_path / "checkpoint.pt")),
+        _student(),
+        ModelConfig(name="simple_baseline"),
+    )
     assert _same_state(d.teacher.state_dict(), source.backbone.state_dict())
 
 
@@ -292,13 +293,18 @@ TIMING = {"cost/latency_ms", "cost/epoch_s"}  # wall-clock figures, different on
 
 def _sb_config(root, phantom: dict, weights, **overrides) -> TrialConfig:
     """The tiny phantom trial (tests/conftest.py) on a SimpleBaseline-resnet18 at 32×32."""
-    return TrialConfig.from_dict(apply_overrides({
-        "model": {"name": "simple_baseline", "backbone": "resnet18", "weights": str(weights), "width": WIDTH},
-        "data": {"dataset": "phantom", "root": str(root), "input_size": [32, 32], "phantom": phantom},
-        "target": {"sigma": 2.0},
-        "optim": {"lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 4, "seed": 1, "device": "cpu"},
-    }, overrides))
+    return TrialConfig.from_dict(
+        apply_overrides(
+            {
+                "model": {"name": "simple_baseline", "backbone": "resnet18", "weights": str(weights), "width": WIDTH},
+                "data": {"dataset": "phantom", "root": str(root), "input_size": [32, 32], "phantom": phantom},
+                "target": {"sigma": 2.0},
+                "optim": {"lr": 3e-3},
+                "train": {"epochs": 2, "batch_size": 4, "seed": 1, "device": "cpu"},
+            },
+            overrides,
+        )
+    )
 
 
 def _run(cfg: TrialConfig) -> list[dict]:

@@ -18,8 +18,10 @@ def _worker(rank: int, world: int, init_file: str, cfg_dict: dict, out_dir: str)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         reports = []
-        fit(TrialConfig.from_dict(cfg_dict),
-            lambda metrics, checkpoint_dir: reports.append({**metrics, "has_checkpoint": checkpoint_dir is not None}))
+        fit(
+            TrialConfig.from_dict(cfg_dict),
+            lambda metrics, checkpoint_dir: reports.append({**metrics, "has_checkpoint": checkpoint_dir is not None}),
+        )
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(reports, f)
     finally:

@@ -19,9 +19,16 @@ README_MAX_LINES = 250
 
 def test_the_site_builds_strict(tmp_path):
     site = tmp_path / "site"
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"mkdocs build --strict failed (pip install -e '.[test]' brings mkdocs):\n{run.stderr[-4000:]}"
+    run = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, (
+        f"mkdocs build --strict failed (pip install -e '.[test]' brings mkdocs):\n{run.stderr[-4000:]}"
+    )
     assert (site / "index.html").is_file()
     # the measured figures are linked into the site from where they live, not copied into docs/
     assert (site / "repo" / "benchmarks" / "index.html").is_file()
@@ -40,4 +47,3 @@ def test_every_relative_link_in_the_readme_exists():
     assert "docs/getting-started.md" in local  # found the links, not nothing
     missing = sorted(t for t in local if not (REPO / t).exists())
     assert not missing, f"README.md links to {missing}"
-

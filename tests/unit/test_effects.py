@@ -7,8 +7,15 @@ import math
 import pandas as pd
 import pytest
 
-from dashboards.effects import (configurations_text, mean_ci, overlaps_front, per_configuration, recipe_effects,
-                                recipes_markdown, recipes_text)
+from dashboards.effects import (
+    configurations_text,
+    mean_ci,
+    overlaps_front,
+    per_configuration,
+    recipe_effects,
+    recipes_markdown,
+    recipes_text,
+)
 
 MRE, GF, SDR = ("val/mre_mm", "min"), ("cost/gflops", "min"), ("val/sdr_2mm", "max")
 NAN = float("nan")
@@ -20,8 +27,17 @@ def _runs(*configs) -> pd.DataFrame:
     rows = []
     for cid, params, repeats, gflops in configs:
         for k, (status, mre) in enumerate(repeats):
-            rows.append({"trial": f"{cid}_{k}", "status": status, "config.id": cid, "config.repeat": k,
-                         "val/mre_mm": mre, "cost/gflops": gflops, **params})
+            rows.append(
+                {
+                    "trial": f"{cid}_{k}",
+                    "status": status,
+                    "config.id": cid,
+                    "config.repeat": k,
+                    "val/mre_mm": mre,
+                    "cost/gflops": gflops,
+                    **params,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -50,12 +66,20 @@ def test_per_configuration_means_intervals_failed_and_diverged_repeats():
     configs = per_configuration(_mixed(), [MRE, GF], ["target.schedule"]).set_index("config.id")
     a, b, c, d, e = (configs.loc[k] for k in "abcde")
     # a: mean 4.2, sd 0.2, [3.70313, 4.69687]; a stopped-early repeat has values and counts
-    assert (a["val/mre_mm"], a["val/mre_mm.std"], a["val/mre_mm.ci_low"], a["val/mre_mm.ci_high"]) == \
-        (approx(4.2), approx(0.2), approx(3.70313), approx(4.69687))
+    assert (a["val/mre_mm"], a["val/mre_mm.std"], a["val/mre_mm.ci_low"], a["val/mre_mm.ci_high"]) == (
+        approx(4.2),
+        approx(0.2),
+        approx(3.70313),
+        approx(4.69687),
+    )
     assert (a["repeats.n"], a["repeats.failed"], a["status"]) == (3, 0, "finished")
     # b: 12, 11 and a failed repeat: mean 11.5, sd √(0.25 + 0.25) = 0.70711, half 12.706 · 0.70711 / √2 = 6.353
-    assert (b["val/mre_mm"], b["val/mre_mm.std"], b["val/mre_mm.ci_low"], b["val/mre_mm.ci_high"]) == \
-        (approx(11.5), approx(0.70711), approx(5.147), approx(17.853))
+    assert (b["val/mre_mm"], b["val/mre_mm.std"], b["val/mre_mm.ci_low"], b["val/mre_mm.ci_high"]) == (
+        approx(11.5),
+        approx(0.70711),
+        approx(5.147),
+        approx(17.853),
+    )
     assert (b["repeats.n"], b["repeats.failed"]) == (2, 1)
     # c: 5.0 and a diverged repeat: n = 1, no sd, no interval
     assert (c["val/mre_mm"], c["repeats.n"], c["repeats.failed"]) == (5.0, 1, 1)
@@ -85,8 +109,10 @@ def test_overlaps_front():
     configs = per_configuration(_mixed(), [MRE], ["target.schedule"])
     # front: a, [3.70313, 4.69687]; c = 5.0 (n = 1, a point) is outside; b [5.147, 17.853] is outside
     assert not overlaps_front(configs, [MRE]).any()
-    runs = _runs(("a", {}, [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)], 1.0),
-                 ("f", {}, [("finished", 4.5), ("finished", 4.6)], 1.0))
+    runs = _runs(
+        ("a", {}, [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)], 1.0),
+        ("f", {}, [("finished", 4.5), ("finished", 4.6)], 1.0),
+    )
     configs = per_configuration(runs, [MRE], [])
     # f: mean 4.55, sd 0.070711, half 12.706 · 0.05 = 0.6353: [3.9147, 5.1853] meets a's interval
     assert overlaps_front(configs, [MRE]).tolist() == [False, True]
@@ -101,10 +127,20 @@ def test_welch_unequal_n_and_a_failed_repeat():
     # adaloss a: 4.0, 4.2, 4.4 (mean 4.2, s² = 0.04, n 3); fixed b: 11, 11 and a failed repeat (s² = 0, n 2)
     # se = √(0.04/3 + 0) = 0.11547; ν = (0.04/3)² / ((0.04/3)² / 2 + 0) = 2; half = 4.303 · 0.11547 = 0.49687
     # diff = 4.2 - 11 = -6.8: [-7.29687, -6.30313], lower MRE: better; fixed gets the mirror image
-    runs = _runs(("a", {"target.schedule": "adaloss", "optim.lr": 1e-3}, [("finished", 4.0), ("finished", 4.2),
-                                                                         ("finished", 4.4)], 1.0),
-                 ("b", {"target.schedule": "fixed", "optim.lr": 1e-2}, [("finished", 11.0), ("finished", 11.0),
-                                                                       ("failed", NAN)], 1.0))
+    runs = _runs(
+        (
+            "a",
+            {"target.schedule": "adaloss", "optim.lr": 1e-3},
+            [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)],
+            1.0,
+        ),
+        (
+            "b",
+            {"target.schedule": "fixed", "optim.lr": 1e-2},
+            [("finished", 11.0), ("finished", 11.0), ("failed", NAN)],
+            1.0,
+        ),
+    )
     t = _effects(runs)  # another lr: not a matched pair
     assert list(t.index) == ["adaloss", "fixed"]  # best value first
     ada, fix = t.loc["adaloss"], t.loc["fixed"]
@@ -120,10 +156,20 @@ def test_welch_when_other_params_differ_equal_n_no_clear_difference_and_max_mode
     # adaloss 4.0, 4.2, 4.4 at lr 1e-3; fixed 4.1, 4.3, 4.5 at lr 1e-2 (other params differ: Welch)
     # s² = 0.04 each: se = √(2 · 0.04/3) = 0.163299, ν = (0.026667)² / (2 · 0.013333² / 2) = 4
     # half = 2.776 · 0.163299 = 0.45332; diff -0.1: [-0.55332, 0.35332] contains 0
-    runs = _runs(("a", {"target.schedule": "adaloss", "optim.lr": 1e-3}, [("finished", 4.0), ("finished", 4.2),
-                                                                         ("finished", 4.4)], 1.0),
-                 ("b", {"target.schedule": "fixed", "optim.lr": 1e-2}, [("finished", 4.1), ("finished", 4.3),
-                                                                       ("finished", 4.5)], 1.0))
+    runs = _runs(
+        (
+            "a",
+            {"target.schedule": "adaloss", "optim.lr": 1e-3},
+            [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)],
+            1.0,
+        ),
+        (
+            "b",
+            {"target.schedule": "fixed", "optim.lr": 1e-2},
+            [("finished", 4.1), ("finished", 4.3), ("finished", 4.5)],
+            1.0,
+        ),
+    )
     ada = _effects(runs).loc["adaloss"]
     assert (ada["diff"], ada["diff.ci_low"], ada["diff.ci_high"]) == (approx(-0.1), approx(-0.55332), approx(0.35332))
     assert (ada["method"], ada["verdict"]) == ("Welch t", "no clear difference at n = 3")
@@ -139,13 +185,27 @@ def test_welch_when_other_params_differ_equal_n_no_clear_difference_and_max_mode
 
 def _grid(diverged: bool = False) -> pd.DataFrame:
     ada1 = [("finished", 4.0), ("finished", 4.5), ("diverged", NAN) if diverged else ("finished", 5.0)]
-    return _runs(("a1", {"target.schedule": "adaloss", "optim.lr": 1e-3}, ada1, 1.0),
-                 ("f1", {"target.schedule": "fixed", "optim.lr": 1e-3}, [("finished", 4.3), ("finished", 4.9),
-                                                                        ("finished", 5.2)], 1.0),
-                 ("a2", {"target.schedule": "adaloss", "optim.lr": 1e-2}, [("finished", 6.0), ("finished", 6.1),
-                                                                          ("finished", 6.2)], 1.0),
-                 ("f2", {"target.schedule": "fixed", "optim.lr": 1e-2}, [("finished", 7.0), ("finished", 7.2),
-                                                                        ("finished", 7.4)], 1.0))
+    return _runs(
+        ("a1", {"target.schedule": "adaloss", "optim.lr": 1e-3}, ada1, 1.0),
+        (
+            "f1",
+            {"target.schedule": "fixed", "optim.lr": 1e-3},
+            [("finished", 4.3), ("finished", 4.9), ("finished", 5.2)],
+            1.0,
+        ),
+        (
+            "a2",
+            {"target.schedule": "adaloss", "optim.lr": 1e-2},
+            [("finished", 6.0), ("finished", 6.1), ("finished", 6.2)],
+            1.0,
+        ),
+        (
+            "f2",
+            {"target.schedule": "fixed", "optim.lr": 1e-2},
+            [("finished", 7.0), ("finished", 7.2), ("finished", 7.4)],
+            1.0,
+        ),
+    )
 
 
 def test_paired_on_a_grid_with_repeats():
@@ -156,7 +216,11 @@ def test_paired_on_a_grid_with_repeats():
     t = _effects(_grid())
     ada, fix = t.loc["adaloss"], t.loc["fixed"]
     assert (ada["config.id"], ada["vs.config.id"], ada["method"]) == ("a1", "f1", "paired t")
-    assert (ada["diff"], ada["diff.ci_low"], ada["diff.ci_high"]) == (approx(-0.3), approx(-0.548434), approx(-0.051566))
+    assert (ada["diff"], ada["diff.ci_low"], ada["diff.ci_high"]) == (
+        approx(-0.3),
+        approx(-0.548434),
+        approx(-0.051566),
+    )
     assert (ada["verdict"], fix["verdict"]) == ("better", "worse")
     assert ada["configurations"] == 2
 
@@ -174,11 +238,21 @@ def test_paired_with_a_diverged_repeat_uses_the_matched_pairs_left():
 def test_ties():
     # two adaloss configurations with the same mean 4.2: the one with more repeats (y, n 3) is its best;
     # fixed z has the same values at another lr: diff 0, Welch half 2.776 · 0.163299 = 0.45332
-    runs = _runs(("x", {"target.schedule": "adaloss", "optim.lr": 1e-1}, [("finished", 4.2)], 1.0),
-                 ("y", {"target.schedule": "adaloss", "optim.lr": 1e-3}, [("finished", 4.0), ("finished", 4.2),
-                                                                         ("finished", 4.4)], 1.0),
-                 ("z", {"target.schedule": "fixed", "optim.lr": 1e-2}, [("finished", 4.0), ("finished", 4.2),
-                                                                       ("finished", 4.4)], 1.0))
+    runs = _runs(
+        ("x", {"target.schedule": "adaloss", "optim.lr": 1e-1}, [("finished", 4.2)], 1.0),
+        (
+            "y",
+            {"target.schedule": "adaloss", "optim.lr": 1e-3},
+            [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)],
+            1.0,
+        ),
+        (
+            "z",
+            {"target.schedule": "fixed", "optim.lr": 1e-2},
+            [("finished", 4.0), ("finished", 4.2), ("finished", 4.4)],
+            1.0,
+        ),
+    )
     t = _effects(runs)
     ada, fix = t.loc["adaloss"], t.loc["fixed"]
     assert (ada["config.id"], ada["configurations"], ada["vs.config.id"]) == ("y", 2, "z")
@@ -188,17 +262,22 @@ def test_ties():
 
 def test_n_1_a_value_without_results_and_a_lone_value():
     # the quickstart's picture: one run each. fixed 12.1 vs adaloss 4.0: diff -8.1, no interval
-    runs = _runs(("a", {"target.schedule": "adaloss", "loss.type": "mse"}, [("finished", 4.0)], 1.0),
-                 ("b", {"target.schedule": "fixed", "loss.type": "mse"}, [("finished", 12.1)], 1.0),
-                 ("c", {"target.schedule": "fixed", "loss.type": "awing"}, [("failed", NAN), ("diverged", NAN)], 1.0))
+    runs = _runs(
+        ("a", {"target.schedule": "adaloss", "loss.type": "mse"}, [("finished", 4.0)], 1.0),
+        ("b", {"target.schedule": "fixed", "loss.type": "mse"}, [("finished", 12.1)], 1.0),
+        ("c", {"target.schedule": "fixed", "loss.type": "awing"}, [("failed", NAN), ("diverged", NAN)], 1.0),
+    )
     t = recipe_effects(runs, [MRE], ["target.schedule", "loss.type"], ["target.schedule", "loss.type"])
     sched = t[t["param"] == "target.schedule"].set_index("value")
     assert (sched.loc["adaloss", "diff"], sched.loc["adaloss", "verdict"]) == (approx(-8.1), "unclear (n = 1)")
     assert math.isnan(sched.loc["adaloss", "diff.ci_low"]) and sched.loc["adaloss", "method"] == ""
     loss = t[t["param"] == "loss.type"].set_index("value")
     assert loss.loc["mse", "verdict"] == "no other value" and loss.loc["mse", "config.id"] == "a"
-    assert (loss.loc["awing", "verdict"], loss.loc["awing", "repeats.failed"], loss.loc["awing", "repeats.n"]) == \
-        ("no finished configuration", 2, 0)
+    assert (loss.loc["awing", "verdict"], loss.loc["awing", "repeats.failed"], loss.loc["awing", "repeats.n"]) == (
+        "no finished configuration",
+        2,
+        0,
+    )
     assert list(loss.index) == ["mse", "awing"]
     text = recipes_text(t, [MRE])
     assert "unclear (n = 1)" in text and "no finished configuration" in text and "-8.1" in text

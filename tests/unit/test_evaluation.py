@@ -22,8 +22,6 @@ from trainables.registry import config_problems
 from trainables.trainer import load_split
 
 
-
-
 # --- the flip test, against an oracle ---------------------------------------------------------------
 
 
@@ -69,8 +67,9 @@ def blob_ds(tmp_path) -> LandmarkDataset:
 
 def _score(ds, model, flip_test: bool, flip_index: list[int]):
     """Run a Scorer, returning (metrics, decoded predictions (N, K, 2), the heatmaps it decoded (N, K, H, W))."""
-    cfg = TrialConfig.from_dict({"eval": {"decode": "subpixel", "flip_test": flip_test},
-                                 "train": {"batch_size": 2, "device": "cpu"}})
+    cfg = TrialConfig.from_dict(
+        {"eval": {"decode": "subpixel", "flip_test": flip_test}, "train": {"batch_size": 2, "device": "cpu"}}
+    )
     spec = DatasetSpec(records=lambda c, s: [], problems=lambda c: [], flip_index=lambda k: tuple(flip_index))
     scorer = Scorer(cfg, spec, flip_index, torch.device("cpu"))
     seen_heatmaps, seen_preds = [], []
@@ -159,14 +158,23 @@ def make_300w(root: Path) -> Path:
 
 def test_fit_on_300w_reports_nme_and_writes_the_test_table(tmp_path, recorder):
     root = make_300w(tmp_path / "300w")
-    cfg = TrialConfig.from_dict({
-        "model": {"name": "unet", "width": 0.125},
-        "data": {"dataset": "300w", "root": str(root), "num_landmarks": 68, "input_size": [32, 32],
-                 "train_split": "train", "val_split": "common", "augment": {"flip": 0.5, "rotate": 10.0}},
-        "target": {"sigma": 2.0},
-        "eval": {"split": "challenging", "flip_test": True, "decode": "subpixel"},
-        "train": {"epochs": 2, "batch_size": 2, "seed": 1, "device": "cpu"},
-    })
+    cfg = TrialConfig.from_dict(
+        {
+            "model": {"name": "unet", "width": 0.125},
+            "data": {
+                "dataset": "300w",
+                "root": str(root),
+                "num_landmarks": 68,
+                "input_size": [32, 32],
+                "train_split": "train",
+                "val_split": "common",
+                "augment": {"flip": 0.5, "rotate": 10.0},
+            },
+            "target": {"sigma": 2.0},
+            "eval": {"split": "challenging", "flip_test": True, "decode": "subpixel"},
+            "train": {"epochs": 2, "batch_size": 2, "seed": 1, "device": "cpu"},
+        }
+    )
     rec = recorder("kept")
     last = fit(cfg, rec)
     assert [m["epoch"] for m in rec.metrics] == [1, 2] and last == rec.metrics[-1]
@@ -227,8 +235,14 @@ def make_hand(root: Path) -> Path:
 def _hand_config(root: Path, **overrides) -> TrialConfig:
     d = {
         "model": {"name": "unet", "width": 0.125},
-        "data": {"dataset": "hand", "root": str(root), "num_landmarks": 37, "input_size": [32, 32],
-                 "train_split": "set1+set2", "val_split": "set3"},
+        "data": {
+            "dataset": "hand",
+            "root": str(root),
+            "num_landmarks": 37,
+            "input_size": [32, 32],
+            "train_split": "set1+set2",
+            "val_split": "set3",
+        },
         "target": {"sigma": 2.0},
         "eval": {"split": "set3"},
         "train": {"epochs": 2, "batch_size": 2, "seed": 1, "device": "cpu"},
@@ -267,14 +281,25 @@ def test_config_problems_name_an_unknown_eval_split(tiny_config, tmp_path):
 
     hand_cfg = _hand_config(make_hand(tmp_path / "hand"), **{"eval.split": "set9"})
     assert config_problems(hand_cfg) == [
-        "eval.split: unknown split 'set9'; valid splits: all, set1, set2, set3 (or distinct split-file names joined by '+', e.g. 'set2+set3')"]
+        "eval.split: unknown split 'set9'; valid splits: all, set1, set2, set3 (or distinct split-file names joined by '+', e.g. 'set2+set3')"
+    ]
     assert config_problems(_hand_config(tmp_path / "hand", **{"eval.split": "set1+set3"})) == []
 
-    face = TrialConfig.from_dict({"data": {"dataset": "300w", "root": str(make_300w(tmp_path / "300w")),
-                                           "num_landmarks": 68, "train_split": "train", "val_split": "common"},
-                                  "eval": {"split": "ibug"}})
+    face = TrialConfig.from_dict(
+        {
+            "data": {
+                "dataset": "300w",
+                "root": str(make_300w(tmp_path / "300w")),
+                "num_landmarks": 68,
+                "train_split": "train",
+                "val_split": "common",
+            },
+            "eval": {"split": "ibug"},
+        }
+    )
     assert config_problems(face) == [
-        "eval.split: unknown split 'ibug'; choose one of ['train', 'common', 'challenging', 'full', 'test']"]
+        "eval.split: unknown split 'ibug'; choose one of ['train', 'common', 'challenging', 'full', 'test']"
+    ]
     # The private test set is optional on disk; as eval.split its missing folders are named.
     face_test = TrialConfig.from_dict(apply_overrides(face.to_dict(), {"eval.split": "test"}))
     out = config_problems(face_test)
@@ -295,19 +320,30 @@ def test_fit_on_faces_cut_by_the_frame_trains_and_scores_all_68_points(tmp_path,
     root = make_300w(tmp_path / "300w")
     for pts in root.rglob("*.pts"):
         lines = pts.read_text().splitlines()
-        lines[3:3 + K_FACE] = [f"{float(x) + 15:.3f} {y}" for x, y in (line.split() for line in lines[3:3 + K_FACE])]
+        lines[3 : 3 + K_FACE] = [
+            f"{float(x) + 15:.3f} {y}" for x, y in (line.split() for line in lines[3 : 3 + K_FACE])
+        ]
         pts.write_text("\n".join(lines) + "\n")
     # crop_scale 0.6: the crop is 0.6 × the face's 24 px width = 14.4 px, landmark 0 (the face's rightmost,
     # 12 px right of its centre) lies 12 - 7.2 = 4.8 px beyond the crop, 4.8 × 32 / 14.4 = 10.7 input px
     # past the map, more than 3σ = 3: its target misses the map in every image, every epoch.
-    cfg = TrialConfig.from_dict({
-        "model": {"name": "unet", "width": 0.125},
-        "data": {"dataset": "300w", "root": str(root), "num_landmarks": 68, "input_size": [32, 32],
-                 "train_split": "train", "val_split": "common", "face": {"crop_scale": 0.6}},
-        "target": {"schedule": "adaloss", "adaloss": {"window": 2, "sigma0": 1.0, "min_sigma": 0.5}},
-        "eval": {"split": "challenging"},
-        "train": {"epochs": 4, "batch_size": 2, "seed": 1, "device": "cpu"},
-    })
+    cfg = TrialConfig.from_dict(
+        {
+            "model": {"name": "unet", "width": 0.125},
+            "data": {
+                "dataset": "300w",
+                "root": str(root),
+                "num_landmarks": 68,
+                "input_size": [32, 32],
+                "train_split": "train",
+                "val_split": "common",
+                "face": {"crop_scale": 0.6},
+            },
+            "target": {"schedule": "adaloss", "adaloss": {"window": 2, "sigma0": 1.0, "min_sigma": 0.5}},
+            "eval": {"split": "challenging"},
+            "train": {"epochs": 4, "batch_size": 2, "seed": 1, "device": "cpu"},
+        }
+    )
     (note,) = data_problems(cfg.data)
     assert Problem.of(note).kind == Problem.NOTE and "annotation files lie outside their image" in note
     assert config_problems(cfg) == []  # a note stops no trial
@@ -333,6 +369,9 @@ def test_fit_on_faces_cut_by_the_frame_trains_and_scores_all_68_points(tmp_path,
     assert any(rec.metrics[3][f"target/sigma_{k}"] != 1.0 for k in range(68) if not never[k])
 
     # The 300-W protocol scores all 68 points, those outside the image and outside the crop included.
-    rows = [line.split() for line in (rec.checkpoints[-1] / "test_challenging_per_landmark.txt").read_text().splitlines()[1:]]
+    rows = [
+        line.split()
+        for line in (rec.checkpoints[-1] / "test_challenging_per_landmark.txt").read_text().splitlines()[1:]
+    ]
     assert len(rows) == 68 and all(r[1] == "2" for r in rows)  # two ibug faces, 68 finite errors each
     assert np.mean([float(r[2]) for r in rows]) == pytest.approx(last["test/nme"], abs=0.01)

@@ -200,7 +200,17 @@ def test_flip_index_involution_and_known_pairs():
     assert len(f) == K and sorted(f) == list(range(K))
     assert all(f[f[i]] == i for i in range(K))
     assert (f[36], f[45], f[0], f[16], f[8], f[30], f[33], f[51], f[57], f[62], f[66]) == (
-        45, 36, 16, 0, 8, 30, 33, 51, 57, 62, 66
+        45,
+        36,
+        16,
+        0,
+        8,
+        30,
+        33,
+        51,
+        57,
+        62,
+        66,
     )
     assert face300w.IOD_PAIR == (36, 45) and face300w.NUM_LANDMARKS == 68
 
@@ -250,8 +260,12 @@ def _write_face(image: Path, size: tuple[int, int], file_xy: np.ndarray, grey: i
     image.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L", size, grey).save(image)
     pts = image.with_suffix(".pts")
-    pts.write_bytes(("\r\n".join(["version: 1", f"n_points: {K}", "{"] + [f"{x:.4f} {y:.4f}" for x, y in file_xy]
-                                 + ["}"]) + "\r\n").encode())
+    pts.write_bytes(
+        (
+            "\r\n".join(["version: 1", f"n_points: {K}", "{"] + [f"{x:.4f} {y:.4f}" for x, y in file_xy] + ["}"])
+            + "\r\n"
+        ).encode()
+    )
     return pts
 
 
@@ -279,8 +293,10 @@ def test_one_based_points_on_the_last_column_and_row_are_inside(tmp_path):
     pts = _write_face(root / "ibug" / "face.png", (5, 4), xy)
     (note,) = face300w.check(root, cache_dir=tmp_path / "cache")
     assert note.kind == Problem.NOTE
-    assert note.startswith(f"{root}: 1 landmark in 1 annotation file lies outside their image (faces cut by the "
-                           f"photo's border), e.g. {pts}:4: landmark 1 at (5.6, 4) is outside the 5×4 (W×H) image face.png;")
+    assert note.startswith(
+        f"{root}: 1 landmark in 1 annotation file lies outside their image (faces cut by the "
+        f"photo's border), e.g. {pts}:4: landmark 1 at (5.6, 4) is outside the 5×4 (W×H) image face.png;"
+    )
 
 
 def test_a_face_cut_by_the_frame_is_kept_and_its_crop_padded_black(tmp_path):

@@ -77,13 +77,25 @@ def test_width_one_densenet121_parameter_count_by_hand():
         return cin * cout * k * k + cout
 
     # DenseNet-121: C1..C5 = 64, 256, 512, 1024, 1024
-    msfa = (cbr(1024, 512, 3) + cbr(512, 256, 1)                                        # first up, L5
-            + cbr(256 + 1024, 256, 1) + cbr(256 + 512, 256, 1) + cbr(256 + 256, 256, 1)  # L4, L3, L2
-            + cbr(256, 512, 3) + cbr(512, 1024, 3) + cbr(1024, 2048, 3)                 # down, stride 2
-            + cbr(512 + 256, 512, 1) + cbr(1024 + 256, 1024, 1) + cbr(2048 + 256, 2048, 1)  # down fusions
-            + cbr(2048, 1024, 3) + cbr(1024, 256, 1)                                    # second up, L5
-            + cbr(256 + 1024, 256, 1) + cbr(256 + 512, 256, 1)                          # L4, L3
-            + cbr(256 + 256, 128, 1) + cbr(128 + 64, 64, 1))                            # L2, L1
+    msfa = (
+        cbr(1024, 512, 3)
+        + cbr(512, 256, 1)  # first up, L5
+        + cbr(256 + 1024, 256, 1)
+        + cbr(256 + 512, 256, 1)
+        + cbr(256 + 256, 256, 1)  # L4, L3, L2
+        + cbr(256, 512, 3)
+        + cbr(512, 1024, 3)
+        + cbr(1024, 2048, 3)  # down, stride 2
+        + cbr(512 + 256, 512, 1)
+        + cbr(1024 + 256, 1024, 1)
+        + cbr(2048 + 256, 2048, 1)  # down fusions
+        + cbr(2048, 1024, 3)
+        + cbr(1024, 256, 1)  # second up, L5
+        + cbr(256 + 1024, 256, 1)
+        + cbr(256 + 512, 256, 1)  # L4, L3
+        + cbr(256 + 256, 128, 1)
+        + cbr(128 + 64, 64, 1)
+    )  # L2, L1
     coarse = plain(64, 64, 3) + plain(64, 19, 1)
     fr = cbr(1, 32, 3) + plain(32 + 64 + 19, 115, 3) + plain(115, 19, 1)
     backbone = _params(torchvision.models.densenet121())  # 7 978 856, ImageNet classifier included
@@ -92,8 +104,10 @@ def test_width_one_densenet121_parameter_count_by_hand():
     assert _params(net.fr) == fr
     assert _params(net) == backbone + msfa + coarse + fr
     total = _params(net)
-    print(f"FARNet-densenet121 width 1.0, 19 landmarks: {total / 1e6:.2f} M parameters "
-          f"({(total - _params(net.backbone.classifier)) / 1e6:.2f} M without the ImageNet classifier)")
+    print(
+        f"FARNet-densenet121 width 1.0, 19 landmarks: {total / 1e6:.2f} M parameters "
+        f"({(total - _params(net.backbone.classifier)) / 1e6:.2f} M without the ImageNet classifier)"
+    )
     # 64.60 M, not the 78.9 M measured on the public code (JuvenileInWind/FARNet model.py): each of its
     # `wblock`s registers both a 1×1 and a 3×3 conv but runs one, so 17.7 M of its 78.9 M never run;
     # the convs it runs hold 61.22 M. This model's 64.60 M = 61.22 M + 2.36 M (the paper's down-path

@@ -18,19 +18,30 @@ from study.faults.leftovers import remove_orphan_checkpoints
 from study.trial import fallback_checkpoint, train_run_name
 from study.spec import StudyError, load_spec
 from study.storage import StudyStorage
-from trainables.checkpoint import (CHECKPOINT_FILE, HISTORY_FILE, MANIFEST_FILE, METRICS_FILE, TRAIN_SNAPSHOT,
-                                   IncompleteCheckpoint, check_complete, is_complete, report_with_checkpoint)
+from trainables.checkpoint import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    TRAIN_SNAPSHOT,
+    IncompleteCheckpoint,
+    check_complete,
+    is_complete,
+    report_with_checkpoint,
+)
 from trainables.config import TrialConfig
 from trainables.trainer import fit
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
 
+
 def _written(tmp_path, recorder):
     """A checkpoint folder as report_with_checkpoint writes it (copied out by the Recorder)."""
     rec = recorder()
-    report_with_checkpoint(rec, {"epoch": 3, "val/mre_mm": 1.5}, rank=0, state={"w": list(range(1000))},
-                           tables={}, preview=None)
+    report_with_checkpoint(
+        rec, {"epoch": 3, "val/mre_mm": 1.5}, rank=0, state={"w": list(range(1000))}, tables={}, preview=None
+    )
     return rec.checkpoints[0]
 
 
@@ -88,11 +99,16 @@ def test_fit_refuses_an_incomplete_checkpoint_instead_of_starting_over(tiny_conf
     assert resumed.metrics == []  # not one epoch trained from scratch
     (folder / HISTORY_FILE).unlink()  # a folder from before the manifests: its checkpoint.pt loads, so it resumes
     longer = recorder("longer")
-    fit(TrialConfig.from_dict({**tiny_config, "train": {**tiny_config["train"], "epochs": 3}}), longer, resume_from=folder)
+    fit(
+        TrialConfig.from_dict({**tiny_config, "train": {**tiny_config["train"], "epochs": 3}}),
+        longer,
+        resume_from=folder,
+    )
     assert [m["epoch"] for m in longer.metrics] == [3]
 
 
 # --- Tune's state before a resume ----------------------------------------------------------------
+
 
 def _storage(tmp_path) -> StudyStorage:
     path = tmp_path / "spec.yaml"
@@ -134,7 +150,8 @@ def test_the_kept_copy_stands_in_for_a_truncated_state(tmp_path, capsys):
 
 
 def test_a_truncated_train_record_is_moved_aside_and_its_trial_continues_from_its_newest_complete_checkpoint(
-        tmp_path, recorder, capsys):
+    tmp_path, recorder, capsys
+):
     # Seen on a tmpfs filled at once: Train's checkpoint_manager_snapshot.json cut off at 4096 bytes.
     storage = _storage(tmp_path)
     run = storage.local / "train" / train_run_name("t1")
@@ -151,8 +168,9 @@ def test_a_truncated_train_record_is_moved_aside_and_its_trial_continues_from_it
     check_train_snapshots(storage)
     assert not snapshot.exists() and (run / f"{TRAIN_SNAPSHOT}.broken").exists()
     assert f"note: {snapshot} was truncated or corrupt" in capsys.readouterr().out
-    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) == \
-        str(run / "checkpoint_2026-11-27_22-47-32.000000")
+    assert fallback_checkpoint(str(storage.local / "train"), train_run_name("t1")) == str(
+        run / "checkpoint_2026-11-27_22-47-32.000000"
+    )
     # a later start leaves those folders alone (no snapshot, but the one moved aside)
     assert remove_orphan_checkpoints(storage) == []
     check_train_snapshots(storage)  # nothing more to say
@@ -170,15 +188,20 @@ def test_a_truncated_searcher_pickle_is_refused(tmp_path):
     good.write_bytes(data)
     assert state_problem(good) == ""
     (tune / "searcher-state-2026-11-27_11-00-00.pkl").write_bytes(data[:100])
-    with pytest.raises(StudyError, match=r"searcher-state-2026-11-27_11-00-00.pkl is truncated \(100 bytes, no end mark\)"):
+    with pytest.raises(
+        StudyError, match=r"searcher-state-2026-11-27_11-00-00.pkl is truncated \(100 bytes, no end mark\)"
+    ):
         check_tune_state(storage)
 
 
 # --- what counts as a full disk, and the guard --------------------------------------------------
 
+
 def test_full_disks_quota_and_io_errors_are_told_apart_from_other_errors():
-    assert disk_full(OSError(errno.ENOSPC, "No space left on device", "/s/train/x/checkpoint.pt")) == \
-        "No space left on device: /s/train/x/checkpoint.pt"
+    assert (
+        disk_full(OSError(errno.ENOSPC, "No space left on device", "/s/train/x/checkpoint.pt"))
+        == "No space left on device: /s/train/x/checkpoint.pt"
+    )
     assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
     try:  # what MLflow's SQLite store raises, wrapped as MLflow wraps it
         try:
@@ -235,14 +258,22 @@ def test_the_guard_keeps_a_copy_of_the_readable_state_only(tmp_path):
 
 # --- what a killed driver leaves (issue 14, item 5) ------------------------------------------------
 
+
 def _holder(folder):
     """A process that keeps a file open in `folder`, as a Ray agent keeps its log open in its session."""
     import subprocess
     import sys
 
     folder.mkdir(parents=True, exist_ok=True)
-    p = subprocess.Popen([sys.executable, "-c", f"f = open({str(folder / 'agent.log')!r}, 'a'); print('up', flush=True); "
-                          "import time; time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"f = open({str(folder / 'agent.log')!r}, 'a'); print('up', flush=True); import time; time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout.readline().strip() == "up"
     return p
 
@@ -283,8 +314,11 @@ def test_a_record_from_another_host_is_only_reported(tmp_path, capsys):
     from study.faults.leftovers import RAY_SESSION, stop_leftover_ray
 
     storage = _storage(tmp_path)
-    (storage.local / RAY_SESSION).write_text(json.dumps(
-        {"host": "elsewhere", "driver_pid": 1, "driver_start": "1", "session_dir": "/tmp/ray/session_x", "pids": {}}))
+    (storage.local / RAY_SESSION).write_text(
+        json.dumps(
+            {"host": "elsewhere", "driver_pid": 1, "driver_start": "1", "session_dir": "/tmp/ray/session_x", "pids": {}}
+        )
+    )
     assert stop_leftover_ray(storage) == []
     assert "on elsewhere" in capsys.readouterr().out
 
@@ -299,11 +333,19 @@ def test_checkpoint_folders_no_train_run_registered_are_removed(tmp_path):
         (run / name).mkdir(parents=True)
         (run / name / CHECKPOINT_FILE).write_bytes(b"x")
     # Train's snapshot (Ray 2.60's layout): epochs 1-2 registered, 3-4 written ahead and never registered
-    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps({
-        "checkpoint_results": [{"checkpoint_dir_name": names[0], "metrics": {"epoch": 1}},
-                               {"checkpoint_dir_name": names[1], "metrics": {"epoch": 2}}],
-        "latest_checkpoint_result": {"checkpoint_dir_name": names[1]}, "pending_training_results": [],
-        "validated_checkpoint_dir_names": []}))
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps(
+            {
+                "checkpoint_results": [
+                    {"checkpoint_dir_name": names[0], "metrics": {"epoch": 1}},
+                    {"checkpoint_dir_name": names[1], "metrics": {"epoch": 2}},
+                ],
+                "latest_checkpoint_result": {"checkpoint_dir_name": names[1]},
+                "pending_training_results": [],
+                "validated_checkpoint_dir_names": [],
+            }
+        )
+    )
     never = storage.local / "train" / "train_t2" / names[0]  # killed before its first registration
     never.mkdir(parents=True)
     removed = remove_orphan_checkpoints(storage)
@@ -325,9 +367,16 @@ def test_unregistered_checkpoint_folders_are_removed_from_an_object_store_too(tm
     names = [f"checkpoint_2026-11-27_10-00-0{i}.000000" for i in range(3)]
     for name in names:
         client.put_object(Bucket=bucket, Key=f"{run}/{name}/{CHECKPOINT_FILE}", Body=b"x")
-    client.put_object(Bucket=bucket, Key=f"{run}/checkpoint_manager_snapshot.json", Body=json.dumps(
-        {"checkpoint_results": [{"checkpoint_dir_name": names[0]}], "latest_checkpoint_result": {
-            "checkpoint_dir_name": names[0]}}).encode())
+    client.put_object(
+        Bucket=bucket,
+        Key=f"{run}/checkpoint_manager_snapshot.json",
+        Body=json.dumps(
+            {
+                "checkpoint_results": [{"checkpoint_dir_name": names[0]}],
+                "latest_checkpoint_result": {"checkpoint_dir_name": names[0]},
+            }
+        ).encode(),
+    )
     assert remove_orphan_checkpoints(storage) == [f"train/train_t1/{names[1]}", f"train/train_t1/{names[2]}"]
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="orphans/")["Contents"]}
     keys.discard(f"{run}/")  # pyarrow's empty-directory marker, kept so that the run's folder still exists

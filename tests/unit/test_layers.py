@@ -66,7 +66,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if state.get(d) == "open":
-                found.append(stack[stack.index(d):] + [d])
+                found.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d)
         stack.pop()
@@ -96,9 +96,15 @@ def test_trainables_is_plain_pytorch():
         deps = _imports(p, set(mods))
         assert not {d for d in deps if d.startswith(("study", "dashboards"))}, m
         tree = ast.parse(p.read_text())
-        ray = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and any(
-            (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0] in ("ray", "mlflow", "optuna")
-            for a in n.names)]
+        ray = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            and any(
+                (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0] in ("ray", "mlflow", "optuna")
+                for a in n.names
+            )
+        ]
         assert not ray or m == "trainables.ray_adapter", f"{m} imports ray/mlflow/optuna"
 
 

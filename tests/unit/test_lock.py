@@ -18,16 +18,19 @@ from study.storage import StudyStorage
 @pytest.fixture
 def storage(tmp_path):
     spec_file = tmp_path / "s.yaml"
-    spec_file.write_text(textwrap.dedent(f"""\
-        study: {{name: locked, storage: {tmp_path / 'store'}}}
-        """))
+    spec_file.write_text(
+        textwrap.dedent(f"""\
+        study: {{name: locked, storage: {tmp_path / "store"}}}
+        """)
+    )
     return StudyStorage(load_spec(spec_file))
 
 
 def _hold(storage, host: str, pid: int, pid_start=None) -> None:
     storage.local.mkdir(parents=True, exist_ok=True)
-    (storage.local / LOCK).write_text(json.dumps({"host": host, "pid": pid, "pid_start": pid_start,
-                                                  "started": "2026-11-27 10:00:00 UTC"}))
+    (storage.local / LOCK).write_text(
+        json.dumps({"host": host, "pid": pid, "pid_start": pid_start, "started": "2026-11-27 10:00:00 UTC"})
+    )
 
 
 def test_the_lock_is_taken_and_given_back(storage):

@@ -113,7 +113,9 @@ def test_awing_gradient_is_finite_at_zero_error():
 
 def test_awing_gradient_is_finite_in_both_branches():
     target = torch.tensor([0.0, 0.5, 1.0, 0.0, 1.0], dtype=torch.float64).reshape(1, 1, 1, 5)
-    pred = (target + torch.tensor([0.1, -0.3, 0.49, 0.9, -2.0], dtype=torch.float64).reshape(1, 1, 1, 5)).requires_grad_(True)
+    pred = (
+        target + torch.tensor([0.1, -0.3, 0.49, 0.9, -2.0], dtype=torch.float64).reshape(1, 1, 1, 5)
+    ).requires_grad_(True)
     awing(pred, target, LossConfig(type="awing")).sum().backward()
     assert torch.isfinite(pred.grad).all()
 
@@ -141,7 +143,9 @@ def test_per_landmark_mean_is_eq2_overall_mean_without_mask():
     # (averaged over the batch too).
     torch.manual_seed(1)
     pred, target = torch.rand(3, 4, 5, 6), torch.rand(3, 4, 5, 6)
-    assert mse(pred, target, LossConfig()).mean().item() == pytest.approx(((pred - target) ** 2).mean().item(), rel=1e-6)
+    assert mse(pred, target, LossConfig()).mean().item() == pytest.approx(
+        ((pred - target) ** 2).mean().item(), rel=1e-6
+    )
 
 
 def test_per_landmark_averages_over_pixels_then_valid_images():
@@ -272,8 +276,9 @@ def _heads_loss(input_size=(8, 8), sigma_units="input"):
     from trainables.config import TrialConfig
     from trainables.objective import HeadsLoss
 
-    cfg = TrialConfig.from_dict({"data": {"input_size": list(input_size)}, "loss": {"type": "mse"},
-                                 "target": {"sigma_units": sigma_units}})
+    cfg = TrialConfig.from_dict(
+        {"data": {"input_size": list(input_size)}, "loss": {"type": "mse"}, "target": {"sigma_units": sigma_units}}
+    )
     return HeadsLoss(mse, cfg, (1,))
 
 
@@ -286,7 +291,9 @@ def test_on_map_is_the_3_sigma_box_overlapping_the_map_edges():
     coords = torch.tensor([[[x, 4.0] for x in xs]])
     assert on_map(coords, torch.tensor([1.0]), (8, 8)).tolist() == [[True, False, True, False, True, False, False]]
     # The same points against a 4×4 map at stride 2: the same area, so the same answers.
-    assert on_map(coords, torch.tensor([1.0]), (4, 4), stride=2).tolist() == [[True, False, True, False, True, False, False]]
+    assert on_map(coords, torch.tensor([1.0]), (4, 4), stride=2).tolist() == [
+        [True, False, True, False, True, False, False]
+    ]
     # In y too: (4, -3.6) misses, (4, 10.5) touches.
     assert on_map(torch.tensor([[[4.0, -3.6], [4.0, 10.5]]]), torch.tensor([1.0]), (8, 8)).tolist() == [[False, True]]
 

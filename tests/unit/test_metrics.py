@@ -103,8 +103,14 @@ def test_normalized_errors_by_hand():
     # Image 2: landmark 1 not annotated -> normaliser NaN -> the whole image NaN.
     # Image 3: both eye corners at (0, 0) -> normaliser 0 -> the whole image NaN (no inf).
     gt0 = [[0.0, 0.0], [6.0, 8.0], [20.0, 0.0]]
-    gt = torch.tensor([gt0, [[0.0, 0.0], [6.0, 8.0], [NAN, NAN]],
-                       [[0.0, 0.0], [NAN, NAN], [20.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [20.0, 0.0]]])
+    gt = torch.tensor(
+        [
+            gt0,
+            [[0.0, 0.0], [6.0, 8.0], [NAN, NAN]],
+            [[0.0, 0.0], [NAN, NAN], [20.0, 0.0]],
+            [[0.0, 0.0], [0.0, 0.0], [20.0, 0.0]],
+        ]
+    )
     pred = torch.tensor([[[3.0, 4.0], [6.0, 8.0], [20.0, 1.0]]] * 4)
     nme = normalized_errors(pred, gt, (0, 1))
     assert nme.shape == (4, 3)
@@ -199,7 +205,11 @@ def test_per_landmark_table_by_hand():
     rows = per_landmark_table(err)
     assert [r["landmark"] for r in rows] == [0, 1, 2]
     assert list(rows[0]) == ["landmark", "n", "mean", "sd", "median", "max"] + [
-        "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm"]
+        "sdr_2mm",
+        "sdr_2.5mm",
+        "sdr_3mm",
+        "sdr_4mm",
+    ]
     assert len(SDR_RADII_MM) == 4
     r0 = rows[0]
     assert r0["n"] == 4 and r0["mean"] == pytest.approx(1.625) and r0["sd"] == pytest.approx(0.960143, rel=1e-6)
@@ -221,8 +231,18 @@ def test_format_table_is_fixed_width():
     text = format_table(per_landmark_table(err))
     lines = text.splitlines()
     assert len(lines) == 1 + 3  # header + one line per landmark
-    assert lines[0].split() == ["landmark", "n", "mean", "sd", "median", "max",
-                                "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm"]
+    assert lines[0].split() == [
+        "landmark",
+        "n",
+        "mean",
+        "sd",
+        "median",
+        "max",
+        "sdr_2mm",
+        "sdr_2.5mm",
+        "sdr_3mm",
+        "sdr_4mm",
+    ]
     assert len({len(line) for line in lines}) == 1
     # Landmark 2: 12.25 and 100 -> mean 56.125 -> "56.12" or "56.13" (2 decimals); max 100.00.
     assert lines[3].split()[:2] == ["2", "2"] and lines[3].split()[5] == "100.00"
@@ -231,8 +251,9 @@ def test_format_table_is_fixed_width():
 
 def test_reported_names_follow_split_name_unit():
     names = reported_metrics()
-    assert {"train/loss", "val/mre_mm", "val/sdr_2mm", "val/sdr_2.5mm", "val/fr", "val/auc",
-            "cost/epoch_s"} <= set(names)
+    assert {"train/loss", "val/mre_mm", "val/sdr_2mm", "val/sdr_2.5mm", "val/fr", "val/auc", "cost/epoch_s"} <= set(
+        names
+    )
     assert all(n.count("/") == 1 for n in names)
 
 

@@ -12,9 +12,14 @@ from trainables.models import build_model, model_problems
 from trainables.models.backbones import BACKBONES
 
 
-@pytest.mark.parametrize("name,backbone,strides", [
-    ("unet", "resnet18", (1,)), ("farnet", "resnet18", (2, 1)), ("simple_baseline", "resnet18", (4,)),
-])
+@pytest.mark.parametrize(
+    "name,backbone,strides",
+    [
+        ("unet", "resnet18", (1,)),
+        ("farnet", "resnet18", (2, 1)),
+        ("simple_baseline", "resnet18", (4,)),
+    ],
+)
 def test_each_model_name_builds_with_its_heads(name, backbone, strides):
     net = build_model(ModelConfig(name=name, backbone=backbone, width=0.125), num_landmarks=3).eval()
     with torch.no_grad():
@@ -31,7 +36,8 @@ def test_unet_leaky_relu_switch():
 
 def test_model_problems_name_the_config_key():
     assert model_problems(ModelConfig(name="farnet", backbone="resnet18"), (100, 96)) == [
-        "data.input_size: [100, 96] must be positive multiples of 32 for model.name farnet"]
+        "data.input_size: [100, 96] must be positive multiples of 32 for model.name farnet"
+    ]
     (p,) = model_problems(ModelConfig(name="farnet", refine=False, coarse_supervision=False), (64, 64))
     assert p.startswith("model.coarse_supervision: false needs model.refine: true")
     (p,) = model_problems(ModelConfig(name="unet", weights="imagenet"), (64, 64))
@@ -40,7 +46,9 @@ def test_model_problems_name_the_config_key():
 
 def test_a_wrong_backbone_fails_at_spec_validation_listing_the_valid_ones(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text("study: {name: s}\nbase:\n  model: {name: farnet, backbone: resnet51}\n  data: {input_size: [64, 64]}\n")
+    spec.write_text(
+        "study: {name: s}\nbase:\n  model: {name: farnet, backbone: resnet51}\n  data: {input_size: [64, 64]}\n"
+    )
     with pytest.raises(SpecError) as e:
         load_spec(spec)
     (p,) = e.value.problems
@@ -51,16 +59,27 @@ def test_a_wrong_backbone_fails_at_spec_validation_listing_the_valid_ones(tmp_pa
 def test_missing_imagenet_weights_fail_at_spec_validation(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     spec = tmp_path / "s.yaml"
-    spec.write_text("study: {name: s}\nbase:\n  model: {name: simple_baseline, backbone: resnet18, weights: imagenet}\n"
-                    "  data: {input_size: [64, 64]}\n")
+    spec.write_text(
+        "study: {name: s}\nbase:\n  model: {name: simple_baseline, backbone: resnet18, weights: imagenet}\n"
+        "  data: {input_size: [64, 64]}\n"
+    )
     with pytest.raises(SpecError, match=r"base.model.weights: imagenet weights for resnet18 .*resnet18-f37072fd.pth"):
         load_spec(spec)
 
 
 def test_trainer_supervises_both_farnet_heads_and_reports_costs(tiny_config):
-    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {
-        "model.name": "farnet", "model.backbone": "resnet18", "model.width": 0.125,
-        "data.input_size": [64, 64], "train.epochs": 1}))
+    cfg = TrialConfig.from_dict(
+        apply_overrides(
+            tiny_config,
+            {
+                "model.name": "farnet",
+                "model.backbone": "resnet18",
+                "model.width": 0.125,
+                "data.input_size": [64, 64],
+                "train.epochs": 1,
+            },
+        )
+    )
     reports = []
     fit(cfg, lambda m, c: reports.append(m))
     (m,) = reports

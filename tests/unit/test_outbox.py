@@ -24,14 +24,17 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 def _study(tmp_path, name: str):
     """A one-parameter study with a real SQLite MLflow store: (spec, store URI, its study run)."""
     spec_file = tmp_path / "s.yaml"
-    spec_file.write_text(textwrap.dedent(f"""\
-        study: {{name: {name}, storage: {tmp_path / 'store'}}}
+    spec_file.write_text(
+        textwrap.dedent(f"""\
+        study: {{name: {name}, storage: {tmp_path / "store"}}}
         space:
           optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
-        """))
+        """)
+    )
     spec = load_spec(spec_file)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return spec, store, open_study_run(store, spec)
@@ -44,13 +47,20 @@ def _trial_run(client, study_run, tid: str):
 
 def test_events_wait_while_the_server_is_down_and_are_delivered_in_order_once(tmp_path, capsys):
     spec, store, study_run = _study(tmp_path, "outbox")
-    tracking = MlflowTracking(f"http://127.0.0.1:{_closed_port()}", study_run, spec, str(tmp_path / "train"),
-                              outbox=tmp_path / OUTBOX)
+    tracking = MlflowTracking(
+        f"http://127.0.0.1:{_closed_port()}", study_run, spec, str(tmp_path / "train"), outbox=tmp_path / OUTBOX
+    )
     config = {"optim.lr": 0.001}
     tracking._enqueue({"op": "start", "tid": "t1", "config": config})
     for epoch in (1, 2):
-        tracking._enqueue({"op": "result", "tid": "t1", "config": config,
-                           "result": {"epoch": epoch, "train/loss": 1.0 / epoch, "val/mre_mm": 5.0 - epoch}})
+        tracking._enqueue(
+            {
+                "op": "result",
+                "tid": "t1",
+                "config": config,
+                "result": {"epoch": epoch, "train/loss": 1.0 / epoch, "val/mre_mm": 5.0 - epoch},
+            }
+        )
     assert not tracking.flush()  # the delivery thread, then this one, found the server down
     assert [e["op"] for e in tracking.queue] == ["start", "result", "result"]
     saved = [json.loads(line) for line in (tmp_path / OUTBOX).read_text().splitlines()]
@@ -77,8 +87,12 @@ def test_what_counts_as_unreachable():
     from mlflow.exceptions import MlflowException
 
     assert unreachable(ConnectionRefusedError("refused"))
-    assert unreachable(MlflowException("API request to http://x/api/2.0/mlflow/runs/create failed with exception "
-                                       "HTTPConnectionPool(host='x'): Max retries exceeded"))
+    assert unreachable(
+        MlflowException(
+            "API request to http://x/api/2.0/mlflow/runs/create failed with exception "
+            "HTTPConnectionPool(host='x'): Max retries exceeded"
+        )
+    )
     assert not unreachable(MlflowException("INVALID_PARAMETER_VALUE: Param value too long"))
 
 

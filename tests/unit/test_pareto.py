@@ -58,25 +58,32 @@ def test_no_points():
 
 
 def test_rank_table_ranks_only_ended_trials_with_every_objective():
-    table = pd.DataFrame({
-        "trial": list("abcdef"),
-        "status": ["finished", "stopped early", "running", "finished", "failed", "diverged"],
-        "val/mre_mm": [2.0, 3.0, 0.1, NAN, 0.1, NAN],
-        "cost/gflops": [5.0, 1.0, 0.1, 1.0, 0.1, 1.0],
-    })
+    table = pd.DataFrame(
+        {
+            "trial": list("abcdef"),
+            "status": ["finished", "stopped early", "running", "finished", "failed", "diverged"],
+            "val/mre_mm": [2.0, 3.0, 0.1, NAN, 0.1, NAN],
+            "cost/gflops": [5.0, 1.0, 0.1, 1.0, 0.1, 1.0],
+        }
+    )
     ranked = rank_table(table, [("val/mre_mm", "min"), ("cost/gflops", "min")])
     assert ranked[TAG_RANK].tolist() == [1, 1, pd.NA, pd.NA, pd.NA, pd.NA]
     assert ranked[TAG_FRONT].tolist() == [True, True, None, None, None, None]
     # the running trial's (partial) values would have dominated both: they are not compared
-    assert describe_excluded(ranked, [("val/mre_mm", "min"), ("cost/gflops", "min")]) == \
-        "4 unranked: 1 running, 1 missing val/mre_mm, 1 failed, 1 diverged"
+    assert (
+        describe_excluded(ranked, [("val/mre_mm", "min"), ("cost/gflops", "min")])
+        == "4 unranked: 1 running, 1 missing val/mre_mm, 1 failed, 1 diverged"
+    )
 
 
 def test_rank_table_adds_an_objective_no_trial_reported():
     table = pd.DataFrame({"trial": ["a"], "status": ["finished"], "val/mre_mm": [1.0]})
     ranked = rank_table(table, [("val/mre_mm", "min"), ("val/sdr_2mm", "max")])
     assert ranked[TAG_RANK].isna().all()
-    assert describe_excluded(ranked, [("val/mre_mm", "min"), ("val/sdr_2mm", "max")]) == "1 unranked: 1 missing val/sdr_2mm"
+    assert (
+        describe_excluded(ranked, [("val/mre_mm", "min"), ("val/sdr_2mm", "max")])
+        == "1 unranked: 1 missing val/sdr_2mm"
+    )
 
 
 @pytest.mark.parametrize("n", [1, 50])

@@ -108,8 +108,27 @@ def test_generate_losing_the_race_keeps_the_winner(tmp_path, monkeypatch):
 
 
 def test_more_landmarks_and_cli(tmp_path, capsys):
-    assert phantom.main([str(tmp_path / "k25"), "--num-train", "1", "--num-test1", "1", "--num-test2", "1",
-                         "--size", "64", "48", "--landmarks", "25", "--seed", "1"]) == 0
+    assert (
+        phantom.main(
+            [
+                str(tmp_path / "k25"),
+                "--num-train",
+                "1",
+                "--num-test1",
+                "1",
+                "--num-test2",
+                "1",
+                "--size",
+                "64",
+                "48",
+                "--landmarks",
+                "25",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 train / 1 test1 / 1 test2" in out and "64x48" in out and str(tmp_path / "k25") in out
     recs = isbi2015.load_split(tmp_path / "k25", "test1", num_landmarks=25)
@@ -119,8 +138,17 @@ def test_more_landmarks_and_cli(tmp_path, capsys):
 
 def test_noise_spread_makes_later_landmarks_noisier(tmp_path):
     # noise_spread 4 scales landmark k's noise by 1 + 4·k/(K−1): 1× for the first, 5× for the last.
-    cfg = PhantomConfig(num_train=40, num_test1=1, num_test2=1, image_size=(96, 80), num_landmarks=5,
-                        senior_noise_px=1.0, junior_noise_px=1.0, noise_spread=4.0, seed=5)
+    cfg = PhantomConfig(
+        num_train=40,
+        num_test1=1,
+        num_test2=1,
+        image_size=(96, 80),
+        num_landmarks=5,
+        senior_noise_px=1.0,
+        junior_noise_px=1.0,
+        noise_spread=4.0,
+        seed=5,
+    )
     root = phantom.generate(tmp_path / "p", cfg)
     truth = phantom.true_landmarks(root)
     recs = isbi2015.load_split(root, "train", num_landmarks=5, annotator="senior")

@@ -28,8 +28,15 @@ from dashboards.importance import importance_png, importance_png_size
 from dashboards.pareto_page import pareto_figure, pareto_html
 from dashboards.pareto_image import pareto_png, pareto_png_size
 from dashboards.plots import OVERLAP_NAME, recipe, short_number
-from dashboards.trial_plots import (ced_png, ced_summary, heatmaps_png, landmark_styles, overlay_png_size, overlays_png,
-                                    sigma_png)
+from dashboards.trial_plots import (
+    ced_png,
+    ced_summary,
+    heatmaps_png,
+    landmark_styles,
+    overlay_png_size,
+    overlays_png,
+    sigma_png,
+)
 from trainables.data import landmark_names
 
 NAN = float("nan")
@@ -64,8 +71,19 @@ def _table():
         ("f6f6f6f6", "finished", False, 3, 3.0, 7.0, 20.0, 5e-2, "fixed", None),
         ("g7g7g7g7", "diverged", None, None, NAN, 4.0, NAN, 1.0, "adaloss", 0.5),
     ]
-    df = pd.DataFrame(rows, columns=["trial", "status", "pareto.front", "pareto.rank", "val/mre_mm", "cost/gflops",
-                                     "val/sdr_2mm", *SEARCHED])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "trial",
+            "status",
+            "pareto.front",
+            "pareto.rank",
+            "val/mre_mm",
+            "cost/gflops",
+            "val/sdr_2mm",
+            *SEARCHED,
+        ],
+    )
     df["run_id"] = [f"run{i}" for i in range(len(df))]
     df["pareto.rank"] = df["pareto.rank"].astype("Int64")
     return df
@@ -77,11 +95,17 @@ def drawn(monkeypatch):
     of {"legend": [entry texts], "xlabel": [per axes]}."""
     seen = []
     for module in (pareto_image, importance, trial_plots):
+
         def spy(fig, path, real=module.save):
             legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
-            seen.append({"legend": [t.get_text() for leg in legends if leg for t in leg.get_texts()],
-                         "xlabel": [ax.get_xlabel() for ax in fig.axes]})
+            seen.append(
+                {
+                    "legend": [t.get_text() for leg in legends if leg for t in leg.get_texts()],
+                    "xlabel": [ax.get_xlabel() for ax in fig.axes],
+                }
+            )
             return real(fig, path)
+
         monkeypatch.setattr(module, "save", spy)
     return seen
 
@@ -171,16 +195,29 @@ def test_pareto_png(tmp_path, objectives):
 
 
 def test_recipe_is_the_searched_values_short():
-    row = {"optim.lr": 3e-4, "target.schedule": "adaloss", "target.adaloss.rho": None, "model.refine": True,
-           "a.sigma": 2.5, "b.sigma": 1e-5, "model.input_size": [256, 208]}
+    row = {
+        "optim.lr": 3e-4,
+        "target.schedule": "adaloss",
+        "target.adaloss.rho": None,
+        "model.refine": True,
+        "a.sigma": 2.5,
+        "b.sigma": 1e-5,
+        "model.input_size": [256, 208],
+    }
     # text choices bare, first; numbers and booleans by the last part of their path; inactive ones left out
     assert recipe(row, ["optim.lr", "target.schedule", "target.adaloss.rho"]) == "adaloss, lr 3e-4"
     assert recipe(row, ["model.refine", "a.sigma", "b.sigma"]) == "refine yes, a.sigma 2.5, b.sigma 1e-5"
     assert recipe(row, ["model.input_size"]) == "input_size 256×208"
     assert recipe(row, []) == ""
     assert len(recipe({f"p.x{i}": "abcdefgh" for i in range(9)}, [f"p.x{i}" for i in range(9)])) == 48
-    assert [short_number(v) for v in (3e-4, 2.5e-5, 0.95, 40.0, 1.5e4, 123.456)] == \
-        ["3e-4", "2.5e-5", "0.95", "40", "1.5e4", "123"]
+    assert [short_number(v) for v in (3e-4, 2.5e-5, 0.95, 40.0, 1.5e4, 123.456)] == [
+        "3e-4",
+        "2.5e-5",
+        "0.95",
+        "40",
+        "1.5e4",
+        "123",
+    ]
 
 
 def _trace(fig, name):
@@ -196,8 +233,10 @@ def test_pareto_html_labels_the_front_by_recipe_and_hovers_the_trial_id():
     text = _readable(pareto_html(_table(), [MRE, GF], SEARCHED, "t"))
     assert "fixed, lr 3e-4" in text and "<b>fixed, lr 3e-4</b><br>trial c3c3c3c3<br>status: stopped early" in text
     # with nothing searched, a point is labelled by its trial id
-    assert list(_trace(pareto_figure(_table(), [MRE, GF], [], "t"), "labels").text) == \
-        ["a1a1a1a1 / b2b2b2b2", "c3c3c3c3"]
+    assert list(_trace(pareto_figure(_table(), [MRE, GF], [], "t"), "labels").text) == [
+        "a1a1a1a1 / b2b2b2b2",
+        "c3c3c3c3",
+    ]
 
 
 def test_stopped_early_and_unranked_trials_have_their_own_markers_and_legend_entries(tmp_path, drawn):
@@ -224,11 +263,19 @@ def test_stopped_early_and_unranked_trials_have_their_own_markers_and_legend_ent
     assert _trace(fig, "unranked (running, failed, …)").marker.color == "#7f7f7f"
     # the same in the PNG's legend, and in the 3-objective matrix
     pareto_png(table, [MRE, GF], "t", tmp_path / "pareto_markers.png", searched=SEARCHED)
-    assert drawn[-1]["legend"] == ["other ranks", "unranked (running, failed, …)", "front (rank 1)",
-                                   "stopped early (ASHA)"]
+    assert drawn[-1]["legend"] == [
+        "other ranks",
+        "unranked (running, failed, …)",
+        "front (rank 1)",
+        "stopped early (ASHA)",
+    ]
     pareto_png(table, [MRE, GF, SDR], "t", tmp_path / "pareto_markers_3.png", searched=SEARCHED)
-    assert drawn[-1]["legend"] == ["front (rank 1)", "other ranks", "unranked (running, failed, …)",
-                                   "stopped early (ASHA)"]
+    assert drawn[-1]["legend"] == [
+        "front (rank 1)",
+        "other ranks",
+        "unranked (running, failed, …)",
+        "stopped early (ASHA)",
+    ]
     names = {t.name for t in pareto_figure(table, [MRE, GF, SDR], SEARCHED, "t").data}
     assert {"stopped early (ASHA)", "unranked (running, failed, …)"} <= names
     # nobody stopped early: no such legend entry
@@ -247,7 +294,10 @@ def test_one_objective_is_drawn_against_the_cost_the_trials_differ_in(tmp_path, 
     assert fig.layout.yaxis.title.text == "val/mre_mm (min, ↓ better)"
     line = _trace(fig, "best for its cost/gflops")
     assert list(line.x) == [2.0, 5.0, 5.0] and list(line.y) == [2.0, 1.0, 1.0] and line.line.shape == "hv"
-    assert list(_trace(fig, "labels").text) == ["fixed, lr 3e-4", "adaloss, lr 1e-3, rho 0.9 / adaloss, lr 2e-3, rho 0.8"]
+    assert list(_trace(fig, "labels").text) == [
+        "fixed, lr 3e-4",
+        "adaloss, lr 1e-3, rho 0.9 / adaloss, lr 2e-3, rho 0.8",
+    ]
     best = _trace(fig, "best (rank 1)")
     assert list(best.x) == [5.0, 5.0] and list(best.marker.symbol) == ["star", "star"]
     pareto_png(table, [MRE], "one", tmp_path / "pareto_1d_cost.png", searched=SEARCHED)
@@ -260,8 +310,10 @@ def test_one_objective_is_drawn_against_the_cost_the_trials_differ_in(tmp_path, 
     assert "cost/epoch_s: 12" in _readable(pareto_html(table, [MRE], SEARCHED, "one"))  # and in the hover
     # the objective is itself the cost: no second cost axis
     assert pareto_figure(table, [GF], SEARCHED, "gf").layout.xaxis.title.text == "cost/epoch_s (min, ← better)"
-    assert pareto_figure(table.drop(columns=["cost/epoch_s"]), [GF], SEARCHED, "gf").layout.xaxis.title.text == \
-        "trials, best first"
+    assert (
+        pareto_figure(table.drop(columns=["cost/epoch_s"]), [GF], SEARCHED, "gf").layout.xaxis.title.text
+        == "trials, best first"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ σ
@@ -273,8 +325,9 @@ def _sigma(k: int, epochs: int = 30) -> pd.DataFrame:
     return pd.DataFrame(start * np.exp(-t / (10 + np.arange(k)[None, :] % 5)) + 1.5, index=t[:, 0], columns=range(k))
 
 
-@pytest.mark.parametrize("k,groups", [(3, None), (3, {"left": [0, 1], "right": [2]}), (68, None),
-                                      (68, FACE68_REGIONS), (1, None)])
+@pytest.mark.parametrize(
+    "k,groups", [(3, None), (3, {"left": [0, 1], "right": [2]}), (68, None), (68, FACE68_REGIONS), (1, None)]
+)
 def test_sigma_png(tmp_path, k, groups):
     name = f"sigma_k{k}{'_groups' if groups else ''}.png"
     _png(sigma_png(_sigma(k), tmp_path / name, "trial a1a1a1a1: adaloss σ", groups=groups), SIGMA_PNG_SIZE)
@@ -306,14 +359,32 @@ def test_sigma_colours_are_pairwise_distinct():
         for (c1, s1), (c2, s2) in itertools.combinations(styles, 2):
             if s1 == s2:
                 assert np.linalg.norm(_lab(c1) - _lab(c2)) >= MIN_DELTA_E, (k, c1, c2)
-    assert [s for _, s in landmark_styles(41)[18:41:2]] == ["-", "--", "--", "--", "--", "--", "--", "--", "--",
-                                                            "--", "--", ":"]
+    assert [s for _, s in landmark_styles(41)[18:41:2]] == [
+        "-",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        "--",
+        ":",
+    ]
 
 
 def test_sigma_legend_names_the_isbi_landmarks(tmp_path, drawn):
     names = landmark_names("isbi2015", 19)  # the challenge's L1-L19, in annotation order
-    assert (len(names), names[0], names[4], names[9], names[14], names[18]) == \
-        (19, "sella", "subspinale", "gonion", "subnasale", "articulare")
+    assert (len(names), names[0], names[4], names[9], names[14], names[18]) == (
+        19,
+        "sella",
+        "subspinale",
+        "gonion",
+        "subnasale",
+        "articulare",
+    )
     sigma_png(_sigma(19), tmp_path / "sigma_isbi_names.png", "ISBI 2015: adaloss σ", names=names)
     assert drawn[-1]["legend"] == [f"{k} {n}" for k, n in enumerate(names)]
     sigma_png(_sigma(37), tmp_path / "sigma_k37.png", "hand: 37 landmarks", names=landmark_names("hand", 37))
@@ -389,11 +460,13 @@ def test_overlays_put_markers_on_the_landmarks(tmp_path):
     gt = np.array([[[60.0, 20.0], [NAN, NAN]]] * 2)
     pred = np.array([[[25.0, 70.0], [NAN, NAN]]] * 2)
     errors = np.array([[2.0, NAN], [4.0, 1.0]])
-    rgb = _png(overlays_png(images, gt, pred, tmp_path / "overlays_markers.png", "markers", errors=errors),
-               overlay_png_size(2, 100, 100)).astype(int)
+    rgb = _png(
+        overlays_png(images, gt, pred, tmp_path / "overlays_markers.png", "markers", errors=errors),
+        overlay_png_size(2, 100, 100),
+    ).astype(int)
 
     def red(x, y):
-        patch = rgb[round(y) - 1:round(y) + 2, round(x) - 1:round(x) + 2]
+        patch = rgb[round(y) - 1 : round(y) + 2, round(x) - 1 : round(x) + 2]
         return ((patch[..., 0] > 150) & (patch[..., 1] < 90) & (patch[..., 2] < 90)).any()
 
     for col in (0, 1):
@@ -401,7 +474,7 @@ def test_overlays_put_markers_on_the_landmarks(tmp_path):
         assert not red(*_panel_px(25, 100 - 70, 2, col))  # not flipped vertically
         assert not red(*_panel_px(70, 25, 2, col))  # nor transposed
         gx, gy = _panel_px(60, 20, 2, col)
-        ring = rgb[round(gy) - 12:round(gy) + 13, round(gx) - 12:round(gx) + 13]
+        ring = rgb[round(gy) - 12 : round(gy) + 13, round(gx) - 12 : round(gx) + 13]
         assert ((ring[..., 1] > 150) & (ring[..., 0] < 100)).any()  # a green circle around the gt
         assert not ((rgb[round(gy), round(gx), 1] > 150) and (rgb[round(gy), round(gx), 0] < 100))  # hollow
 
@@ -415,19 +488,27 @@ def test_overlays_png_sizes(tmp_path, n, k, shape):
     pred = gt + rng.normal(0, 2, size=gt.shape)
     gt[0, 0] = NAN
     errors = np.linalg.norm(pred - gt, axis=-1) * 0.1
-    path = overlays_png(images, gt, pred, tmp_path / f"overlays_n{n}.png", f"{n} images", errors=errors,
-                        unit="mm" if n % 2 else "nme")
+    path = overlays_png(
+        images, gt, pred, tmp_path / f"overlays_n{n}.png", f"{n} images", errors=errors, unit="mm" if n % 2 else "nme"
+    )
     _png(path, overlay_png_size(n, H, W))
 
 
 def test_overlays_with_nothing_annotated(tmp_path):
     # n = 1, K = 1, the one landmark missing in gt and its error NaN: the panel says so, nothing crashes.
-    path = overlays_png(np.full((1, 40, 30), 90, np.uint8), np.full((1, 1, 2), NAN), np.array([[[10.0, 20.0]]]),
-                        tmp_path / "overlays_missing.png", "missing", errors=np.full((1, 1), NAN))
+    path = overlays_png(
+        np.full((1, 40, 30), 90, np.uint8),
+        np.full((1, 1, 2), NAN),
+        np.array([[[10.0, 20.0]]]),
+        tmp_path / "overlays_missing.png",
+        "missing",
+        errors=np.full((1, 1), NAN),
+    )
     _png(path, overlay_png_size(1, 40, 30))
     with pytest.raises(ValueError, match="unit 'px'"):
-        overlays_png(np.zeros((1, 8, 8), np.uint8), np.zeros((1, 1, 2)), np.zeros((1, 1, 2)), tmp_path / "x.png", "",
-                     unit="px")
+        overlays_png(
+            np.zeros((1, 8, 8), np.uint8), np.zeros((1, 1, 2)), np.zeros((1, 1, 2)), tmp_path / "x.png", "", unit="px"
+        )
 
 
 def test_overlays_reject_too_many_images(tmp_path):
@@ -441,12 +522,13 @@ def test_heatmap_pixel_lands_at_its_stride_centre(tmp_path):
     images = np.zeros((1, 100, 100), np.uint8)
     hm = np.zeros((1, 25, 25))
     hm[0, 10, 3] = 1.0
-    rgb = _png(heatmaps_png(images, hm, 4, tmp_path / "heatmap_dot.png", "one hot pixel"),
-               overlay_png_size(1, 100, 100)).astype(float)
+    rgb = _png(
+        heatmaps_png(images, hm, 4, tmp_path / "heatmap_dot.png", "one hot pixel"), overlay_png_size(1, 100, 100)
+    ).astype(float)
     top = OVERLAY_HEADER_PX + OVERLAY_TITLE_PX  # below the titles: only the panel and white margins
     below = rgb[top:].sum(-1)
     bright = (below > 150) & (below < 3 * 250)  # the blob, not the white margins
-    ys, xs = np.mgrid[top:rgb.shape[0], 0:rgb.shape[1]] + 0.5  # output pixel centres
+    ys, xs = np.mgrid[top : rgb.shape[0], 0 : rgb.shape[1]] + 0.5  # output pixel centres
     w = np.where(bright, below, 0.0)
     cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
     ex, ey = _panel_px(13.5, 41.5, 1)
@@ -457,7 +539,7 @@ def test_heatmap_pixel_lands_at_its_stride_centre(tmp_path):
 @pytest.mark.parametrize("n", [1, 5])
 def test_heatmaps_png(tmp_path, n):
     H, W, s = 96, 80, 4
-    yy, xx = np.mgrid[0:H // s, 0:W // s]
+    yy, xx = np.mgrid[0 : H // s, 0 : W // s]
     hm = np.stack([np.exp(-((xx - 5 - i) ** 2 + (yy - 8) ** 2) / 4.0) for i in range(n)])
     images = np.tile(np.linspace(0, 255, W, dtype=np.uint8)[None, None, :], (n, H, 1))
     _png(heatmaps_png(images, hm, s, tmp_path / f"heatmaps_n{n}.png", "val heatmaps"), overlay_png_size(n, H, W))
@@ -493,12 +575,26 @@ def _repeats():
     from dashboards.effects import per_configuration
 
     rows = []
-    for cid, values, gf, schedule in (("A", [2.0, 2.2, 2.4], 5.0, "adaloss"), ("B", [3.0, 3.1, NAN], 2.0, "fixed"),
-                                      ("C", [2.5, 2.6, 2.7], 6.0, "adaloss"), ("D", [4.0, 4.2, 4.4], 6.0, "fixed")):
+    for cid, values, gf, schedule in (
+        ("A", [2.0, 2.2, 2.4], 5.0, "adaloss"),
+        ("B", [3.0, 3.1, NAN], 2.0, "fixed"),
+        ("C", [2.5, 2.6, 2.7], 6.0, "adaloss"),
+        ("D", [4.0, 4.2, 4.4], 6.0, "fixed"),
+    ):
         for k, v in enumerate(values):
-            rows.append({"trial": f"{cid}{k}", "config.id": cid, "config.repeat": k,
-                         "status": "failed" if math.isnan(v) else "finished", "val/mre_mm": v, "cost/gflops": gf,
-                         "optim.lr": 1e-3, "target.schedule": schedule, "target.adaloss.rho": None})
+            rows.append(
+                {
+                    "trial": f"{cid}{k}",
+                    "config.id": cid,
+                    "config.repeat": k,
+                    "status": "failed" if math.isnan(v) else "finished",
+                    "val/mre_mm": v,
+                    "cost/gflops": gf,
+                    "optim.lr": 1e-3,
+                    "target.schedule": schedule,
+                    "target.adaloss.rho": None,
+                }
+            )
     return per_configuration(pd.DataFrame(rows), [MRE, GF], SEARCHED)
 
 
@@ -522,10 +618,16 @@ def test_pareto_with_repeats_draws_intervals_and_marks_what_overlaps_the_front(t
     assert "repeats.failed: 1" in front.text[[t.split("config.id ")[1][0] for t in front.text].index("B")]
     html = _readable(pareto_html(configs, [MRE, GF], SEARCHED, "repeats"))
     assert "4 configurations ranked, front of 2 on the means (bars: 95 % intervals), 1 overlapping it" in html
-    _png(pareto_png(configs, [MRE, GF], "repeats", tmp_path / "pareto_repeats.png", searched=SEARCHED),
-         pareto_png_size(2))
-    _png(pareto_png(rank_table(configs, [MRE]), [MRE], "repeats 1d", tmp_path / "pareto_repeats_1d.png", searched=SEARCHED),
-         pareto_png_size(1))
+    _png(
+        pareto_png(configs, [MRE, GF], "repeats", tmp_path / "pareto_repeats.png", searched=SEARCHED),
+        pareto_png_size(2),
+    )
+    _png(
+        pareto_png(
+            rank_table(configs, [MRE]), [MRE], "repeats 1d", tmp_path / "pareto_repeats_1d.png", searched=SEARCHED
+        ),
+        pareto_png_size(1),
+    )
     assert OVERLAP_NAME in drawn[0]["legend"] and OVERLAP_NAME in drawn[1]["legend"]
     # one objective (ranked on it alone): A is best; C's 2.35157 and B's 2.4147 are below A's 2.69687: both
     # marked; D's 3.70313 is not
@@ -539,7 +641,9 @@ def test_pareto_with_one_repeat_each_looks_as_before():
     table = _table()
     configs = per_configuration(table, [MRE, GF], SEARCHED)
     fig = pareto_figure(configs, [MRE, GF], SEARCHED, "t")
-    assert all(t.error_x.array is None and t.error_y.array is None for t in fig.data if isinstance(t, type(fig.data[0])))
+    assert all(
+        t.error_x.array is None and t.error_y.array is None for t in fig.data if isinstance(t, type(fig.data[0]))
+    )
     assert OVERLAP_NAME not in {t.name for t in fig.data}
     before = {t.name: sorted(map(str, t.x)) for t in pareto_figure(table, [MRE, GF], SEARCHED, "t").data}
     assert {t.name: sorted(map(str, t.x)) for t in fig.data} == before

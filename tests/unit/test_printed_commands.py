@@ -25,8 +25,17 @@ def test_ui_command_with_a_space_in_the_store_splits_back_into_its_argv(monkeypa
     monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python")  # outside the cwd: shown absolute
     assert python_command() == "'/opt/my env/bin/python'"
     assert shlex.split(ui_command(SPACED_URI)) == [
-        "/opt/my env/bin/python", "-m", "mlflow", "ui", "--backend-store-uri", SPACED_URI,
-        "--host", "127.0.0.1", "--port", "5000"]
+        "/opt/my env/bin/python",
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        SPACED_URI,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+    ]
     assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000 in a browser"  # not a command
 
 
@@ -40,14 +49,24 @@ def test_study_run_prints_commands_that_split_back_into_their_argv(tmp_path, mon
     storage = tmp_path / "p4 with space"
     uri = f"sqlite:///{storage}/mlflow.db"
     spec = tmp_path / "my spec.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         study: {name: p4, storage: store, trials: 1}
         base:
           train: {epochs: 1}
-        """))
-    result = types.SimpleNamespace(table=pd.DataFrame({"trial": ["p4_00000"]}), front="", num_errors=0,
-                                   study_dir=storage / "p4", tracking_uri=uri, experiment_id="7",
-                                   undelivered=2, interrupted=True, stopped_by="")
+        """)
+    )
+    result = types.SimpleNamespace(
+        table=pd.DataFrame({"trial": ["p4_00000"]}),
+        front="",
+        num_errors=0,
+        study_dir=storage / "p4",
+        tracking_uri=uri,
+        experiment_id="7",
+        undelivered=2,
+        interrupted=True,
+        stopped_by="",
+    )
     monkeypatch.setitem(sys.modules, "study.tuner", types.SimpleNamespace(run_study=lambda spec, **kw: result))
     monkeypatch.setitem(sys.modules, "study.tracking", types.SimpleNamespace(experiment_name=lambda spec: "p4"))
     monkeypatch.setattr(study.run, "preflight", lambda spec, uri, address: [])
@@ -59,7 +78,17 @@ def test_study_run_prints_commands_that_split_back_into_their_argv(tmp_path, mon
     python = shlex.split(python_command())  # this interpreter, however it is shown: one word
     assert len(python) == 1 and Path(python[0]).resolve() == Path(sys.executable).resolve()
     assert shlex.split(_after(lines, "open the UI:")) == [
-        *python, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", "5000"]
+        *python,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+    ]
     assert shlex.split(_after(lines, "or:")) == [*python, "-m", "dashboards.ui", "--tracking-uri", uri]
     assert shlex.split(_after(lines, "the front:")) == [*python, "-m", "dashboards.pareto", "p4", "--tracking-uri", uri]
 
@@ -71,11 +100,26 @@ def test_study_run_prints_commands_that_split_back_into_their_argv(tmp_path, mon
 
 
 def test_resume_command_hides_a_password_and_keeps_the_rest():
-    cmd = study.run.resume_command("python -m study.run", [
-        "s.yaml", "--tracking-uri", "http://alice:hunter2@127.0.0.1:5000", "--storage=/tmp/a b", "--resume"])
+    cmd = study.run.resume_command(
+        "python -m study.run",
+        ["s.yaml", "--tracking-uri", "http://alice:hunter2@127.0.0.1:5000", "--storage=/tmp/a b", "--resume"],
+    )
     assert "hunter2" not in cmd
-    assert shlex.split(cmd) == ["python", "-m", "study.run", "s.yaml", "--tracking-uri", "http://alice:***@127.0.0.1:5000",
-                                "--storage=/tmp/a b", "--resume"]
+    assert shlex.split(cmd) == [
+        "python",
+        "-m",
+        "study.run",
+        "s.yaml",
+        "--tracking-uri",
+        "http://alice:***@127.0.0.1:5000",
+        "--storage=/tmp/a b",
+        "--resume",
+    ]
     cmd = study.run.resume_command("landmark-study run", ["s.yaml", "--tracking-uri=https://bob:pw@mlflow.example/x"])
-    assert shlex.split(cmd) == ["landmark-study", "run", "s.yaml", "--tracking-uri=https://bob:***@mlflow.example/x",
-                                "--resume"]
+    assert shlex.split(cmd) == [
+        "landmark-study",
+        "run",
+        "s.yaml",
+        "--tracking-uri=https://bob:***@mlflow.example/x",
+        "--resume",
+    ]

@@ -22,9 +22,12 @@ SPACE = {"optim.lr": Param("optim.lr", "choice", [0.001, 0.01, 0.1])}
 
 def _search(repeats=3, metrics=("val/mre_mm",), modes=("min",), base_seed=5):
     multi = len(metrics) > 1
-    optuna_search = OptunaSearch(space=SpaceSampler(SPACE), metric=list(metrics) if multi else metrics[0],
-                                 mode=list(modes) if multi else modes[0],
-                                 sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna_search = OptunaSearch(
+        space=SpaceSampler(SPACE),
+        metric=list(metrics) if multi else metrics[0],
+        mode=list(modes) if multi else modes[0],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     return RepeatSearch(optuna_search, repeats, base_seed, list(metrics))
 
 
@@ -106,8 +109,7 @@ def _trial(tid, cid):
 
 
 def test_asha_compares_configurations_on_the_mean_of_their_repeats_at_a_rung():
-    asha = RepeatASHA(time_attr="epoch", metric="val/mre_mm", mode="min", max_t=9, grace_period=1,
-                      reduction_factor=2)
+    asha = RepeatASHA(time_attr="epoch", metric="val/mre_mm", mode="min", max_t=9, grace_period=1, reduction_factor=2)
     trials = {t: _trial(t, c) for t, c in [("a0", "A"), ("a1", "A"), ("b0", "B"), ("b1", "B"), ("c0", "C")]}
     for t in trials.values():
         asha.on_trial_add(None, t)
@@ -128,8 +130,9 @@ def test_asha_compares_configurations_on_the_mean_of_their_repeats_at_a_rung():
 
 
 def test_a_late_repeat_of_a_stopped_configuration_trains_up_to_the_rung_then_stops():
-    asha = RepeatASHA(time_attr="epoch", metric="val/mre_mm", mode="min", max_t=8, grace_period=2,
-                      reduction_factor=2)  # rungs at epochs 2 and 4
+    asha = RepeatASHA(
+        time_attr="epoch", metric="val/mre_mm", mode="min", max_t=8, grace_period=2, reduction_factor=2
+    )  # rungs at epochs 2 and 4
     trials = {t: _trial(t, c) for t, c in [("a0", "A"), ("b0", "B"), ("b1", "B")]}
     for t in trials.values():
         asha.on_trial_add(None, t)
@@ -153,10 +156,13 @@ def test_repeats_default_to_one_and_multiply_the_trials():
     assert spec.study.repeats == 3 and spec.total_trials == 12  # 4 configurations × 3
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0", "study.repeats: must be at least 1 (trainings per configuration, each with its own train.seed), got 0"),
-    ("1000", "study.repeats: 1000 is more than 100, which can only be a typo"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "study.repeats: must be at least 1 (trainings per configuration, each with its own train.seed), got 0"),
+        ("1000", "study.repeats: 1000 is more than 100, which can only be a typo"),
+    ],
+)
 def test_repeats_out_of_range_is_one_clear_error(value, message):
     with pytest.raises(SpecError) as e:
         load_spec(QUICK, [f"study.repeats={value}"])

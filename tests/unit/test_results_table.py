@@ -7,19 +7,27 @@ from study.tuner import _table
 
 
 def _result(trial: str, **metrics):
-    return SimpleNamespace(metrics={"trial_id": trial, "epoch": 2, **metrics}, config={"optim.lr": 1e-3},
-                           path=f"/x/{trial}", error=None)
+    return SimpleNamespace(
+        metrics={"trial_id": trial, "epoch": 2, **metrics}, config={"optim.lr": 1e-3}, path=f"/x/{trial}", error=None
+    )
 
 
 def _spec(metric: str):
     objective = StudyObjective(metric, "min")
-    return SimpleNamespace(space={"optim.lr": None}, primary=objective, study=SimpleNamespace(objectives=[objective]),
-                           base={"train": {"epochs": 2}})
+    return SimpleNamespace(
+        space={"optim.lr": None},
+        primary=objective,
+        study=SimpleNamespace(objectives=[objective]),
+        base={"train": {"epochs": 2}},
+    )
 
 
 def test_face_study_table_has_nme_and_no_mm_columns():
-    df = _table([_result("a", **{"val/nme": 5.0, "val/fr": 10.0}), _result("b", **{"val/nme": 4.0, "val/fr": 0.0})],
-                _spec("val/nme"), {"a": "finished", "b": "stopped early"})
+    df = _table(
+        [_result("a", **{"val/nme": 5.0, "val/fr": 10.0}), _result("b", **{"val/nme": 4.0, "val/fr": 0.0})],
+        _spec("val/nme"),
+        {"a": "finished", "b": "stopped early"},
+    )
     assert list(df["trial"]) == ["b", "a"]  # best first
     assert list(df["status"]) == ["stopped early", "finished"]
     assert "val/nme" in df and "val/fr" in df and "val/mre_mm" not in df and "val/sdr_2mm" not in df

@@ -20,8 +20,13 @@ from trainables.schedules import SCHEDULES
 H_IN, W_IN = 96, 80  # divisible by every stride below
 
 
-def _targets(units: str, strides: tuple[int, ...], coords: torch.Tensor, sigma: torch.Tensor,
-             size: tuple[int, int] = (H_IN, W_IN)) -> list[torch.Tensor]:
+def _targets(
+    units: str,
+    strides: tuple[int, ...],
+    coords: torch.Tensor,
+    sigma: torch.Tensor,
+    size: tuple[int, int] = (H_IN, W_IN),
+) -> list[torch.Tensor]:
     """The targets an HeadsLoss renders for each head of an input of this size, caught by a loss that records them."""
     cfg = TrialConfig.from_dict({"target": {"sigma_units": units}})
     seen = []
@@ -62,12 +67,15 @@ def _fwhm_x(heatmap: torch.Tensor, row: int) -> float:
 # blob, 32 input px, fits ±4σ in the map). By hand, in each head's own pixels:
 #   input: σ/s  -> stride 2: 4, stride 1: 8, stride 4: 2
 #   head:  σ    -> 8 at every stride (16 input pixels at stride 2, 32 at stride 4)
-@pytest.mark.parametrize("units,strides,want_head_px", [
-    ("input", (2, 1), (4.0, 8.0)),
-    ("head", (2, 1), (8.0, 8.0)),
-    ("input", (4,), (2.0,)),
-    ("head", (4,), (8.0,)),
-])
+@pytest.mark.parametrize(
+    "units,strides,want_head_px",
+    [
+        ("input", (2, 1), (4.0, 8.0)),
+        ("head", (2, 1), (8.0, 8.0)),
+        ("input", (4,), (2.0,)),
+        ("head", (4,), (8.0,)),
+    ],
+)
 def test_rendered_width_per_head(units, strides, want_head_px):
     # A landmark at the centre of every map: x = y = (256 − 1)/2 in input pixels is the centre of
     # every head's map too (the pixel-centre convention of trainables/heatmaps.py).
@@ -145,8 +153,13 @@ def _dark_sigma_seen(tmp_path, target: dict, dark_blur: float = 0.0):
     img[10:14, 18:22] = 255
     Image.fromarray(img).save(tmp_path / "0.png")
     ds = LandmarkDataset([Record("0", tmp_path / "0.png", np.array([[20.0, 12.0], [20.0, 12.0]]), 1.0)], (32, 32))
-    cfg = TrialConfig.from_dict({"target": target, "eval": {"decode": "dark", "dark_blur": dark_blur},
-                                 "train": {"batch_size": 1, "device": "cpu"}})
+    cfg = TrialConfig.from_dict(
+        {
+            "target": target,
+            "eval": {"decode": "dark", "dark_blur": dark_blur},
+            "train": {"batch_size": 1, "device": "cpu"},
+        }
+    )
     spec = DatasetSpec(records=lambda c, s: [], problems=lambda c: [], flip_index=lambda k: (0, 1))
     scorer = Scorer(cfg, spec, [0, 1], torch.device("cpu"))
     seen = []

@@ -55,7 +55,9 @@ def test_grid_order_follows_the_seed(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "nsga2"])
 def test_samplers_run_a_conditional_multi_objective_space(tmp_path, sampler):
-    spec = _spec(tmp_path, f"""\
+    spec = _spec(
+        tmp_path,
+        f"""\
         study:
           name: m
           sampler: {sampler}
@@ -65,7 +67,8 @@ def test_samplers_run_a_conditional_multi_objective_space(tmp_path, sampler):
           target.schedule: {{choice: [fixed, adaloss]}}
           target.sigma: {{uniform: [1.0, 6.0], when: {{target.schedule: fixed}}}}
           optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
-        """)
+        """,
+    )
     seen = _ask_all(spec, 24, directions=("minimize", "minimize"))
     assert all(("target.sigma" in p) == (p["target.schedule"] == "fixed") for p in seen)
     assert {p["target.schedule"] for p in seen} == {"fixed", "adaloss"}
@@ -74,13 +77,16 @@ def test_samplers_run_a_conditional_multi_objective_space(tmp_path, sampler):
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "nsga2"])
 def test_every_sampler_pickles_after_it_has_sampled(tmp_path, sampler):
     # Tune saves the searcher, sampler included, with pickle (Optuna 5.1's NSGA-II holds a thread lock).
-    spec = _spec(tmp_path, f"""\
+    spec = _spec(
+        tmp_path,
+        f"""\
         study: {{name: p, sampler: {sampler}, trials: 8,
                  objectives: [{{metric: val/mre_mm, mode: min}}, {{metric: cost/gflops, mode: min}}]}}
         space:
           target.schedule: {{choice: [fixed, adaloss]}}
           optim.lr: {{choice: [1.0e-3, 3.0e-3]}}
-        """)
+        """,
+    )
     sampler_obj = make_sampler(spec)
     study = optuna.create_study(sampler=sampler_obj, directions=["minimize", "minimize"])
     for _ in range(6):
@@ -89,7 +95,9 @@ def test_every_sampler_pickles_after_it_has_sampled(tmp_path, sampler):
         study.tell(trial, [trial.params["optim.lr"], 1.0])
     again = pickle.loads(pickle.dumps(sampler_obj))
     trial = study.ask()
-    assert set(again.infer_relative_search_space(study, trial)) == set(sampler_obj.infer_relative_search_space(study, trial))
+    assert set(again.infer_relative_search_space(study, trial)) == set(
+        sampler_obj.infer_relative_search_space(study, trial)
+    )
     study.sampler = again  # the unpickled sampler goes on sampling the same study
     for _ in range(4):
         trial = study.ask()
@@ -109,7 +117,9 @@ def test_short_studies_get_fewer_startup_trials_and_smaller_generations():
 
 
 def test_distribution_is_the_one_each_parameter_is_sampled_from(tmp_path):
-    spec = _spec(tmp_path, """\
+    spec = _spec(
+        tmp_path,
+        """\
         study: {name: d}
         space:
           target.schedule: {choice: [fixed, adaloss]}
@@ -118,7 +128,8 @@ def test_distribution_is_the_one_each_parameter_is_sampled_from(tmp_path):
           train.batch_size: {quniform: [2, 8, 2]}
           target.sigma: {quniform: [1.0, 3.0, 0.5]}
           train.epochs: {int: [1, 3]}
-        """)
+        """,
+    )
     study = optuna.create_study()
     trial = study.ask()
     SpaceSampler(spec.space)(trial)

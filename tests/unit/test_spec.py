@@ -29,7 +29,7 @@ def _problems(path: Path, overrides=None) -> list[str]:
         load_spec(path, overrides)
     prefix = f"{path}: "
     assert all(p.startswith(prefix) for p in e.value.problems), e.value.problems
-    return [p[len(prefix):] for p in e.value.problems]
+    return [p[len(prefix) :] for p in e.value.problems]
 
 
 def _one_problem(tmp_path: Path, text: str) -> str:
@@ -72,11 +72,14 @@ def test_missing_file(tmp_path):
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study:
           name: x
          trials: 3
-        """)
+        """,
+    )
     assert p.startswith("line 3, column 2: invalid YAML")
 
 
@@ -84,8 +87,10 @@ def test_a_tab_in_yaml_says_tab_and_use_spaces(tmp_path):
     # PyYAML: "found character '\\t' that cannot start any token". Here a tab sits between the value
     # and its comment on line 3: `  trials: 4<TAB># four`, column 12 (two spaces, "trials:", a space, "4").
     p = _one_problem(tmp_path, "study:\n  name: x\n  trials: 4\t# four\n")
-    assert p == ("line 3, column 12: invalid YAML: a tab character, where YAML allows only spaces (indentation, "
-                 "or before a # comment); replace it with spaces")
+    assert p == (
+        "line 3, column 12: invalid YAML: a tab character, where YAML allows only spaces (indentation, "
+        "or before a # comment); replace it with spaces"
+    )
     # A tab as indentation, the other way a tab breaks a spec: line 2, column 1.
     p = _one_problem(tmp_path, "study:\n\tname: x\n")
     assert p.startswith("line 2, column 1: invalid YAML: a tab character") and "replace it with spaces" in p
@@ -99,11 +104,14 @@ def test_a_spec_that_is_not_a_mapping(tmp_path):
 
 
 def test_unknown_section_suggests(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study: {name: x}
         spaces:
           optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
-        """)
+        """,
+    )
     assert p.startswith("spaces: unknown section (did you mean 'space'?)")
     assert "valid sections: study, resources, base, space" in p
 
@@ -119,44 +127,61 @@ def test_unknown_study_key_suggests(tmp_path):
 
 
 def test_objective_must_be_a_reported_metric(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study:
           name: x
           objectives: [{metric: val/mre_m, mode: min}]
-        """)
-    assert p.startswith("study.objectives[0].metric: 'val/mre_m' is not reported by the trainer "
-                        "for data.dataset phantom (scored in mm) (did you mean 'val/mre_mm'?)")
+        """,
+    )
+    assert p.startswith(
+        "study.objectives[0].metric: 'val/mre_m' is not reported by the trainer "
+        "for data.dataset phantom (scored in mm) (did you mean 'val/mre_mm'?)"
+    )
     assert p.endswith("reported: " + ", ".join(reported_metrics("mm")))
 
 
 def test_objective_of_another_unit_is_not_reported(tmp_path):
     # NME is what faces are scored by; a cephalogram study reports mm, so val/nme would stay empty.
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study:
           name: x
           objectives: [{metric: val/nme, mode: min}]
-        """)
-    assert p.startswith("study.objectives[0].metric: 'val/nme' is not reported by the trainer for data.dataset "
-                        "phantom (scored in mm)")
+        """,
+    )
+    assert p.startswith(
+        "study.objectives[0].metric: 'val/nme' is not reported by the trainer for data.dataset phantom (scored in mm)"
+    )
 
 
 def test_objectives_when_the_dataset_is_searched_may_name_any_unit(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study:
           name: x
           objectives: [{metric: val/nme, mode: min}]
         space:
           data.dataset: {choice: [phantom]}
-        """))
+        """,
+        )
+    )
     assert spec.primary.metric == "val/nme" and "val/nme" in all_metric_names()
 
 
 def test_objective_mode_must_be_min_or_max(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study:
           name: x
           objectives: [{metric: val/mre_mm, mode: minimize}]
-        """)
+        """,
+    )
     assert p == "study.objectives[0].mode: expected min or max, got 'minimize'"
 
 
@@ -222,8 +247,10 @@ def test_range_end_invalid_for_the_field(tmp_path):
 
 def test_unknown_distribution(tmp_path):
     p = _space_problem(tmp_path, "optim.lr: {normal: [0, 1]}\n")
-    assert p.startswith("space.optim.lr: expected one of {choice: ... | uniform: ... | loguniform: ... | int: ... "
-                        "| quniform: ...} (and optionally when: ...)")
+    assert p.startswith(
+        "space.optim.lr: expected one of {choice: ... | uniform: ... | loguniform: ... | int: ... "
+        "| quniform: ...} (and optionally when: ...)"
+    )
 
 
 def test_list_fields_cannot_be_searched(tmp_path):
@@ -232,13 +259,18 @@ def test_list_fields_cannot_be_searched(tmp_path):
 
 
 def test_valid_space_values_are_coerced(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         space:
           target.sigma: {choice: [1, 2.5]}
           train.epochs: {int: [1, 3]}
           optim.name: {choice: [adam, sgd]}
-        """))
+        """,
+        )
+    )
     assert spec.space["target.sigma"].args == [1.0, 2.5] and type(spec.space["target.sigma"].args[0]) is float
     assert spec.space["train.epochs"] == Param("train.epochs", "int", [1, 3])
     assert spec.space["optim.name"].args == ["adam", "sgd"]
@@ -249,20 +281,28 @@ def test_valid_space_values_are_coerced(tmp_path):
 
 def test_isbi2015_root_that_does_not_exist(tmp_path):
     missing = tmp_path / "no_isbi"
-    p = _one_problem(tmp_path, f"""\
+    p = _one_problem(
+        tmp_path,
+        f"""\
         study: {{name: x}}
         base: {{data: {{dataset: isbi2015, root: {missing}}}}}
-        """)
+        """,
+    )
     assert p.startswith("base.data.root: ") and str(missing) in p and "does not exist" in p
 
 
 def test_base_problems_name_the_base_path(tmp_path):
-    ps = _problems(_write(tmp_path, """\
+    ps = _problems(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         base:
           optim: {lrr: 0.1}
           model: {name: nope}
-        """))
+        """,
+        )
+    )
     assert ps[0].startswith("base.optim.lrr: unknown key (did you mean 'lr'?)")
     assert len(ps) == 1  # config_problems runs only on a config that could be built
 
@@ -270,10 +310,15 @@ def test_base_problems_name_the_base_path(tmp_path):
 def test_relative_data_root_is_made_absolute(tmp_path, monkeypatch):
     # Trials run in their own working folders, so a relative root is resolved now, against the cwd.
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         base: {data: {root: some/phantom}}
-        """))
+        """,
+        )
+    )
     assert spec.base.data.root == str(tmp_path.resolve() / "some" / "phantom")
     assert Path(spec.base.data.root).is_absolute()
     spec = load_spec(_write(tmp_path, "study: {name: x}\n"), ["base.data.root=other"])
@@ -284,13 +329,18 @@ def test_relative_weights_files_are_made_absolute_and_names_kept(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "r18.pt").write_bytes(r18_file.read_bytes())
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         base:
           model: {name: simple_baseline, backbone: resnet18, weights: w/r18.pt}
           data: {input_size: [64, 64]}
           distill: {type: ed, teacher: w/r18.pt}
-        """))
+        """,
+        )
+    )
     assert spec.base.model.weights == spec.base.distill.teacher == str(tmp_path.resolve() / "w" / "r18.pt")
     spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {model: {weights: none}}\n"))
     assert spec.base.model.weights == "none" and spec.base.distill.teacher == ""  # names, not paths: kept
@@ -306,12 +356,15 @@ def test_empty_data_root_stays_empty(tmp_path):
 
 
 def test_all_problems_are_reported_at_once_each_with_the_file(tmp_path):
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         study: {name: x, trails: 3}
         resource: {workers: 1}
         space:
           target.sigma: {uniform: [6, 2]}
-        """)
+        """,
+    )
     with pytest.raises(SpecError) as e:
         load_spec(path)
     ps = e.value.problems
@@ -322,28 +375,39 @@ def test_all_problems_are_reported_at_once_each_with_the_file(tmp_path):
 
 
 def test_a_base_problem_does_not_hide_a_space_problem(tmp_path):
-    ps = _problems(_write(tmp_path, """\
+    ps = _problems(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         base: {optim: {lr: 0}}
         space:
           model.name: {choice: [unet, nope]}
-        """))
+        """,
+        )
+    )
     assert any(p.startswith("base.optim.lr:") for p in ps)
     assert any(p.startswith("space.model.name.choice: 'nope'") for p in ps)
 
 
 def test_space_choice_that_breaks_another_field_is_rejected(tmp_path):
-    ps = _problems(_write(tmp_path, """\
+    ps = _problems(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         space:
           data.dataset: {choice: [phantom, isbi2015]}
-        """))
+        """,
+        )
+    )
     assert any("data.root" in p for p in ps)
 
 
 def test_set_overrides_are_yaml_scalars():
-    spec = load_spec(QUICKSTART, ["study.trials=7", "base.train.epochs=4", "base.optim.lr=1.0e-2",
-                                  "study.storage=/tmp/elsewhere"])
+    spec = load_spec(
+        QUICKSTART, ["study.trials=7", "base.train.epochs=4", "base.optim.lr=1.0e-2", "study.storage=/tmp/elsewhere"]
+    )
     assert spec.study.trials == 7
     assert spec.base.train.epochs == 4
     assert spec.base.optim.lr == 0.01
@@ -352,7 +416,9 @@ def test_set_overrides_are_yaml_scalars():
 
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
-    spec = load_spec(_write(tmp_path, "study: {name: x}\nbase: {optim: {lr: 1e-3}}\n"), ["base.optim.weight_decay=1e-5"])
+    spec = load_spec(
+        _write(tmp_path, "study: {name: x}\nbase: {optim: {lr: 1e-3}}\n"), ["base.optim.weight_decay=1e-5"]
+    )
     assert spec.base.optim.lr == 1e-3 and spec.base.optim.weight_decay == 1e-5
 
 
@@ -364,8 +430,10 @@ def test_set_overrides_are_validated_like_the_file():
 
 def test_malformed_set_item():
     ps = _problems(QUICKSTART, ["study.trials", "=5", "study.trials=3"])
-    assert ps == ["--set 'study.trials': expected path=value, e.g. study.trials=8",
-                  "--set '=5': expected path=value, e.g. study.trials=8"]
+    assert ps == [
+        "--set 'study.trials': expected path=value, e.g. study.trials=8",
+        "--set '=5': expected path=value, e.g. study.trials=8",
+    ]
 
 
 def test_set_through_a_value():
@@ -382,12 +450,17 @@ def test_set_into_an_empty_section(tmp_path):
 
 
 def test_space_sampler_with_a_real_optuna_study(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         space:
           optim.lr: {loguniform: [5.0e-4, 5.0e-3]}
           target.sigma: {uniform: [2.0, 6.0]}
-        """))
+        """,
+        )
+    )
     sample = SpaceSampler(spec.space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     lrs = []
@@ -408,12 +481,17 @@ def test_space_sampler_with_a_real_optuna_study(tmp_path):
 
 
 def test_space_sampler_choice_and_int(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         space:
           optim.name: {choice: [adam, sgd]}
           train.epochs: {int: [1, 3]}
-        """))
+        """,
+        )
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(20):
@@ -475,71 +553,104 @@ def test_parameters_appear_exactly_when_their_conditions_hold(tmp_path, r18_file
 
 def test_nested_conditions_gate_through_their_parent(tmp_path):
     # loss.alpha is searched when loss.type is ewc; loss.type itself only for fixed σ.
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x, sampler: grid}
         space:
           loss.alpha: {choice: [20.0, 40.0], when: {loss.type: ewc}}
           loss.type: {choice: [mse, ewc], when: {target.schedule: fixed}}
           target.schedule: {choice: [fixed, adaloss]}
-        """))
+        """,
+        )
+    )
     assert list(spec.space) == ["target.schedule", "loss.type", "loss.alpha"]
     grid = spec.grid()
-    assert sorted(map(str, grid)) == sorted(map(str, [
-        {"target.schedule": "adaloss"},
-        {"target.schedule": "fixed", "loss.type": "mse"},
-        {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 20.0},
-        {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 40.0},
-    ]))
+    assert sorted(map(str, grid)) == sorted(
+        map(
+            str,
+            [
+                {"target.schedule": "adaloss"},
+                {"target.schedule": "fixed", "loss.type": "mse"},
+                {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 20.0},
+                {"target.schedule": "fixed", "loss.type": "ewc", "loss.alpha": 40.0},
+            ],
+        )
+    )
 
 
 def test_when_on_a_parameter_that_is_not_searched(tmp_path):
     p = _space_problem(tmp_path, "target.sigma: {uniform: [1.0, 6.0], when: {target.schedule: fixed}}\n")
-    assert p == ("space.target.sigma.when.target.schedule: target.schedule is not searched (it is fixed in "
-                 "base:); a condition must name a `choice` parameter in space:")
+    assert p == (
+        "space.target.sigma.when.target.schedule: target.schedule is not searched (it is fixed in "
+        "base:); a condition must name a `choice` parameter in space:"
+    )
 
 
 def test_when_on_a_range_parameter(tmp_path):
-    p = _space_problem(tmp_path, """\
+    p = _space_problem(
+        tmp_path,
+        """\
         optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
         target.sigma: {uniform: [1.0, 6.0], when: {optim.lr: 0.001}}
-        """)
+        """,
+    )
     assert p == "space.target.sigma.when.optim.lr: optim.lr is a loguniform range; conditions need a `choice` parameter"
 
 
 def test_when_value_that_is_never_sampled(tmp_path):
-    p = _space_problem(tmp_path, """\
+    p = _space_problem(
+        tmp_path,
+        """\
         target.schedule: {choice: [fixed, adaloss]}
         target.sigma: {uniform: [1.0, 6.0], when: {target.schedule: fxed}}
-        """)
-    assert p == "space.target.sigma.when.target.schedule: 'fxed' is never sampled; target.schedule chooses from ['fixed', 'adaloss']"
+        """,
+    )
+    assert (
+        p
+        == "space.target.sigma.when.target.schedule: 'fxed' is never sampled; target.schedule chooses from ['fixed', 'adaloss']"
+    )
 
 
 def test_conditions_that_form_a_cycle(tmp_path):
-    p = _space_problem(tmp_path, """\
+    p = _space_problem(
+        tmp_path,
+        """\
         loss.type: {choice: [mse, ewc], when: {optim.name: adam}}
         optim.name: {choice: [adam, sgd], when: {loss.type: ewc}}
-        """)
+        """,
+    )
     assert p == "space.loss.type.when: the conditions form a cycle: loss.type -> optim.name -> loss.type"
 
 
 def test_misspelt_when_key(tmp_path):
-    p = _space_problem(tmp_path, """\
+    p = _space_problem(
+        tmp_path,
+        """\
         target.schedule: {choice: [fixed, adaloss]}
         target.sigma: {uniform: [1.0, 6.0], wehn: {target.schedule: fixed}}
-        """)
+        """,
+    )
     assert p.startswith("space.target.sigma.wehn: unknown key (did you mean 'when'?)")
 
 
 def test_a_choice_value_is_checked_with_its_condition_true(tmp_path):
     # ewc assumes targets in [0, 1]: with target.normalize it breaks, and the message says which value.
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study: {name: x}
         base: {target: {normalize: true}}
         space:
           target.schedule: {choice: [fixed, adaloss]}
           loss.type: {choice: [mse, ewc], when: {target.schedule: fixed}}
-        """)
-    assert p == "space.loss.type.choice: 'ewc' breaks target.normalize: true needs loss.type mse; ewc assumes targets in [0, 1]"
+        """,
+    )
+    assert (
+        p
+        == "space.loss.type.choice: 'ewc' breaks target.normalize: true needs loss.type mse; ewc assumes targets in [0, 1]"
+    )
 
 
 def test_duplicate_choice_value(tmp_path):
@@ -548,12 +659,17 @@ def test_duplicate_choice_value(tmp_path):
 
 
 def test_quniform_on_int_and_float_fields(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x}
         space:
           train.batch_size: {quniform: [2, 8, 2]}
           target.sigma: {quniform: [1.0, 2.0, 0.25]}
-        """))
+        """,
+        )
+    )
     assert spec.space["train.batch_size"].values() == [2, 4, 6, 8]
     assert spec.space["target.sigma"].values() == [1.0, 1.25, 1.5, 1.75, 2.0]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -574,32 +690,45 @@ def test_quniform_range_must_be_a_multiple_of_the_step(tmp_path):
 
 def test_unknown_sampler_suggests(tmp_path):
     p = _one_problem(tmp_path, "study: {name: x, sampler: nsga}\n")
-    assert p == "study.sampler: unknown 'nsga' (did you mean 'nsga2'?); choose one of ['tpe', 'random', 'grid', 'nsga2']"
+    assert (
+        p == "study.sampler: unknown 'nsga' (did you mean 'nsga2'?); choose one of ['tpe', 'random', 'grid', 'nsga2']"
+    )
 
 
 def test_grid_needs_finite_distributions(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study: {name: x, sampler: grid}
         space:
           optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
           optim.name: {choice: [adam, sgd]}
-        """)
-    assert p == ("space.optim.lr.loguniform: the grid sampler needs finite distributions (choice, int, quniform); "
-                 "use choice or quniform, or another study.sampler")
+        """,
+    )
+    assert p == (
+        "space.optim.lr.loguniform: the grid sampler needs finite distributions (choice, int, quniform); "
+        "use choice or quniform, or another study.sampler"
+    )
 
 
 def test_grid_that_is_too_large(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study: {name: x, sampler: grid}
         space:
           train.seed: {int: [0, 1000]}
           train.batch_size: {int: [1, 1000]}
-        """)
+        """,
+    )
     assert p == "study.sampler: grid: the grid has more than 100,000 points; narrow the int/quniform ranges or use tpe"
 
 
 def test_several_objectives_and_scheduler_default(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study:
           name: x
           objectives:
@@ -607,50 +736,76 @@ def test_several_objectives_and_scheduler_default(tmp_path):
             - {metric: cost/gflops, mode: min}
             - {metric: val/sdr_2mm, mode: max}
         base: {train: {epochs: 30}}
-        """))
-    assert spec.multi_objective and [o.metric for o in spec.study.objectives] == ["val/mre_mm", "cost/gflops", "val/sdr_2mm"]
+        """,
+        )
+    )
+    assert spec.multi_objective and [o.metric for o in spec.study.objectives] == [
+        "val/mre_mm",
+        "cost/gflops",
+        "val/sdr_2mm",
+    ]
     assert spec.study.scheduler.type == "none"  # auto: no early stopping on one of several objectives
     one = load_spec(_write(tmp_path, "study: {name: x}\nbase: {train: {epochs: 30}}\n"))
     assert (one.study.scheduler.type, one.study.scheduler.grace_period, one.study.scheduler.max_t) == ("asha", 3, 30)
 
 
 def test_asha_max_t_follows_a_searched_epoch_count(tmp_path):
-    spec = load_spec(_write(tmp_path, """\
+    spec = load_spec(
+        _write(
+            tmp_path,
+            """\
         study: {name: x, scheduler: {type: asha, grace_period: 2, reduction_factor: 2}}
         space:
           train.epochs: {choice: [4, 12, 8]}
-        """))
+        """,
+        )
+    )
     s = spec.study.scheduler
     assert (s.type, s.grace_period, s.reduction_factor, s.max_t) == ("asha", 2, 2.0, 8)  # the last listed
 
 
 def test_duplicate_objective(tmp_path):
-    p = _one_problem(tmp_path, """\
+    p = _one_problem(
+        tmp_path,
+        """\
         study:
           name: x
           objectives: [{metric: val/mre_mm, mode: min}, {metric: val/mre_mm, mode: max}]
-        """)
+        """,
+    )
     assert p == "study.objectives[1].metric: 'val/mre_mm' is already an objective; give each metric once"
 
 
 def test_scheduler_problems(tmp_path):
-    ps = _problems(_write(tmp_path, """\
+    ps = _problems(
+        _write(
+            tmp_path,
+            """\
         study: {name: x, scheduler: {type: ashaa, grace_period: 20, reduction_factor: 1, patience: 3}}
         base: {train: {epochs: 10}}
-        """))
+        """,
+        )
+    )
     assert ps == [
         "study.scheduler.patience: unknown key; valid keys: type, grace_period, reduction_factor",
         "study.scheduler.type: unknown 'ashaa' (did you mean 'asha'?); choose one of ['auto', 'none', 'asha']",
         "study.scheduler.reduction_factor: must be > 1, got 1",
     ]
-    p = _one_problem(tmp_path, "study: {name: x, scheduler: {type: asha, grace_period: 20}}\nbase: {train: {epochs: 10}}\n")
-    assert p == "study.scheduler.grace_period: 20 epochs is more than train.epochs (10); ASHA could never stop a trial: lower it, or set study.scheduler=none"
+    p = _one_problem(
+        tmp_path, "study: {name: x, scheduler: {type: asha, grace_period: 20}}\nbase: {train: {epochs: 10}}\n"
+    )
+    assert (
+        p
+        == "study.scheduler.grace_period: 20 epochs is more than train.epochs (10); ASHA could never stop a trial: lower it, or set study.scheduler=none"
+    )
 
 
 def test_fractional_gpus_need_one_worker(tmp_path):
     p = _one_problem(tmp_path, "study: {name: x}\nresources: {workers: 2, gpus_per_worker: 0.5}\n")
-    assert p == ("resources.gpus_per_worker: a fraction (0.5) needs workers: 1; each DDP worker of a 2-worker "
-                 "trial needs its own GPU")
+    assert p == (
+        "resources.gpus_per_worker: a fraction (0.5) needs workers: 1; each DDP worker of a 2-worker "
+        "trial needs its own GPU"
+    )
     spec = load_spec(_write(tmp_path, "study: {name: x}\nresources: {workers: 1, gpus_per_worker: 0.25}\n"))
     assert spec.resources.per_worker() == {"CPU": 1.0, "GPU": 0.25}
 
@@ -659,9 +814,11 @@ def test_custom_resources(tmp_path):
     spec = load_spec(_write(tmp_path, "study: {name: x}\nresources: {custom: {big_node: 1}}\n"))
     assert spec.resources.per_worker() == {"CPU": 1.0, "big_node": 1.0}
     ps = _problems(_write(tmp_path, "study: {name: x}\nresources: {custom: {GPU: 1, x: -1, y: many}}\n"))
-    assert ps == ["resources.custom.GPU: set it with gpus_per_worker",
-                  "resources.custom.x: must be > 0, got -1",
-                  "resources.custom.y: expected float, got str 'many'"]
+    assert ps == [
+        "resources.custom.GPU: set it with gpus_per_worker",
+        "resources.custom.x: must be > 0, got -1",
+        "resources.custom.y: expected float, got str 'many'",
+    ]
 
 
 def test_resources_the_cluster_cannot_provide():
@@ -671,28 +828,36 @@ def test_resources_the_cluster_cannot_provide():
     nodes = [{"CPU": 2.0, "memory": 1e9, "node:127.0.0.1": 1.0}, {"CPU": 1.0, "extra_node": 2.0}]
     assert resource_problems(Resources(workers=3), nodes) == []
     assert resource_problems(Resources(workers=4), nodes) == [
-        "resources.workers: 4 workers of 1 CPU each, but the cluster holds only 3 at once"]
+        "resources.workers: 4 workers of 1 CPU each, but the cluster holds only 3 at once"
+    ]
     assert resource_problems(Resources(cpus_per_worker=3), nodes) == [
-        "resources.cpus_per_worker: each worker needs 3 CPU but the largest node has 2 (2 node(s), 3 CPU in all)"]
+        "resources.cpus_per_worker: each worker needs 3 CPU but the largest node has 2 (2 node(s), 3 CPU in all)"
+    ]
     assert resource_problems(Resources(gpus_per_worker=1), nodes) == [
-        "resources.gpus_per_worker: each worker needs 1 GPU but the largest node has 0 (2 node(s), 0 GPU in all)"]
+        "resources.gpus_per_worker: each worker needs 1 GPU but the largest node has 0 (2 node(s), 0 GPU in all)"
+    ]
     assert resource_problems(Resources(custom={"big_box": 1}), nodes) == [
-        "resources.custom.big_box: no node of the cluster has a 'big_box' resource; it has CPU, extra_node, memory"]
+        "resources.custom.big_box: no node of the cluster has a 'big_box' resource; it has CPU, extra_node, memory"
+    ]
     assert resource_problems(Resources(custom={"extra_node": 1}), nodes) == []
     assert resource_problems(Resources(workers=2, custom={"extra_node": 1}), nodes) == [
-        "resources.workers: 2 workers of 1 CPU + 1 extra_node each, but the cluster holds only 1 at once"]
+        "resources.workers: 2 workers of 1 CPU + 1 extra_node each, but the cluster holds only 1 at once"
+    ]
 
 
 def test_dry_run_mode_turns_missing_weights_into_warnings(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         study: {name: x}
         base:
           model: {name: simple_baseline, backbone: resnet18, weights: imagenet}
           data: {input_size: [64, 64]}
         space:
           model.backbone: {choice: [resnet18, resnet34]}
-        """)
+        """,
+    )
     assert len(_problems(path)) == 2
     spec = load_spec(path, check_data=False)
     assert len(spec.warnings) == 2 and all("not in the torch hub cache" in w for w in spec.warnings)
@@ -778,19 +943,24 @@ def test_faces_cut_by_the_frame_are_a_note_not_an_error(tmp_path, capsys):
 
     root = make_300w(tmp_path / "300w")
     first = _faces_cut_by_the_frame(root)[0]
-    path = _write(tmp_path, f"""\
+    path = _write(
+        tmp_path,
+        f"""\
         study: {{name: faces, objectives: [{{metric: val/nme, mode: min}}]}}
         base:
           data: {{dataset: 300w, root: {root}, num_landmarks: 68, val_split: common}}
           eval: {{split: ''}}
         space:
           optim.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
-        """)
+        """,
+    )
     for check_data in (True, False):
         spec = load_spec(path, check_data=check_data)
         (note,) = spec.notes
-        assert note.startswith(f"{path}: base.data.root: {root}: 3 landmarks in 2 annotation files lie outside their "
-                               f"image (faces cut by the photo's border), e.g. {first}; kept:")
+        assert note.startswith(
+            f"{path}: base.data.root: {root}: 3 landmarks in 2 annotation files lie outside their "
+            f"image (faces cut by the photo's border), e.g. {first}; kept:"
+        )
         assert spec.warnings == []
     assert main([str(path), "--dry-run"]) == 0
     err = capsys.readouterr().err.splitlines()

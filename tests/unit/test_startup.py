@@ -18,12 +18,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_IN_A_TRIALS_OWN_PROCESS = ("trainables.trainer", "trainables.models", "torch", "torchvision", "mlflow", "matplotlib")
+NOT_IN_A_TRIALS_OWN_PROCESS = (
+    "trainables.trainer",
+    "trainables.models",
+    "torch",
+    "torchvision",
+    "mlflow",
+    "matplotlib",
+)
 
 
 def _imported_after(statement: str) -> dict:
-    code = (f"import json, sys; {statement}; "
-            f"print(json.dumps({{'modules': [m for m in {NOT_IN_A_TRIALS_OWN_PROCESS!r} if m in sys.modules]}}))")
+    code = (
+        f"import json, sys; {statement}; "
+        f"print(json.dumps({{'modules': [m for m in {NOT_IN_A_TRIALS_OWN_PROCESS!r} if m in sys.modules]}}))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -51,9 +60,12 @@ def test_a_trial_without_ray_datasets_starts_no_dataset_manager():
     from study.trial import _trainer_class
 
     for workers in (1, 2):
+
         def names(**datasets):
-            trainer = _trainer_class(workers)(lambda: None, scaling_config=ScalingConfig(num_workers=workers),
-                                              datasets=datasets or None)
+            trainer = _trainer_class(workers)(
+                lambda: None, scaling_config=ScalingConfig(num_workers=workers), datasets=datasets or None
+            )
             return [type(c) for c in trainer._create_default_callbacks()]
+
         assert DatasetsCallback not in names(), workers
         assert DatasetsCallback in names(train=[1, 2, 3]), workers  # a user's Ray dataset still gets its shards

@@ -54,6 +54,9 @@ def test_an_object_store_holds_the_snapshot_and_the_lock(tmp_path, monkeypatch, 
         with pytest.raises(StudyError, match=rf"pid {os.getpid()}.*--break-lock"):
             other.acquire()
         assert lock.held
-    keys = {o["Key"] for o in s3_store["client"].list_objects_v2(Bucket="studies", Prefix="unit/")["Contents"]
-            if not o["Key"].endswith("/")}  # pyarrow writes empty "folder/" markers too
+    keys = {
+        o["Key"]
+        for o in s3_store["client"].list_objects_v2(Bucket="studies", Prefix="unit/")["Contents"]
+        if not o["Key"].endswith("/")
+    }  # pyarrow writes empty "folder/" markers too
     assert keys == {"unit/s1/study.json"}  # the lock is gone once released

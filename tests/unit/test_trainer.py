@@ -15,8 +15,6 @@ from trainables.checkpoint import CHECKPOINT_FILE, HISTORY_FILE, PREVIEW_FILE, C
 from trainables.metrics import reported_metrics
 
 
-
-
 def test_fit_reports_every_epoch_with_a_checkpoint(tiny_config, tmp_path, recorder):
     rec = recorder("kept")
     last = fit(TrialConfig.from_dict(tiny_config), rec)
@@ -104,12 +102,20 @@ def _untimed(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
 
 
-
-
 def test_simple_baseline_with_distillation_trains_and_resumes(tiny_config, tmp_path, r18_file, recorder):
-    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {
-        "model.name": "simple_baseline", "model.backbone": "resnet18", "model.weights": str(r18_file),
-        "model.width": 0.03125, "data.input_size": [64, 64], "distill.type": "both"}))
+    cfg = TrialConfig.from_dict(
+        apply_overrides(
+            tiny_config,
+            {
+                "model.name": "simple_baseline",
+                "model.backbone": "resnet18",
+                "model.weights": str(r18_file),
+                "model.width": 0.03125,
+                "data.input_size": [64, 64],
+                "distill.type": "both",
+            },
+        )
+    )
     straight = recorder("a")
     fit(cfg, straight)
     assert [m["epoch"] for m in straight.metrics] == [1, 2]
@@ -126,8 +132,9 @@ def test_simple_baseline_with_distillation_trains_and_resumes(tiny_config, tmp_p
 
 
 def test_adaloss_schedule_reports_sigma_and_resumes_exactly(tiny_config, tmp_path, recorder):
-    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {
-        "target.schedule": "adaloss", "target.adaloss.window": 2, "train.epochs": 4}))
+    cfg = TrialConfig.from_dict(
+        apply_overrides(tiny_config, {"target.schedule": "adaloss", "target.adaloss.window": 2, "train.epochs": 4})
+    )
     k = cfg.data.num_landmarks
     straight = recorder("a")
     fit(cfg, straight)
@@ -192,8 +199,11 @@ def _epochs(checkpoints) -> list[int]:
 
 
 def test_fit_checkpoints_the_cadence_each_improvement_and_the_last_and_resumes_exactly(tiny_config, recorder):
-    cfg = TrialConfig.from_dict(apply_overrides(tiny_config, {
-        "train.epochs": 5, "train.checkpoint_every": 2, "train.checkpoint_metric": "val/mre_mm"}))
+    cfg = TrialConfig.from_dict(
+        apply_overrides(
+            tiny_config, {"train.epochs": 5, "train.checkpoint_every": 2, "train.checkpoint_metric": "val/mre_mm"}
+        )
+    )
     straight = recorder("a")
     fit(cfg, straight)
     best, improving = math.inf, set()
@@ -280,8 +290,10 @@ def test_channels_last_changes_the_layout_not_the_numbers(tiny_config, recorder)
     runs = {}
     for channels_last in (False, True):
         runs[channels_last] = recorder(str(channels_last))
-        fit(TrialConfig.from_dict(apply_overrides(tiny_config, {"train.channels_last": channels_last})),
-            runs[channels_last])
+        fit(
+            TrialConfig.from_dict(apply_overrides(tiny_config, {"train.channels_last": channels_last})),
+            runs[channels_last],
+        )
     for a, b in zip(runs[False].metrics, runs[True].metrics):
         for key in ("train/loss", "val/loss", "val/mre_mm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
@@ -307,8 +319,10 @@ def test_compiled_fit_matches_eager_and_checkpoints_the_plain_module(tiny_config
     runs = {}
     for compiled in (False, True):
         runs[compiled] = recorder(f"compile{compiled}")
-        fit(TrialConfig.from_dict(apply_overrides(tiny_config, {"train.compile": compiled, "train.epochs": 1})),
-            runs[compiled])
+        fit(
+            TrialConfig.from_dict(apply_overrides(tiny_config, {"train.compile": compiled, "train.epochs": 1})),
+            runs[compiled],
+        )
     a, b = runs[False].metrics[0], runs[True].metrics[0]
     for key in ("train/loss", "val/loss"):
         assert b[key] == pytest.approx(a[key], rel=1e-3), key

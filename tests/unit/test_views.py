@@ -31,7 +31,8 @@ BUNDLE = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "
 
 def test_the_link_opens_the_runs_tab_in_model_training_mode_on_the_studys_view():
     assert study_url("http://127.0.0.1:5000/", "3", "quickstart") == (
-        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=study-quickstart")
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=study-quickstart"
+    )
     # a local store: the UI that `ui_command` starts; a tracking server: the server itself
     assert ui_url("sqlite:////x/mlflow.db", "3", "q") == study_url("http://127.0.0.1:5000", "3", "q")
     assert ui_url("https://mlflow.lab:8443", "7", "q").startswith("https://mlflow.lab:8443/#/experiments/7/runs?")
@@ -42,11 +43,21 @@ def test_the_view_shows_the_trials_best_first_with_objectives_costs_and_params()
     assert state["searchFilter"] == "tags.`study.role` = 'trial' and tags.`study.name` = 'quickstart'"
     assert state["orderByKey"] == "metrics.`val/mre_mm`" and state["orderByAsc"] is True
     assert state["selectedColumns"] == [
-        "tags.`trial.status`", "tags.`pareto.rank`", "metrics.`val/mre_mm`", "metrics.`val/sdr_2mm`",
-        "metrics.`cost/gflops`", "metrics.`cost/epoch_s`", "metrics.`cost/params_m`", "metrics.`cost/latency_ms`",
-        "params.`optim.lr`", "params.`target.schedule`"]
+        "tags.`trial.status`",
+        "tags.`pareto.rank`",
+        "metrics.`val/mre_mm`",
+        "metrics.`val/sdr_2mm`",
+        "metrics.`cost/gflops`",
+        "metrics.`cost/epoch_s`",
+        "metrics.`cost/params_m`",
+        "metrics.`cost/latency_ms`",
+        "params.`optim.lr`",
+        "params.`target.schedule`",
+    ]
     assert trials_view("q", [("cost/gflops", "min"), ("val/fr", "max")], [])["selectedColumns"][2:4] == [
-        "metrics.`cost/gflops`", "metrics.`val/fr`"]  # an objective that is a cost is not listed twice
+        "metrics.`cost/gflops`",
+        "metrics.`val/fr`",
+    ]  # an objective that is a cost is not listed twice
     assert trials_view("q", [("val/auc", "max")], [])["orderByAsc"] is False
 
 
@@ -55,9 +66,12 @@ def test_the_tags_hold_a_saved_view_envelope():
     assert tags[KIND_TAG] == KIND == "custom_model_development"
     envelope = json.loads(tags[VIEW_TAG_PREFIX + "study-quickstart"])
     # the UI's check (saved-views chunk): name a string, createdAt a number, state a string
-    assert envelope == {"name": "study quickstart: trials", "createdAt": 1_700_000_000_000,
-                        "updatedAt": 1_700_000_000_000,
-                        "state": json.dumps(trials_view("quickstart", OBJECTIVES, SEARCHED))}
+    assert envelope == {
+        "name": "study quickstart: trials",
+        "createdAt": 1_700_000_000_000,
+        "updatedAt": 1_700_000_000_000,
+        "state": json.dumps(trials_view("quickstart", OBJECTIVES, SEARCHED)),
+    }
 
 
 def test_the_installed_mlflow_ui_reads_what_the_link_and_the_view_set():
@@ -69,15 +83,20 @@ def test_the_installed_mlflow_ui_reads_what_the_link_and_the_view_set():
     (tests/integration/test_first_visit.py) is the authority on the behaviour."""
     text = "\n".join(p.read_text(errors="replace") for p in BUNDLE.glob("*.js"))
     # the URL parameter that opens a saved view, and the experiment-tag prefix it is read from
-    assert re.search(r'=\s*"viewStateShareKey"\s*,\s*\w+\s*=\s*"mlflow\.sharedViewState\."', text), \
+    assert re.search(r'=\s*"viewStateShareKey"\s*,\s*\w+\s*=\s*"mlflow\.sharedViewState\."', text), (
         "the UI no longer reads ?viewStateShareKey= from the experiment tag mlflow.sharedViewState.<key>"
+    )
     # the workflow mode: from the URL first, else the browser's stored choice
     assert '"machine_learning"' in text and '.get("workflowType")' in text
     # the search the shared state may set, and the table state it may set (runsExpanded is then left out)
-    assert '["searchFilter","orderByKey","orderByAsc","startTime","lifecycleFilter","modelVersionFilter",' \
-           '"datasetsFilter"]' in text
-    assert '["selectedColumns","columnOrder","columnWidths","runsExpanded","runsPinned","runsHidden",' \
-           '"runsVisibilityMap","runsHiddenMode",' in text
+    assert (
+        '["searchFilter","orderByKey","orderByAsc","startTime","lifecycleFilter","modelVersionFilter",'
+        '"datasetsFilter"]' in text
+    )
+    assert (
+        '["selectedColumns","columnOrder","columnWidths","runsExpanded","runsPinned","runsHidden",'
+        '"runsVisibilityMap","runsHiddenMode",' in text
+    )
     assert '"SHOW_ALL"' in text
     # the saved-view envelope, whatever the minifier calls its four values
     assert re.search(r"JSON\.stringify\(\{name:\w+,createdAt:\w+,updatedAt:\w+,state:\w+\}\)", text)
@@ -102,13 +121,25 @@ def test_publish_study_view_round_trip(tmp_path):
 
 
 def test_the_trial_note_leads_with_the_objectives_then_the_costs():
-    row = pd.Series({"trial": "a1", "status": "finished", "pareto.rank": 1, "val/mre_mm": 1.6, "val/sdr_2mm": 71.0,
-                     "cost/gflops": 4.2, "cost/epoch_s": 42.25, "cost/workers": 1.0, "optim.lr": 3e-4,
-                     "target.schedule": "adaloss"})
+    row = pd.Series(
+        {
+            "trial": "a1",
+            "status": "finished",
+            "pareto.rank": 1,
+            "val/mre_mm": 1.6,
+            "val/sdr_2mm": 71.0,
+            "cost/gflops": 4.2,
+            "cost/epoch_s": 42.25,
+            "cost/workers": 1.0,
+            "optim.lr": 3e-4,
+            "target.schedule": "adaloss",
+        }
+    )
     assert trial_note(row, OBJECTIVES, SEARCHED, "quickstart") == (
         "**val/mre_mm 1.6** (min) · **val/sdr_2mm 71** (max)\n\n"
         "cost/gflops 4.2 · cost/epoch_s 42.25\n\n"
-        "adaloss, lr 3e-4 · finished · Pareto rank 1 (on the front) in study `quickstart`\n")
+        "adaloss, lr 3e-4 · finished · Pareto rank 1 (on the front) in study `quickstart`\n"
+    )
     row["pareto.rank"], row["status"] = pd.NA, "running"
     assert trial_note(row, [("val/mre_mm", "min")], [], "q").endswith("running · unranked in study `q`\n")
 

@@ -67,8 +67,11 @@ def _root_problem(cfg, holds: str) -> list[str]:
 
 
 def _splits_problems(cfg, valid: list[str]) -> list[str]:
-    return [f"data.{key}: unknown split {getattr(cfg, key)!r}; choose one of {valid}"
-            for key in ("train_split", "val_split") if getattr(cfg, key) not in valid]
+    return [
+        f"data.{key}: unknown split {getattr(cfg, key)!r}; choose one of {valid}"
+        for key in ("train_split", "val_split")
+        if getattr(cfg, key) not in valid
+    ]
 
 
 # --- isbi2015 and phantom (the phantom is written in the ISBI 2015 layout) ----------------------
@@ -80,8 +83,10 @@ def _isbi_problems(cfg) -> list[str]:
         out.append(f"data.annotator: unknown {cfg.annotator!r}; choose one of {list(isbi2015.ANNOTATORS)}")
     if cfg.dataset == "phantom":
         if cfg.num_landmarks != cfg.phantom.num_landmarks:
-            out.append(f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
-                       f"{cfg.phantom.num_landmarks}; set them equal")
+            out.append(
+                f"data.num_landmarks: {cfg.num_landmarks} but data.phantom.num_landmarks is "
+                f"{cfg.phantom.num_landmarks}; set them equal"
+            )
         if cfg.root and _root(cfg).exists():  # a phantom this code did not just generate: check it as ISBI
             out += _under("data.root", isbi2015.check(_root(cfg), cfg.num_landmarks, default_cache_dir()))
         return out
@@ -193,8 +198,13 @@ def problems(cfg) -> list[str]:
     notes = [p for p in found if Problem.of(p).kind == Problem.NOTE]
     found = [p for p in found if Problem.of(p).kind != Problem.NOTE]
     if len(found) > MAX_PROBLEMS:  # one wrong setting (data.num_landmarks) can flag every file
-        found = found[:MAX_PROBLEMS] + [Problem("data.root", f"… and {len(found) - MAX_PROBLEMS} more problems; "
-                                                            f"`python -m trainables.data.{_module(cfg)} ROOT` lists them all")]
+        found = found[:MAX_PROBLEMS] + [
+            Problem(
+                "data.root",
+                f"… and {len(found) - MAX_PROBLEMS} more problems; "
+                f"`python -m trainables.data.{_module(cfg)} ROOT` lists them all",
+            )
+        ]
     return found + notes
 
 
@@ -204,5 +214,8 @@ def _module(cfg) -> str:
 
 def split_problems(cfg, split: str, key: str) -> list[str]:
     """Problems of one more split name (e.g. eval.split) under config key `key`."""
-    return [Problem.of(p).renamed(key) for p in problems(dataclasses.replace(cfg, train_split=split))
-            if Problem.of(p).path == "data.train_split"]
+    return [
+        Problem.of(p).renamed(key)
+        for p in problems(dataclasses.replace(cfg, train_split=split))
+        if Problem.of(p).path == "data.train_split"
+    ]

@@ -93,8 +93,9 @@ def cached_arrays(
         try:
             arrays = _load(npz)
         except _CORRUPT as e:
-            warnings.warn(f"{npz}: unreadable cache file ({e!r}); removing it and rebuilding", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{npz}: unreadable cache file ({e!r}); removing it and rebuilding", RuntimeWarning, stacklevel=2
+            )
             npz.unlink(missing_ok=True)
             arrays = None
         if arrays is not None:
@@ -148,8 +149,10 @@ def _checked(arrays, npz: Path) -> dict[str, np.ndarray]:
             raise TypeError(f"{npz}: build() returned array name {name!r}; names must be non-empty strings")
         out[name] = np.asarray(value)
         if out[name].dtype.hasobject:
-            raise TypeError(f"{npz}: array {name!r} has dtype {out[name].dtype}; the cache stores plain numeric "
-                            f"arrays only (it loads with allow_pickle=False)")
+            raise TypeError(
+                f"{npz}: array {name!r} has dtype {out[name].dtype}; the cache stores plain numeric "
+                f"arrays only (it loads with allow_pickle=False)"
+            )
     return out
 
 

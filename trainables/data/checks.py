@@ -125,8 +125,10 @@ def _judge(path: Path) -> ImageInfo:
 
 
 def _bomb(pixels: int) -> str:
-    return (f"header claims {pixels} pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
-            "(Image.MAX_IMAGE_PIXELS); refused as a possible decompression bomb")
+    return (
+        f"header claims {pixels} pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS} "
+        "(Image.MAX_IMAGE_PIXELS); refused as a possible decompression bomb"
+    )
 
 
 def _refuse_header(info: ImageInfo) -> None:
@@ -135,8 +137,10 @@ def _refuse_header(info: ImageInfo) -> None:
     if Image.MAX_IMAGE_PIXELS and info.width * info.height > Image.MAX_IMAGE_PIXELS:
         raise _Bad(_bomb(info.width * info.height))
     if info.mode in ("I", "F") or info.mode.startswith("I;"):
-        raise _Bad(f"mode {info.mode} has more than 8 bits per pixel; expected an 8-bit grayscale, RGB or "
-                   "palette image (convert it to 8 bits)")
+        raise _Bad(
+            f"mode {info.mode} has more than 8 bits per pixel; expected an 8-bit grayscale, RGB or "
+            "palette image (convert it to 8 bits)"
+        )
 
 
 def _read_to_end(im: Image.Image, size: int) -> None:
@@ -159,9 +163,9 @@ def _read_to_end(im: Image.Image, size: int) -> None:
 class ImageHeaders:
     """`image_header` through the per-file cache described in the module docstring.
 
-        with ImageHeaders(cache_dir) as headers:    # cache_dir None: the in-process cache only
-            headers.read(path)                      # ImageInfo, or DatasetFormatError naming path
-        # leaving the block writes the new entries to <cache_dir>/image_headers.json
+    with ImageHeaders(cache_dir) as headers:    # cache_dir None: the in-process cache only
+        headers.read(path)                      # ImageInfo, or DatasetFormatError naming path
+    # leaving the block writes the new entries to <cache_dir>/image_headers.json
     """
 
     # absolute path -> [size, mtime_ns, ImageInfo fields or the problem text], for the settings below
@@ -271,8 +275,11 @@ def outside(xy: np.ndarray, info: ImageInfo) -> list[int]:
     """The 0-based indices of the (x, y) rows (pixel centres at integers) that lie off the image,
     whose pixels cover [-0.5, W - 0.5] × [-0.5, H - 0.5]. A NaN row (not annotated) is not off it."""
     right, bottom = info.width - 0.5, info.height - 0.5
-    return [k for k, (x, y) in enumerate(xy.tolist())  # plain floats: ~20 landmarks, numpy's overhead would dominate
-            if not (math.isnan(x) or math.isnan(y)) and not (-0.5 <= x <= right and -0.5 <= y <= bottom)]
+    return [
+        k
+        for k, (x, y) in enumerate(xy.tolist())  # plain floats: ~20 landmarks, numpy's overhead would dominate
+        if not (math.isnan(x) or math.isnan(y)) and not (-0.5 <= x <= right and -0.5 <= y <= bottom)
+    ]
 
 
 def outside_message(k: int, shown: tuple[float, float], info: ImageInfo, image: Path) -> str:
@@ -287,7 +294,12 @@ def outside_note(root: Path, found: list[str], files: int, num_landmarks: int) -
     if not found:
         return []
     n, s_n, s_f = len(found), "s" if len(found) > 1 else "", "s" if files > 1 else ""
-    return [Problem(str(root), f"{n} landmark{s_n} in {files} annotation file{s_f} lie{'' if s_n else 's'} outside "
-                    f"their image (faces cut by the photo's border), e.g. {found[0]}; kept: the face crop pads the "
-                    f"image, a target that misses the heatmap adds no loss, and NME scores all {num_landmarks} points",
-                    Problem.NOTE)]
+    return [
+        Problem(
+            str(root),
+            f"{n} landmark{s_n} in {files} annotation file{s_f} lie{'' if s_n else 's'} outside "
+            f"their image (faces cut by the photo's border), e.g. {found[0]}; kept: the face crop pads the "
+            f"image, a target that misses the heatmap adds no loss, and NME scores all {num_landmarks} points",
+            Problem.NOTE,
+        )
+    ]

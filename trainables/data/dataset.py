@@ -66,8 +66,12 @@ def crop_resize(raw: np.ndarray, box: tuple[float, float, float, float], size: t
     h0, w0 = raw.shape
     # PIL's box is in edge coordinates: pixel j spans [j, j + 1].
     left, top, right, bottom = box[0] + 0.5, box[1] + 0.5, box[2] + 0.5, box[3] + 0.5
-    pad = [max(0, int(np.ceil(-top))), max(0, int(np.ceil(bottom - h0))),
-           max(0, int(np.ceil(-left))), max(0, int(np.ceil(right - w0)))]
+    pad = [
+        max(0, int(np.ceil(-top))),
+        max(0, int(np.ceil(bottom - h0))),
+        max(0, int(np.ceil(-left))),
+        max(0, int(np.ceil(right - w0))),
+    ]
     if any(pad):
         raw = np.pad(raw, ((pad[0], pad[1]), (pad[2], pad[3])))
         left, right, top, bottom = left + pad[2], right + pad[2], top + pad[0], bottom + pad[0]
@@ -111,8 +115,11 @@ class LandmarkDataset(Dataset):
 
 def _decode_all(records: list[Record], size: tuple[int, int], reader, name: str) -> dict[str, np.ndarray]:
     if len(records) > 20:  # decoding full-size X-rays takes a while; say what is happening
-        print(f"{name or 'dataset'}: decoding {len(records)} images to {size[0]}×{size[1]} (cached for later trials)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name or 'dataset'}: decoding {len(records)} images to {size[0]}×{size[1]} (cached for later trials)",
+            file=sys.stderr,
+            flush=True,
+        )
     images, boxes = [], []
     for rec in records:
         raw = reader(rec.image_path)

@@ -58,7 +58,15 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.checks import ImageHeaders, outside, outside_message, outside_note, parsed_once
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
+from trainables.data.record import (
+    DatasetFormatError,
+    Record,
+    check_folder_cli,
+    raise_problems,
+    read_image,
+    read_text_lines,
+    root_problems,
+)  # noqa: F401 (re-exported)
 
 NUM_LANDMARKS = 68
 IOD_PAIR = (36, 45)  # outer eye corners, 0-based: the NME normaliser (inter-ocular distance)
@@ -218,9 +226,7 @@ def face_box(landmarks: np.ndarray, crop_scale: float) -> tuple[float, float, fl
     return (float(cx - half), float(cy - half), float(cx + half), float(cy + half))
 
 
-def load_split(
-    root: Path, split: str, num_landmarks: int = NUM_LANDMARKS, crop_scale: float = 1.25
-) -> list[Record]:
+def load_split(root: Path, split: str, num_landmarks: int = NUM_LANDMARKS, crop_scale: float = 1.25) -> list[Record]:
     """All records of a split, sorted by (folder, stem); id = "<folder>/<stem>". Decodes no image.
 
     spacing_mm is NaN (faces have no physical scale; use NME with IOD_PAIR). crop: see face_box.
@@ -318,8 +324,9 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
                 xy, where, bad = parsed_once(pts, parse_pts, num_landmarks)
                 problems += bad
                 if xy is not None and info is not None and (ks := outside(xy, info)):
-                    off_image += [f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}"
-                                  for k in ks]  # shown 1-based, as in the file
+                    off_image += [
+                        f"{pts}:{where[k]}: {outside_message(k, xy[k] + 1, info, image)}" for k in ks
+                    ]  # shown 1-based, as in the file
                     off_files += 1
     return problems + outside_note(root, off_image, off_files, num_landmarks)
 

@@ -40,7 +40,15 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems
+from trainables.data.record import (
+    DatasetFormatError,
+    Record,
+    check_folder_cli,
+    raise_problems,
+    read_image,
+    read_text_lines,
+    root_problems,
+)
 
 NUM_LANDMARKS = 37
 # Horizontal flip: a mirrored left hand reads as a right hand, so every landmark keeps its
@@ -74,8 +82,9 @@ def _parse_csv(path: Path, num_landmarks: int) -> tuple[dict[str, tuple[int, np.
             problems.append(f"{path}:{lineno}: id {rid!r} already given on line {rows[rid][0]}")
             continue
         if len(fields) != ncols:
-            problems.append(f"{path}:{lineno}: expected {ncols} columns (id + {num_landmarks} x,y pairs), "
-                            f"found {len(fields)}")
+            problems.append(
+                f"{path}:{lineno}: expected {ncols} columns (id + {num_landmarks} x,y pairs), found {len(fields)}"
+            )
             rows[rid] = (lineno, None)
             continue
         values = np.empty(2 * num_landmarks, dtype=np.float64)
@@ -343,8 +352,9 @@ def check(root: Path, num_landmarks: int = NUM_LANDMARKS, cache_dir: Path | None
                 problems.append(str(e))
                 continue
             if xy is not None:
-                problems += [f"{csv_path}:{line}: id {rid!r}: {outside_message(k, xy[k], info, path)}"
-                             for k in outside(xy, info)]
+                problems += [
+                    f"{csv_path}:{line}: id {rid!r}: {outside_message(k, xy[k], info, path)}" for k in outside(xy, info)
+                ]
     return problems
 
 

@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.checks import ImageHeaders, outside, outside_message, parsed_once
-from trainables.data.record import DatasetFormatError, Record, check_folder_cli, raise_problems, read_image, read_text_lines, root_problems  # noqa: F401 (re-exported)
+from trainables.data.record import (
+    DatasetFormatError,
+    Record,
+    check_folder_cli,
+    raise_problems,
+    read_image,
+    read_text_lines,
+    root_problems,
+)  # noqa: F401 (re-exported)
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
@@ -40,9 +48,25 @@ ANNOTATOR_DIRS = {"senior": "400_senior", "junior": "400_junior"}
 ANNOTATORS = ("mean", "senior", "junior")  # "mean" = average of the two doctors (FARNet paper's ground truth)
 # The 19 landmarks in annotation-file order (Wang et al. 2016, the ISBI 2015 challenge paper, Table 1: L1-L19).
 LANDMARK_NAMES = (
-    "sella", "nasion", "orbitale", "porion", "subspinale", "supramentale", "pogonion", "menton", "gnathion",
-    "gonion", "lower incisal incision", "upper incisal incision", "upper lip", "lower lip", "subnasale",
-    "soft tissue pogonion", "posterior nasal spine", "anterior nasal spine", "articulare",
+    "sella",
+    "nasion",
+    "orbitale",
+    "porion",
+    "subspinale",
+    "supramentale",
+    "pogonion",
+    "menton",
+    "gnathion",
+    "gonion",
+    "lower incisal incision",
+    "upper incisal incision",
+    "upper lip",
+    "lower lip",
+    "subnasale",
+    "soft tissue pogonion",
+    "posterior nasal spine",
+    "anterior nasal spine",
+    "articulare",
 )
 
 
@@ -72,7 +96,7 @@ def parse_annotation(path: Path, num_landmarks: int = 19) -> tuple[np.ndarray | 
 
 
 def _xy(line: str) -> tuple[float, float] | None:
-    """"x,y" -> (x, y), two finite numbers (whitespace around them allowed); None for anything else."""
+    """ "x,y" -> (x, y), two finite numbers (whitespace around them allowed); None for anything else."""
     parts = line.split(",")
     if len(parts) != 2:
         return None
@@ -193,8 +217,9 @@ def check(root: Path, num_landmarks: int = 19, cache_dir: Path | None = None) ->
                     xy, bad = parsed_once(ann, parse_annotation, num_landmarks)
                     problems += bad
                     if xy is not None and info is not None:
-                        problems += [f"{ann}:{k + 1}: {outside_message(k, xy[k], info, image)}"
-                                     for k in outside(xy, info)]
+                        problems += [
+                            f"{ann}:{k + 1}: {outside_message(k, xy[k], info, image)}" for k in outside(xy, info)
+                        ]
     return problems
 
 

@@ -69,8 +69,9 @@ def read_text_lines(path: Path, what: str) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DatasetFormatError(f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} "
-                                 "is not UTF-8)") from None
+        raise DatasetFormatError(
+            f"{path}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8)"
+        ) from None
     if "\0" in text:  # valid UTF-8, yet binary
         raise DatasetFormatError(f"{path}: not a text file (a NUL byte at offset {text.index(chr(0))})") from None
     return text.splitlines()

@@ -25,8 +25,15 @@ def _unet(cfg: ModelConfig, k: int) -> nn.Module:
 
 
 def _farnet(cfg: ModelConfig, k: int) -> nn.Module:
-    return FARNet(k, backbone=cfg.backbone, width=cfg.width, weights=cfg.weights, fusion=cfg.fusion,
-                  refine=cfg.refine, coarse_supervision=cfg.coarse_supervision)
+    return FARNet(
+        k,
+        backbone=cfg.backbone,
+        width=cfg.width,
+        weights=cfg.weights,
+        fusion=cfg.fusion,
+        refine=cfg.refine,
+        coarse_supervision=cfg.coarse_supervision,
+    )
 
 
 def _simple_baseline(cfg: ModelConfig, k: int) -> nn.Module:

@@ -51,7 +51,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's old DenseNet parameter names ("denselayer1.norm.1.weight"), renamed by _read_weights.
 _DENSE_OLD = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 @dataclass
@@ -124,9 +125,13 @@ class DenseNetBackbone(Backbone):
     def __init__(self, name: str, net: tvm.DenseNet):
         super().__init__(name, net)
         f = net.features
-        self.channels = (f.norm0.num_features, f.transition1.norm.num_features,
-                         f.transition2.norm.num_features, f.transition3.norm.num_features,
-                         f.norm5.num_features)
+        self.channels = (
+            f.norm0.num_features,
+            f.transition1.norm.num_features,
+            f.transition2.norm.num_features,
+            f.transition3.norm.num_features,
+            f.norm5.num_features,
+        )
 
     def forward(self, x: Tensor) -> Features:
         f = self.features
@@ -272,14 +277,18 @@ def _read_weights(name: str, weights: str) -> dict[str, Tensor]:
         path = imagenet_file(name)
         if not path.is_file():
             enum = _spec(name).imagenet
-            raise MissingWeights(f"model.weights: imagenet weights for {name} are not in the torch hub cache; "
-                             f"put {path.name} in {path.parent}/ (torchvision's {type(enum).__name__}."
-                             f"{enum.name}, {enum.url})")
+            raise MissingWeights(
+                f"model.weights: imagenet weights for {name} are not in the torch hub cache; "
+                f"put {path.name} in {path.parent}/ (torchvision's {type(enum).__name__}."
+                f"{enum.name}, {enum.url})"
+            )
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise MissingWeights(f"model.weights: {weights} does not exist; expected 'none', 'imagenet' or the "
-                             f"path of a state dict of a torchvision {name}")
+            raise MissingWeights(
+                f"model.weights: {weights} does not exist; expected 'none', 'imagenet' or the "
+                f"path of a state dict of a torchvision {name}"
+            )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
@@ -308,12 +317,15 @@ def _mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> str | None
         parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]!r})")
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k!r}: file {tuple(got[k].shape)}, "
-                     f"model {tuple(expected[k].shape)})")
+        parts.append(
+            f"{len(shapes)} shape mismatches (e.g. {k!r}: file {tuple(got[k].shape)}, model {tuple(expected[k].shape)})"
+        )
     return ", ".join(parts) or None
 
 
 def _path_problem(name: str, weights: str, problem: str, example_key: str) -> str:
     where = str(imagenet_file(name)) if weights == "imagenet" else weights
-    return f"model.weights: {where} does not fit {name}: {problem}; expected a torchvision {name} state dict " \
-           f"(keys like {example_key!r})"
+    return (
+        f"model.weights: {where} does not fit {name}: {problem}; expected a torchvision {name} state dict "
+        f"(keys like {example_key!r})"
+    )

@@ -83,8 +83,16 @@ class FARNet(nn.Module):
 
     divisor = 32  # H and W must be multiples of this
 
-    def __init__(self, num_landmarks: int, backbone: str = "densenet121", width: float = 1.0, weights: str = "none",
-                 fusion: str = "concat", refine: bool = True, coarse_supervision: bool = True):
+    def __init__(
+        self,
+        num_landmarks: int,
+        backbone: str = "densenet121",
+        width: float = 1.0,
+        weights: str = "none",
+        fusion: str = "concat",
+        refine: bool = True,
+        coarse_supervision: bool = True,
+    ):
         super().__init__()
         problems = switch_problems(fusion, refine, coarse_supervision)
         if problems:
@@ -97,9 +105,14 @@ class FARNet(nn.Module):
         self.coarse_head = Head(c1, c1, num_landmarks) if coarse_supervision else None
         self.fr = None
         if refine:
-            self.fr = FeatureRefinement(c1, num_landmarks if coarse_supervision else 0, num_landmarks, width,
-                                        image_channels=None if self.backbone.l0_channels else 1,
-                                        l0_channels=self.backbone.l0_channels)
+            self.fr = FeatureRefinement(
+                c1,
+                num_landmarks if coarse_supervision else 0,
+                num_landmarks,
+                width,
+                image_channels=None if self.backbone.l0_channels else 1,
+                l0_channels=self.backbone.l0_channels,
+            )
         self.strides = ((2,) if coarse_supervision else ()) + ((1,) if refine else ())
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -202,8 +215,15 @@ class FeatureRefinement(nn.Module):
     `heatmap_channels` is K with coarse supervision and 0 for FR* (Table 2).
     """
 
-    def __init__(self, feature_channels: int, heatmap_channels: int, num_landmarks: int, width: float,
-                 image_channels: int | None = 1, l0_channels: int | None = None):
+    def __init__(
+        self,
+        feature_channels: int,
+        heatmap_channels: int,
+        num_landmarks: int,
+        width: float,
+        image_channels: int | None = 1,
+        l0_channels: int | None = None,
+    ):
         super().__init__()
         if image_channels is not None:
             self.stem = conv_bn_relu(image_channels, max(8, round(32 * width)), 3)

@@ -27,8 +27,11 @@ class SimpleBaseline(nn.Module):
         c = max(8, round(256 * width))
         layers, cin = [], self.backbone.channels[-1]
         for _ in range(3):
-            layers += [nn.ConvTranspose2d(cin, c, 4, stride=2, padding=1, output_padding=0, bias=False),
-                       nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(cin, c, 4, stride=2, padding=1, output_padding=0, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+            ]
             cin = c
         self.deconv = nn.Sequential(*layers)
         self.head = nn.Conv2d(c, num_landmarks, 1)
