@@ -167,7 +167,8 @@ def step_throughput(cfg: TrialConfig, device: torch.device, warmup: int, steps: 
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "gpu_util_pct": util.mean,
     }
-    del model, run_model, optimizer, heads_loss
+    # Drop the model and optimizer before empty_cache (rebound, not `del`: one() refers to them).
+    model = run_model = optimizer = heads_loss = None
     if cuda:
         torch.cuda.empty_cache()
     return out

@@ -122,7 +122,9 @@ def run_platform(spec_path: Path) -> tuple[float, list[tuple[float, str]]]:
     proc.wait(timeout=3600)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"{spec_path.name}: study.run exited {proc.returncode}:\n" + "\n".join(l for _, l in lines[-60:]))
+        sys.exit(
+            f"{spec_path.name}: study.run exited {proc.returncode}:\n" + "\n".join(line for _, line in lines[-60:])
+        )
     return wall, lines
 
 

@@ -175,4 +175,4 @@ def recipe(row, searched: Sequence[str]) -> str:
 def _short_names(paths: Sequence[str]) -> dict[str, str]:
     """Each dotted path by its last part, or its last two where two paths share the last."""
     last = [p.rsplit(".", 1)[-1] for p in paths]
-    return {p: (l if last.count(l) == 1 else ".".join(p.split(".")[-2:])) for p, l in zip(paths, last)}
+    return {p: (tail if last.count(tail) == 1 else ".".join(p.split(".")[-2:])) for p, tail in zip(paths, last)}

@@ -121,8 +121,11 @@ def environment() -> dict:
     packages = package_versions()
     git: dict = {}
     root = Path(__file__).resolve().parent.parent
+
+    def run(*a):
+        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10)
+
     try:
-        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10)
         head = run("rev-parse", "HEAD")
         if head.returncode == 0:
             git = {"commit": head.stdout.strip(), "dirty": bool(run("status", "--porcelain").stdout.strip())}

@@ -33,13 +33,10 @@ from study.schema import Status, is_diverged
 from study.spec import Spec, trainer_values
 from trainables.config import Diverged, TrialConfig
 from trainables.checkpoint import BROKEN, TRAIN_SNAPSHOT, TrainRun, filesystem
-from trainables.ray_adapter import (
-    DIVERGED,
-    FALLBACK_CHECKPOINT,
-    RESUMED_CHECKPOINT,  # noqa: F401 (re-exported)
-    RESUMED_FROM,
-    train_loop_per_worker,
-)
+from trainables.ray_adapter import DIVERGED, FALLBACK_CHECKPOINT, train_loop_per_worker
+
+# Re-exported: study.progress, study.tracking and the tests read a resumed trial's result keys here.
+from trainables.ray_adapter import RESUMED_CHECKPOINT, RESUMED_FROM  # noqa: F401
 
 # The Tune-side function only waits on its TorchTrainer: it asks for a token of memory and no
 # CPU, so that two 1-CPU trials fit on a 2-CPU machine (the Train workers hold the real resources).

@@ -31,15 +31,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trainables import data as datasets
 from trainables.checkpoint import (
     CHECKPOINT_FILE,
-    METRICS_FILE,
-    PREVIEW_FILE,
-    CheckpointPolicy,  # noqa: F401 (re-exported)
+    CheckpointPolicy,
     Report,
     check_complete,
     report_with_checkpoint,
     saved_history,
 )
-from trainables.config import ConfigError, Diverged, TrialConfig  # noqa: F401 (Diverged re-exported)
+from trainables.config import ConfigError, Diverged, TrialConfig
 from trainables.cost import cost_figures
 from trainables.data.augment import augment, is_active
 from trainables.data.cache import default_cache_dir

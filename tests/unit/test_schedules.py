@@ -198,7 +198,7 @@ def test_adaloss_state_dict_is_a_copy():
 
 def test_adaloss_state_dict_survives_torch_save_weights_only():
     first = _adaloss(sigma0=16.0, k=2)
-    rows = [[l, 1.0 - l] for l in TRAJECTORY_LOSSES]
+    rows = [[loss, 1.0 - loss] for loss in TRAJECTORY_LOSSES]
     _feed(first, rows[:4])
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)

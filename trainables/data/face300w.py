@@ -63,10 +63,12 @@ from trainables.data.record import (
     Record,
     check_folder_cli,
     raise_problems,
-    read_image,
     read_text_lines,
     root_problems,
-)  # noqa: F401 (re-exported)
+)
+
+# Re-exported: face300w.read_image is the loader's documented decoder (module docstring above).
+from trainables.data.record import read_image  # noqa: F401
 
 NUM_LANDMARKS = 68
 IOD_PAIR = (36, 45)  # outer eye corners, 0-based: the NME normaliser (inter-ocular distance)

@@ -37,10 +37,12 @@ from trainables.data.record import (
     Record,
     check_folder_cli,
     raise_problems,
-    read_image,
     read_text_lines,
     root_problems,
-)  # noqa: F401 (re-exported)
+)
+
+# Re-exported: isbi2015.read_image is the loader's documented decoder (module docstring above).
+from trainables.data.record import read_image  # noqa: F401
 
 SPACING_MM = 0.1  # mm per pixel of the full-size images (stated by the challenge organisers)
 SPLIT_DIRS = {"train": "TrainingData", "test1": "Test1Data", "test2": "Test2Data"}
