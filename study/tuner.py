@@ -137,7 +137,7 @@ def _run_tune(spec: Spec, storage: StudyStorage, uri: str, resume: bool, stop: G
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, storage),
-                scheduler=_scheduler(spec),
+                scheduler=_build_scheduler(spec),
                 num_samples=num_samples,
                 max_concurrent_trials=concurrency,
                 # The next trial's trial_driver runs in the process the last one ended in, its imports
@@ -239,7 +239,8 @@ def _searcher(spec: Spec, storage: StudyStorage) -> RepeatSearch:
     return RepeatSearch(optuna_search, spec.study.repeats, spec.base.train.seed, metrics)
 
 
-def _scheduler(spec: Spec):
+def _build_scheduler(spec: Spec):
+    """The Tune scheduler the spec asks for: ASHA (RepeatASHA with repeats), or None (no early stopping)."""
     s = spec.study.scheduler
     if s.type != "asha":
         return None
