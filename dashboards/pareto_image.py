@@ -121,8 +121,8 @@ def _rank_scatter(fig, ax, rows: pd.DataFrame, x, y, p: ParetoView, colorbar: bo
     return sc
 
 
-def _unranked_scatter(ax, rows: pd.DataFrame, x, y, size=55):
-    label = "unranked (running, failed, …)"
+def _hollow_scatter(ax, rows: pd.DataFrame, x, y, size, edge, width, label, zorder):
+    """Hollow points in `edge` (a bigger triangle for a trial stopped early), labelled once."""
     for xs, ys, marker, _ in _split(rows, x, y):
         if len(xs):
             ax.scatter(
@@ -131,12 +131,16 @@ def _unranked_scatter(ax, rows: pd.DataFrame, x, y, size=55):
                 s=size if marker == "o" else 1.5 * size,
                 marker=marker,
                 facecolors="none",
-                edgecolors=UNRANKED_COLOR,
-                linewidths=1.4,
+                edgecolors=edge,
+                linewidths=width,
                 label=label,
-                zorder=2,
+                zorder=zorder,
             )
             label = None
+
+
+def _unranked_scatter(ax, rows: pd.DataFrame, x, y, size=55):
+    _hollow_scatter(ax, rows, x, y, size, UNRANKED_COLOR, 1.4, "unranked (running, failed, …)", 2)
 
 
 def _front_scatter(ax, rows: pd.DataFrame, x, y, size=110, marker="o", label="front (rank 1)"):
@@ -160,21 +164,7 @@ def _front_scatter(ax, rows: pd.DataFrame, x, y, size=110, marker="o", label="fr
 
 def _overlap_scatter(ax, rows: pd.DataFrame, x, y, size=70):
     """Configurations not on the front whose 95 % intervals overlap a front configuration's: hollow FRONT_EDGE."""
-    label = OVERLAP_NAME
-    for xs, ys, marker, _ in _split(rows, x, y):
-        if len(xs):
-            ax.scatter(
-                xs,
-                ys,
-                s=size if marker == "o" else 1.5 * size,
-                marker=marker,
-                facecolors="none",
-                edgecolors=FRONT_EDGE,
-                linewidths=1.8,
-                label=label,
-                zorder=2.2,
-            )
-            label = None
+    _hollow_scatter(ax, rows, x, y, size, FRONT_EDGE, 1.8, OVERLAP_NAME, 2.2)
 
 
 def _error_bars(ax, p: ParetoView, x, y, xcol=None, ycol=None) -> None:
